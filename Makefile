@@ -1,0 +1,34 @@
+# edgeuad: set-up, demo, tests.  See README.md.
+PY     ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+HNSW_H ?= /usr/include/hnswlib/hnswlib.h
+
+.PHONY: setup sysdeps demo test test-fast bench clean
+
+## setup: system headers (hnswlib) + .venv with torch==2.13.0 (CPU) + edgeuad[train,dev] (builds edgeuad._rt)
+setup: sysdeps
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/edgeuad info
+
+sysdeps:
+	@if [ -f $(HNSW_H) ]; then echo "hnswlib headers: $(HNSW_H)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libhnswlib-dev; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq libhnswlib-dev; fi
+
+## demo: synthetic data -> train ReContrast -> export ONNX bundle -> detect -> metrics + overlays
+demo:
+	$(BIN)/edgeuad demo --out demo_out
+
+## test: the whole suite (CI runs exactly this through .ci/run)
+test:
+	$(BIN)/python -m pytest tests/python -q
+
+bench:
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf build demo_out python/edgeuad/_rt*.so

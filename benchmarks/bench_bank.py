@@ -1,0 +1,107 @@
+"""Memory-bank search: HNSW (edgeuad._rt.MemoryBank) vs exact blocked brute force.
+
+Bank sizes 10k and 100k by default (add --large for 1M: about 1.3 GB RAM and a long
+build on 2 cores), dim 160, clustered synthetic patch-feature-like data (Gaussian
+clusters on a 16-dim subspace + noise; real patch features are similarly low-rank).
+Reports build time, RSS growth, queries/s for a batch of queries, recall@1 against the
+exact search, and the speed-up over exact.  Prints markdown tables.
+
+    python benchmarks/bench_bank.py [--sizes 10000 100000] [--large] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+
+import numpy as np
+
+from edgeuad import _rt
+
+DIM = 160
+
+
+def clustered(n: int, seed: int, d: int = DIM, clusters: int = 200, latent: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    proj = (rng.standard_normal((latent, d)) / np.sqrt(latent)).astype(np.float32)
+    centers = (3.0 * rng.standard_normal((clusters, latent))).astype(np.float32)
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, 100_000):  # chunks keep the float64 temporaries small at 1M
+        m = min(n, s + 100_000) - s
+        z = centers[rng.integers(0, clusters, m)] + rng.standard_normal((m, latent), dtype=np.float32)
+        out[s:s + m] = z @ proj + 0.05 * rng.standard_normal((m, d), dtype=np.float32)
+    return out
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def qps(fn, n_queries: int, min_time: float = 1.0) -> float:
+    fn()  # warm-up
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        dt = time.perf_counter() - t0
+        if dt >= min_time:
+            return calls * n_queries / dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--large", action="store_true", help="also run 1,000,000 items")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--M", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 96, 128])
+    args = ap.parse_args()
+    sizes = args.sizes + ([1_000_000] if args.large else [])
+
+    q = clustered(args.queries, seed=12345)
+    build_rows, search_rows = [], []
+    for n in sizes:
+        x = clustered(n, seed=n)
+        gc.collect()
+        before = rss_mb()
+        bank = _rt.MemoryBank(DIM, M=args.M, ef_construction=args.ef_construction)
+        t0 = time.perf_counter()
+        bank.add(x, threads=args.threads)
+        build_s = time.perf_counter() - t0
+        grown = rss_mb() - before
+        build_rows.append((n, build_s, n / build_s, grown, x.nbytes / 2**20))
+
+        _, truth = bank.search(q, k=1, exact=True, threads=args.threads)
+        # Exact search cost grows with n: fewer timed queries for the big banks.
+        nq_exact = min(args.queries, max(256, 20_000_000 // n))
+        q_exact = q[:nq_exact]
+        exact_qps = qps(lambda: bank.search(q_exact, k=1, exact=True, threads=args.threads), nq_exact)
+        search_rows.append((n, "exact", "-", exact_qps, 1.0, 1.0))
+        for ef in args.efs:
+            _, idx = bank.search(q, k=1, ef=ef, threads=args.threads)
+            recall = float((idx[:, 0] == truth[:, 0]).mean())
+            h_qps = qps(lambda: bank.search(q, k=1, ef=ef, threads=args.threads), args.queries)
+            search_rows.append((n, "hnsw", ef, h_qps, recall, h_qps / exact_qps))
+        del bank, x
+        gc.collect()
+
+    out = sys.stdout
+    out.write(f"\nMemory bank, dim {DIM}, HNSW M={args.M} ef_construction={args.ef_construction}, "
+              f"{args.threads} threads, {args.queries} queries per batch\n\n")
+    out.write("| items | build (s) | inserts/s | RSS growth (MiB) | raw features (MiB) |\n|---:|---:|---:|---:|---:|\n")
+    for n, b, ips, grown, raw in build_rows:
+        out.write(f"| {n:,} | {b:.1f} | {ips:,.0f} | {grown:.0f} | {raw:.0f} |\n")
+    out.write("\n| items | search | ef | queries/s | recall@1 | speed-up vs exact |\n|---:|---|---:|---:|---:|---:|\n")
+    for n, mode, ef, v, rec, sp in search_rows:
+        out.write(f"| {n:,} | {mode} | {ef} | {v:,.0f} | {rec:.3f} | {sp:.1f}x |\n")
+
+
+if __name__ == "__main__":
+    main()

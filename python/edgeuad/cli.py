@@ -1,0 +1,258 @@
+"""edgeuad command line: train | export | eval | predict | bench | demo | info.
+
+Every flag maps to one named field of a config or one argument of the API function it calls;
+`tests/python/test_cli.py` checks that they arrive there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger("edgeuad")
+
+METHODS = ("recontrast", "reconpatch", "patchcore")
+
+
+def _kv(s: str) -> tuple[str, Any]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {s!r}")
+    k, v = s.split("=", 1)
+    try:
+        val: Any = json.loads(v)
+    except json.JSONDecodeError:
+        val = v
+    return k.strip(), val
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgeuad",
+        description="Unsupervised visual anomaly detection for the edge: train on normal images, "
+                    "export a verified bundle, detect on frames, streams and folders.",
+        epilog="Typical flow: edgeuad train -> edgeuad export -> edgeuad eval / predict / bench. "
+               "`edgeuad demo` runs all of it on synthetic data.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a method on normal images (needs the `train` extra: torch)",
+                       description="Train on the normal images of an MVTec-layout folder (<data>/train/good) or a "
+                                   "plain folder of normal images. A fraction is held out to set the threshold.")
+    t.add_argument("--method", choices=METHODS, default="recontrast", help="anomaly detection method")
+    t.add_argument("--data", required=True, help="MVTec-layout root or folder/glob of normal images")
+    t.add_argument("--out", required=True, help="run directory (weights, config, held-out list)")
+    t.add_argument("--backbone", choices=("efficientnet_lite0", "resnet18", "wide_resnet50_2"), default=None,
+                   help="feature backbone (default efficientnet_lite0: ImageNet weights ship with it)")
+    t.add_argument("--weights", default=None, help="backbone weights file (.pth/.safetensors) for resnet18/wrn50")
+    t.add_argument("--image-size", type=int, default=None, help="square network input size (default 256)")
+    t.add_argument("--iterations", type=int, default=None, help="ReContrast iterations (paper: 2000)")
+    t.add_argument("--steps", type=int, default=None, help="ReConPatch training steps")
+    t.add_argument("--batch-size", type=int, default=None, help="training batch size (ReContrast paper: 16)")
+    t.add_argument("--coreset-ratio", type=float, default=None, help="patch methods: memory-bank coreset ratio")
+    t.add_argument("--seed", type=int, default=None, help="random seed")
+    t.add_argument("--holdout", type=float, default=0.1, help="fraction of normal images held out for thresholds")
+    t.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field, e.g. --set encoder_bn=eval (repeatable)")
+    t.add_argument("--export", dest="export_to", default=None, metavar="BUNDLE",
+                   help="also export a bundle to this directory when training ends")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("export", help="write a verified bundle (ONNX + weights + thresholds), optionally TensorRT",
+                       description="Export a training run to a bundle: ONNX (opset 17, dynamic batch, parity-checked "
+                                   "against torch), safetensors weights, memory bank, thresholds from held-out normal "
+                                   "images (or F1-optimal on --validation), sha256 of every file.")
+    e.add_argument("--run", required=True, help="training run directory from `edgeuad train`")
+    e.add_argument("--out", required=True, help="bundle directory to write")
+    e.add_argument("--validation", default=None, help="labelled MVTec-layout folder: F1-optimal threshold on its test split")
+    e.add_argument("--quantile", type=float, default=0.99, help="normal-score quantile used as threshold (default 0.99)")
+    e.add_argument("--archive", default=None, help="also pack the bundle into this .tar file")
+    e.add_argument("--fp16", action="store_true", help="also build a TensorRT FP16 engine (needs tensorrt + a GPU)")
+    e.add_argument("--int8", action="store_true", help="also build a TensorRT INT8 engine from explicit Q/DQ")
+    e.add_argument("--calib", default=None, help="folder of normal images for INT8 calibration (required with --int8)")
+    e.add_argument("--max-batch", type=int, default=8, help="TensorRT optimisation profile max batch")
+    e.add_argument("--threads", type=int, default=0, help="CPU threads for checks (0 = default)")
+
+    v = sub.add_parser("eval", help="score a test split and print I-AUROC, P-AUROC, AUPRO, F1-max",
+                       description="Evaluate a bundle on <data>/test (and ground_truth masks when present) using the "
+                                   "runtime Detector. Prints a table and writes metrics.json, scores.jsonl and plots.")
+    v.add_argument("--bundle", required=True, help="bundle directory or .tar")
+    v.add_argument("--data", required=True, help="MVTec-layout root")
+    v.add_argument("--out", default=None, help="report directory (metrics.json, scores.jsonl, overlays.png)")
+    v.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt"))
+    v.add_argument("--threads", type=int, default=0, help="CPU threads (0 = default)")
+    v.add_argument("--batch", type=int, default=8, help="frames per network call")
+    v.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("predict", help="score images, a folder, a video, a camera or an RTSP stream",
+                       description="Stream SOURCE (image file, folder, glob, video file, camera index, rtsp:// or "
+                                   "http:// URL) through the Detector. Writes a JSONL log and overlays of anomalous "
+                                   "frames with --out; --show opens a live window (needs opencv-python, not -headless).")
+    r.add_argument("source", help="image, folder, glob, video, camera index or URL")
+    r.add_argument("--bundle", required=True, help="bundle directory, .tar, or engine inside a bundle")
+    r.add_argument("--out", default=None, help="output directory (predictions.jsonl, overlays/)")
+    r.add_argument("--all-overlays", action="store_true", help="save overlays for every frame, not only anomalous ones")
+    r.add_argument("--show", action="store_true", help="live heatmap window")
+    r.add_argument("--fps", type=float, default=None, help="limit capture rate (frames/s)")
+    r.add_argument("--batch", type=int, default=1, help="frames per network call (up to)")
+    r.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch", "tensorrt"))
+    r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+
+    b = sub.add_parser("bench", help="throughput and per-stage latency per backend, vs the eager torch reference",
+                       description="Benchmark a bundle: frames/s and p50/p95/p99 per stage for batch sizes and thread "
+                                   "counts per available backend, plus the eager torch reference on the same frames.")
+    b.add_argument("--bundle", required=True)
+    b.add_argument("--out", default="bench_out", help="directory for bench.json, bench.md, bench.png")
+    b.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes")
+    b.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts")
+    b.add_argument("--backends", default="onnxruntime,torch,tensorrt", help="comma-separated backends to try")
+    b.add_argument("--iterations", type=int, default=20, help="timed iterations per setting")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--images", default=None, help="folder of images to use as frames (default: synthetic 640x480)")
+    b.add_argument("--no-reference", action="store_true", help="skip the eager torch reference")
+
+    d = sub.add_parser("demo", help="make synthetic data, train, export, detect and report (CPU, a few minutes)")
+    d.add_argument("--out", default="demo_out", help="output directory")
+    d.add_argument("--method", choices=METHODS, default="recontrast")
+    d.add_argument("--iterations", type=int, default=None, help="override training iterations/steps")
+    d.add_argument("--seed", type=int, default=0)
+
+    i = sub.add_parser("info", help="versions, compiled runtime (_rt, CUDA), backends; a bundle's manifest")
+    i.add_argument("--bundle", default=None)
+    return p
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_train(a: argparse.Namespace) -> int:
+    from . import api
+
+    ov: dict[str, Any] = dict(a.overrides)
+    for flag, key in (("backbone", "backbone"), ("image_size", "image_size"), ("iterations", "iterations"),
+                      ("steps", "steps"), ("batch_size", "batch_size"), ("coreset_ratio", "coreset_ratio"),
+                      ("seed", "seed"), ("weights", "pretrained")):
+        val = getattr(a, flag)
+        if val is not None:
+            ov[key] = val
+    run = api.train(a.method, a.data, a.out, ov, holdout_fraction=a.holdout, progress=not a.no_progress)
+    log.info("run written to %s", run.root)
+    if a.export_to:
+        bundle = api.export(run, a.export_to)
+        log.info("bundle written to %s", bundle.root)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from . import api
+    from .bundle import pack
+
+    if a.int8 and not a.calib:
+        raise SystemExit("edgeuad export: --int8 needs --calib DIR (normal images); random calibration is never used")
+    bundle = api.export(a.run, a.out, threads=a.threads, validation=a.validation, quantile=a.quantile)
+    sys.stdout.write(f"bundle: {bundle.root}\nthreshold: {bundle.thresholds['threshold']:.6g} "
+                     f"({bundle.thresholds['source']})\n")
+    if a.fp16 or a.int8:
+        from .export.trt_export import export_engines
+
+        for path in export_engines(bundle, fp16=a.fp16, int8=a.int8, calib=a.calib, max_batch=a.max_batch):
+            sys.stdout.write(f"engine: {path}\n")
+    if a.archive:
+        sys.stdout.write(f"archive: {pack(bundle.root, Path(a.archive))}\n")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from . import api
+
+    res = api.evaluate(a.bundle, a.data, a.out, backend=a.backend, threads=a.threads, batch=a.batch,
+                       progress=not a.no_progress)
+    sys.stdout.write(api.format_metrics(res.metrics) + "\n")
+    sys.stdout.write(f"{int(res.metrics['n_images'])} images in {res.seconds:.1f} s, "
+                     f"{res.latency_ms_mean:.1f} ms/frame\n")
+    if a.out:
+        sys.stdout.write(f"report: {a.out}/metrics.json\n")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import run_predict
+
+    return run_predict(a)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(bundle=a.bundle, out_dir=a.out,
+                      batch_sizes=[int(x) for x in a.batch_sizes.split(",") if x],
+                      threads=[int(x) for x in a.threads.split(",") if x],
+                      backends=[x for x in a.backends.split(",") if x], iterations=a.iterations,
+                      warmup=a.warmup, images=a.images, reference=not a.no_reference)
+    report = run_bench(cfg)
+    sys.stdout.write(report.table() + "\n")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(a.out, method=a.method, iterations=a.iterations, seed=a.seed)
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    import platform
+
+    from ._version import __version__
+
+    lines = [f"edgeuad {__version__} (python {platform.python_version()}, {platform.machine()})"]
+    try:
+        from . import _rt
+
+        lines.append(f"_rt: built, CUDA compiled: {_rt.has_cuda()}, CUDA devices: {_rt.cuda_device_count()}")
+    except ImportError as e:
+        lines.append(f"_rt: NOT built ({e}); run pip install -e .")
+    for mod in ("onnxruntime", "torch", "tensorrt", "pycuda", "cv2", "numpy"):
+        try:
+            m = __import__(mod)
+            lines.append(f"{mod}: {getattr(m, '__version__', 'present')}")
+        except Exception:  # noqa: BLE001 - info only reports
+            lines.append(f"{mod}: not installed")
+    if a.bundle:
+        from .bundle import Bundle
+
+        bd = Bundle.load(a.bundle)
+        m = bd.manifest
+        lines += [f"bundle {bd.root}: verified ({len(m['files'])} files, sha256 ok)",
+                  f"  method {m['method']}, backbone {m['backbone']}, input {m['preprocess']['size']}",
+                  f"  outputs {len(m['model']['outputs'])}, post-processing {m['postprocess']['kind']}",
+                  f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
+                  f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "predict": cmd_predict,
+            "bench": cmd_bench, "demo": cmd_demo, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.cmd](args)
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        if args.verbose:
+            raise
+        log.error("%s: %s", type(e).__name__, e)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

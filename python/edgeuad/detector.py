@@ -1,0 +1,183 @@
+"""Detector: bundle -> backend -> maps / bank -> result.  The runtime's front door.
+
+    det = Detector("bundle/")              # onnxruntime on CPU, never imports torch
+    r = det.score(frame_rgb)               # HxWx3 uint8; color="bgr" for OpenCV frames
+    r.score, r.normalized, r.is_anomaly, r.anomaly_map
+
+The three stages are public (`preprocess`, `infer`, `postprocess`) so that the benchmark and
+the stream can time and pipeline them without re-implementing anything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from .bundle import Bundle, BundleError
+from .preprocess import preprocess as _preprocess
+from .preprocess import validate_frame
+from .runtime import maps as _maps
+from .runtime.backends import Backend, make_backend
+from .thresholds import Thresholds
+
+log = logging.getLogger(__name__)
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+@dataclass
+class Result:
+    """One frame's verdict.  `anomaly_map` is normalised like `normalized` (0.5 = threshold)."""
+
+    score: float
+    normalized: float
+    is_anomaly: bool
+    anomaly_map: np.ndarray | None = None      # H x W float32 at the frame's resolution, normalised
+    raw_map: np.ndarray | None = None          # H x W float32, raw units (same as `score`)
+    latency_ms: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Detector:
+    """Scores frames with an exported bundle (directory or .tar) or a TensorRT engine inside one."""
+
+    def __init__(self, bundle_or_engine: str | os.PathLike, backend: str = "auto", threads: int = 0,
+                 color: str = "rgb", exact_search: bool | None = None) -> None:
+        path = Path(bundle_or_engine)
+        engine_path: Path | None = None
+        if path.suffix in ENGINE_SUFFIXES:
+            engine_path = path
+            path = path.parent  # engines live inside the bundle that describes them
+            if not path.joinpath("manifest.json").is_file():
+                raise BundleError(f"engine {engine_path} must sit inside its bundle directory (no manifest.json "
+                                  f"beside it); build it with `edgeuad export --fp16 --bundle DIR`")
+        if color not in ("rgb", "bgr"):
+            raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+        self.bundle = Bundle.load(path)
+        self.color = color
+        self.method = self.bundle.method
+        self.pre_cfg = self.bundle.preprocess
+        self.post = self.bundle.postprocess
+        self.thresholds = Thresholds.from_dict(self.bundle.thresholds)
+        self.backend: Backend = make_backend(self.bundle, backend, threads=threads, engine_path=engine_path)
+        self.backend_name = self.backend.name
+        self.threads = threads
+        self.bank = None
+        if self.post["kind"] == "nn_l2":
+            from .runtime.bank import Bank
+
+            self.bank = Bank.load(self.bundle.file(self.post["bank"]))
+            self.exact_search = exact_search
+        elif self.post["kind"] != "cos_pairs":
+            raise BundleError(f"unknown post-processing kind {self.post['kind']!r} in {path}")
+        log.info("Detector: %s/%s bundle %s on %s", self.method, self.bundle.backbone, path, self.backend_name)
+
+    # --- properties ------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        return self.thresholds.threshold
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.pre_cfg.size
+
+    # --- the three stages ------------------------------------------------------
+    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        return _preprocess(frames, self.pre_cfg, color=self.color)
+
+    def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.backend.run(x)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], frame_sizes: Sequence[tuple[int, int]],
+                    return_map: bool = True) -> list[Result]:
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        p = self.post
+        h, w = self.pre_cfg.size
+        if p["kind"] == "cos_pairs":
+            pairs = [(outputs[a], outputs[b]) for a, b in p["pairs"]]
+            amap, smax, stopk = _maps.cos_map(pairs, (h, w), weights=p.get("weights"),
+                                              align_corners=p["align_corners"], sigma=p["sigma"],
+                                              topk_frac=p["topk_frac"], threads=self.threads)
+            timings["distance_map"] = (time.perf_counter() - t0) * 1e3
+        else:
+            emb = outputs[p["embedding"]]
+            gh, gw = p["grid"]
+            b = emb.shape[0]
+            if emb.ndim != 3 or emb.shape[1] != gh * gw:
+                raise RuntimeError(f"embedding output has shape {emb.shape}, expected (B, {gh * gw}, D)")
+            q = np.ascontiguousarray(emb.reshape(b * gh * gw, -1), dtype=np.float32)
+            dist = self.bank.search_patch_scores(q, b=p["reweight_b"], exact=self.exact_search,
+                                                 threads=self.threads).reshape(b, gh, gw)
+            t1 = time.perf_counter()
+            timings["memory_bank"] = (t1 - t0) * 1e3
+            amap, smax, stopk = _maps.l2_map(dist, (h, w), align_corners=p["align_corners"], sigma=p["sigma"],
+                                             topk_frac=p["topk_frac"], threads=self.threads)
+            timings["distance_map"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        scores = smax if p["score"] == "max" else stopk
+        results = []
+        for i, (fh, fw) in enumerate(frame_sizes):
+            s = float(scores[i])
+            nm = raw = None
+            if return_map:
+                raw = amap[i] if (fh, fw) == (h, w) else cv2.resize(amap[i], (fw, fh), interpolation=cv2.INTER_LINEAR)
+                nm = self.thresholds.normalize(raw).astype(np.float32)
+            results.append(Result(score=s, normalized=float(self.thresholds.normalize(s)),
+                                  is_anomaly=bool(s >= self.thresholds.threshold), anomaly_map=nm, raw_map=raw,
+                                  timings=dict(timings)))
+        post_ms = (time.perf_counter() - t2) * 1e3
+        for r in results:
+            r.timings["postprocess"] = post_ms
+        return results
+
+    # --- convenience -----------------------------------------------------------
+    def score(self, frame: np.ndarray, return_map: bool = True) -> Result:
+        return self.score_batch([frame], return_map=return_map)[0]
+
+    def score_batch(self, frames: Sequence[np.ndarray], return_map: bool = True) -> list[Result]:
+        if isinstance(frames, np.ndarray) and frames.ndim == 3:
+            raise ValueError("score_batch takes a list of frames or an N x H x W x 3 array; use score() for one frame")
+        if len(frames) == 0:
+            raise ValueError("score_batch: no frames given")
+        t0 = time.perf_counter()
+        checked = [validate_frame(f, name=f"frame[{i}]") for i, f in enumerate(frames)]
+        x = self.preprocess(checked)
+        t1 = time.perf_counter()
+        out = self.infer(x)
+        t2 = time.perf_counter()
+        for name, v in out.items():
+            if not np.all(np.isfinite(v)):
+                raise FloatingPointError(f"backend {self.backend_name} returned non-finite values in {name!r}")
+        results = self.postprocess(out, [f.shape[:2] for f in checked], return_map=return_map)
+        total = (time.perf_counter() - t0) * 1e3
+        for r in results:
+            r.timings["preprocess"] = (t1 - t0) * 1e3
+            r.timings["network"] = (t2 - t1) * 1e3
+            r.latency_ms = total
+        return results
+
+    def stream(self, source: Any, config: Any = None, callback: Any = None, **kwargs: Any):
+        """Score a camera index, RTSP/HTTP URL, video file, folder or glob: see `edgeuad.stream`."""
+        from .stream import StreamConfig, stream
+
+        if config is None:
+            config = StreamConfig(**kwargs)
+        elif kwargs:
+            raise ValueError("pass either a StreamConfig or keyword options, not both")
+        return stream(self, source, config=config, callback=callback)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Detector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,572 @@
+"""ReContrast (Guo et al., NeurIPS 2023): model, loss, training loop, torch reference maps.
+
+Structure (following the official code, see docs and /work/shared/papers/README.md):
+
+* two copies of an ImageNet encoder: one trained with a small learning rate,
+  one frozen (always eval mode, no gradients);
+* ONE bottleneck + decoder shared by both branches: the trainable and the
+  frozen features are concatenated along the batch axis (trainable first), go
+  through the bottleneck and decoder together (so decoder BatchNorm sees both
+  views), and are split again after the decoder;
+* two sets of 1x1 output heads per level: set ``a`` is applied to the half
+  decoded from the *trainable* encoder and reconstructs the *frozen* encoder's
+  features, set ``b`` is applied to the half decoded from the *frozen* encoder
+  and reconstructs the *trainable* encoder's features (crossed pairing).
+
+``forward(x)`` returns ``(enc, dec)``, six tensors each, paired elementwise::
+
+    index  name        enc (target, detached in the loss)   dec (reconstruction)
+    0..2   l{k}_frozen frozen encoder level k                heads a on trainable-branch decoding
+    3..5   l{k}_train  trainable encoder level k             heads b on frozen-branch decoding
+
+Levels k = 1, 2, 3 are the backbone stages at strides 4, 8, 16.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import BACKBONES, Backbone, build_backbone
+from .common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint, optimizer_from_flat,
+                     optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DECODER_SPECS",
+    "DecoderSpec",
+    "ReContrastConfig",
+    "ReContrastModel",
+    "alpha_at",
+    "anomaly_map_torch",
+    "build_model",
+    "gaussian_blur_torch",
+    "global_cosine_hm",
+    "load_model",
+    "model_state",
+    "recontrast_loss",
+    "train_recontrast",
+]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_CKPT_FORMAT = "edgeuad.recontrast.checkpoint/1"
+
+
+# ------------------------------------------------------------------------- config
+@dataclass
+class ReContrastConfig:
+    """Hyper-parameters; defaults are the paper's / official code's MVTec AD settings
+    except the backbone (efficientnet_lite0 for edge devices; the paper uses wide_resnet50_2)."""
+
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str = True          # True: default ImageNet source; str: weights file
+    image_size: int = 256                  # square network input, multiple of 32
+    iterations: int = 2000
+    batch_size: int = 16
+    lr_decoder: float = 2e-3               # bottleneck + decoder + heads
+    lr_encoder: float = 1e-5               # trainable encoder copy
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-5
+    alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
+    alpha_end: float = 1.0                 # ... to this value ...
+    alpha_warmup_frac: float = 0.1         # ... over this fraction of the iterations
+    encoder_bn: str = "train"              # "train": batch statistics in the trainable encoder; "eval"
+    bottleneck_dim: int | None = None      # None: 2 x stage-3 channels (= official for ResNets)
+    seed: int = 0
+    checkpoint_every: int = 200
+    sigma: float = 4.0                     # anomaly-map Gaussian blur (0 = off)
+    score: str = "max"                     # image score: "max" | "topk_mean"
+    topk_frac: float = 0.01
+    device: str = "cpu"                    # "cpu", "cuda", "cuda:N" or "auto"
+
+    def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if isinstance(self.pretrained, Path):  # keep the config JSON-serialisable
+            self.pretrained = str(self.pretrained)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.image_size <= 0 or self.image_size % 32:
+            raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
+        if self.iterations <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
+            raise ValueError("iterations, batch_size and checkpoint_every must be positive")
+        if not 0.0 <= self.alpha_warmup_frac <= 1.0:
+            raise ValueError(f"alpha_warmup_frac must be in [0, 1], got {self.alpha_warmup_frac}")
+        if self.encoder_bn not in ("train", "eval"):
+            raise ValueError(f"encoder_bn must be 'train' or 'eval', got {self.encoder_bn!r}")
+        if self.score not in ("max", "topk_mean"):
+            raise ValueError(f"score must be 'max' or 'topk_mean', got {self.score!r}")
+        if not 0.0 < self.topk_frac <= 1.0:
+            raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
+        if self.sigma < 0:
+            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+        if self.bottleneck_dim is not None and self.bottleneck_dim <= 0:
+            raise ValueError("bottleneck_dim must be positive")
+        if min(self.lr_decoder, self.lr_encoder) < 0 or self.weight_decay < 0:
+            raise ValueError("learning rates and weight_decay must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReContrastConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ReContrastConfig keys: {sorted(unknown)}")
+        kw = dict(d)
+        if "betas" in kw:
+            kw["betas"] = tuple(kw["betas"])
+        return cls(**kw)
+
+
+def alpha_at(iteration: int, cfg: ReContrastConfig) -> float:
+    """Hard-mining alpha at 0-based ``iteration``: linear from alpha_start to alpha_end over the
+    first alpha_warmup_frac * iterations, then constant (official: min(-3 + 4*it/(0.1*T), 1))."""
+    warm = cfg.alpha_warmup_frac * cfg.iterations
+    if warm <= 0 or iteration >= warm:
+        return float(cfg.alpha_end)
+    return float(cfg.alpha_start + (cfg.alpha_end - cfg.alpha_start) * iteration / warm)
+
+
+# ------------------------------------------------------------------- decoder parts
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Per-backbone RD4AD layout: residual block kind and block counts.
+
+    bottleneck_blocks: blocks of the strided residual stage (stride 16 -> 32).
+    decoder_blocks: blocks of the decoder stages producing levels 3, 2, 1 (the official
+    de_resnet reuses the encoder's layer counts in this order).
+    """
+
+    block: str                   # "basic" | "bottleneck"
+    bottleneck_blocks: int
+    decoder_blocks: tuple[int, int, int]
+    width_per_group: int = 64
+
+
+DECODER_SPECS: dict[str, DecoderSpec] = {
+    "resnet18": DecoderSpec("basic", 2, (2, 2, 2)),
+    "wide_resnet50_2": DecoderSpec("bottleneck", 3, (3, 4, 6), width_per_group=128),
+    # no official configuration: the light ResNet-18 layout, mirrored on lite0's channels
+    "efficientnet_lite0": DecoderSpec("basic", 2, (2, 2, 2)),
+}
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def _scale(cin: int, cout: int, stride: int, up: bool) -> nn.Module:
+    """Shortcut projection: 2x2 transposed conv when upsampling, strided 1x1 conv otherwise."""
+    conv: nn.Module
+    if up and stride == 2:
+        conv = nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
+    else:
+        conv = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout))
+
+
+class _Basic(nn.Module):
+    """ResNet basic block; with up=True a stride-2 block upsamples (2x2 transposed conv)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, up: bool = False, width_per_group: int = 64) -> None:
+        super().__init__()
+        if up and stride == 2:
+            self.conv1: nn.Module = nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
+        else:
+            self.conv1 = _conv3x3(cin, cout, stride)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = _conv3x3(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _scale(cin, cout, stride, up) if (stride != 1 or cin != cout) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class _Bottle(nn.Module):
+    """ResNet bottleneck block (stride on the 3x3, or a 2x2 transposed conv when up=True)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, up: bool = False, width_per_group: int = 64) -> None:
+        super().__init__()
+        width = int((cout // 4) * width_per_group / 64)
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        if up and stride == 2:
+            self.conv2: nn.Module = nn.ConvTranspose2d(width, width, 2, stride=2, bias=False)
+        else:
+            self.conv2 = _conv3x3(width, width, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = _scale(cin, cout, stride, up) if (stride != 1 or cin != cout) else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.shortcut is None else self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+_BLOCKS = {"basic": _Basic, "bottleneck": _Bottle}
+
+
+def _stage(spec: DecoderSpec, cin: int, cout: int, n: int, up: bool) -> nn.Sequential:
+    block = _BLOCKS[spec.block]
+    layers = [block(cin, cout, 2, up, spec.width_per_group)]
+    layers += [block(cout, cout, 1, up, spec.width_per_group) for _ in range(n - 1)]
+    return nn.Sequential(*layers)
+
+
+class Bottleneck(nn.Module):
+    """RD4AD multi-scale fusion: stage 1 (two strided 3x3) and stage 2 (one strided 3x3)
+    are brought to stage-3 resolution, concatenated with stage 3, and a strided residual
+    stage maps the 3*c3 channels to ``dim`` channels at stride 32."""
+
+    def __init__(self, channels: Sequence[int], dim: int, spec: DecoderSpec) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.conv1 = _conv3x3(c1, c2, 2)
+        self.bn1 = nn.BatchNorm2d(c2)
+        self.conv2 = _conv3x3(c2, c3, 2)
+        self.bn2 = nn.BatchNorm2d(c3)
+        self.conv3 = _conv3x3(c2, c3, 2)
+        self.bn3 = nn.BatchNorm2d(c3)
+        self.relu = nn.ReLU(inplace=True)
+        self.stage = _stage(spec, 3 * c3, dim, spec.bottleneck_blocks, up=False)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        f1, f2, f3 = feats
+        l1 = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(f1))))))
+        l2 = self.relu(self.bn3(self.conv3(f2)))
+        return self.stage(torch.cat([l1, l2, f3], dim=1))
+
+
+class Decoder(nn.Module):
+    """Upside-down encoder: three upsampling residual stages 32 -> 16 -> 8 -> 4 whose
+    outputs have the encoder's channels; returns [level1, level2, level3] (strides 4/8/16)."""
+
+    def __init__(self, channels: Sequence[int], dim: int, spec: DecoderSpec) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        n3, n2, n1 = spec.decoder_blocks
+        self.layer3 = _stage(spec, dim, c3, n3, up=True)
+        self.layer2 = _stage(spec, c3, c2, n2, up=True)
+        self.layer1 = _stage(spec, c2, c1, n1, up=True)
+
+    def forward(self, z: Tensor) -> list[Tensor]:
+        d3 = self.layer3(z)
+        d2 = self.layer2(d3)
+        d1 = self.layer1(d2)
+        return [d1, d2, d3]
+
+
+# ------------------------------------------------------------------------- model
+class ReContrastModel(nn.Module):
+    """Trainable + frozen encoder, shared bottleneck/decoder, crossed 1x1 heads (module docstring)."""
+
+    def __init__(self, encoder: Backbone, bottleneck_dim: int | None = None, encoder_bn: str = "train") -> None:
+        super().__init__()
+        if encoder_bn not in ("train", "eval"):
+            raise ValueError(f"encoder_bn must be 'train' or 'eval', got {encoder_bn!r}")
+        spec = DECODER_SPECS[encoder.name]
+        channels = tuple(encoder.channels)
+        dim = int(bottleneck_dim or 2 * channels[2])
+        self.backbone_name = encoder.name
+        self.channels = channels
+        self.bottleneck_dim = dim
+        self.encoder_bn = encoder_bn
+        self.encoder = encoder
+        self.encoder_frozen = copy.deepcopy(encoder)
+        for p in self.encoder_frozen.parameters():
+            p.requires_grad_(False)
+        self.bottleneck = Bottleneck(channels, dim, spec)
+        self.decoder = Decoder(channels, dim, spec)
+        self.heads_a = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)  # -> frozen targets
+        self.heads_b = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)  # -> trainable targets
+        # RD4AD/official initialisation of the new parts (transposed convs keep torch defaults)
+        for part in (self.bottleneck, self.decoder, self.heads_a, self.heads_b):
+            for m in part.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                elif isinstance(m, nn.BatchNorm2d):
+                    nn.init.ones_(m.weight)
+                    nn.init.zeros_(m.bias)
+        self.train(False)
+
+    @staticmethod
+    def pair_names() -> list[str]:
+        return [f"l{k}_frozen" for k in (1, 2, 3)] + [f"l{k}_train" for k in (1, 2, 3)]
+
+    def new_parameters(self) -> list[nn.Parameter]:
+        """Bottleneck, decoder and heads (the lr_decoder group)."""
+        return [p for part in (self.bottleneck, self.decoder, self.heads_a, self.heads_b) for p in part.parameters()]
+
+    def train(self, mode: bool = True) -> "ReContrastModel":
+        super().train(mode)
+        # frozen copy always uses ImageNet statistics; trainable copy per encoder_bn
+        self.encoder_frozen.train(False)
+        if mode and self.encoder_bn == "eval":
+            self.encoder.train(False)
+        return self
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        h, w = x.shape[-2], x.shape[-1]
+        if h % 32 or w % 32:
+            raise ValueError(f"ReContrast input height/width must be multiples of 32, got {h}x{w}")
+        b = x.shape[0]
+        en_t = self.encoder(x)
+        with torch.no_grad():
+            en_f = self.encoder_frozen(x)
+        z = self.bottleneck([torch.cat([t, f], dim=0) for t, f in zip(en_t, en_f)])
+        de = self.decoder(z)
+        dec_a = [head(d[:b]) for head, d in zip(self.heads_a, de)]   # from trainable -> frozen
+        dec_b = [head(d[b:]) for head, d in zip(self.heads_b, de)]   # from frozen -> trainable
+        return list(en_f) + list(en_t), dec_a + dec_b
+
+
+def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = None) -> ReContrastModel:
+    """Model with both encoder copies initialised from ``pretrained`` (default cfg.pretrained)."""
+    weights = cfg.pretrained if pretrained is None else pretrained
+    encoder = build_backbone(cfg.backbone, pretrained=weights)
+    return ReContrastModel(encoder, cfg.bottleneck_dim, cfg.encoder_bn)
+
+
+def model_state(model: ReContrastModel) -> dict[str, Tensor]:
+    """Flat CPU state (both encoders included) for safetensors bundles/checkpoints."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def load_model(state: dict[str, Tensor], cfg: ReContrastConfig,
+               device: str | torch.device | None = None) -> ReContrastModel:
+    """Rebuild from ``model_state`` output without touching any weight source; eval mode."""
+    model = build_model(cfg, pretrained=False)
+    model.load_state_dict(state, strict=True)
+    if device is not None:
+        model.to(resolve_device(device))
+    return model.eval()
+
+
+# -------------------------------------------------------------------------- loss
+def _mask_grad(mask: Tensor):
+    def hook(grad: Tensor) -> Tensor:
+        return grad * mask
+    return hook
+
+
+def global_cosine_hm(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float) -> Tensor:
+    """Sum over levels of the global cosine distance with hard-normal mining.
+
+    Per level: loss = mean_b(1 - cos(flatten(enc_b), flatten(dec_b))) with enc detached
+    (stop-gradient). Hard mining: with point-wise distance d = 1 - cos_c(enc, dec) over
+    the whole batch, the gradient reaching ``dec`` is zeroed at locations where
+    d < mean(d) + alpha * std(d) (a backward hook, as in the official code), so easy
+    regions stay in the loss value but stop pulling the decoder.
+    """
+    if len(enc) != len(dec) or not enc:
+        raise ValueError("enc and dec must be non-empty lists of equal length")
+    total = enc[0].new_zeros(())
+    for a, b in zip(enc, dec):
+        a = a.detach()
+        with torch.no_grad():
+            d = 1.0 - F.cosine_similarity(a, b, dim=1)                   # B x H x W
+            thresh = d.mean() + alpha * d.flatten().std()
+            keep = (d >= thresh).unsqueeze(1).to(b.dtype)               # B x 1 x H x W
+        total = total + (1.0 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)).mean()
+        if b.requires_grad:
+            b.register_hook(_mask_grad(keep))
+    return total
+
+
+def recontrast_loss(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float) -> Tensor:
+    """Official combination: mean over the two crossed groups of the level-summed loss."""
+    n = len(enc) // 2
+    return 0.5 * global_cosine_hm(enc[:n], dec[:n], alpha) + 0.5 * global_cosine_hm(enc[n:], dec[n:], alpha)
+
+
+# ---------------------------------------------------------------------- training
+_RESUME_FREE = {"iterations", "checkpoint_every", "device", "pretrained", "sigma", "score", "topk_frac"}
+
+
+def _make_optimizers(model: ReContrastModel, cfg: ReContrastConfig) -> tuple[torch.optim.AdamW, torch.optim.AdamW]:
+    opt_dec = torch.optim.AdamW(model.new_parameters(), lr=cfg.lr_decoder, betas=cfg.betas,
+                                weight_decay=cfg.weight_decay)
+    opt_enc = torch.optim.AdamW(model.encoder.parameters(), lr=cfg.lr_encoder, betas=cfg.betas,
+                                weight_decay=cfg.weight_decay)
+    return opt_dec, opt_enc
+
+
+def _save(path: Path, model: ReContrastModel, opts: Sequence[torch.optim.Optimizer], cfg: ReContrastConfig,
+          iteration: int, loss: float) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta: dict[str, Any] = {"format": _CKPT_FORMAT, "iteration": iteration, "loss": loss,
+                            "config": cfg.to_dict()}
+    for name, opt in zip(("opt_dec", "opt_enc"), opts):
+        t, m = optimizer_to_flat(opt, name)
+        tensors.update(t)
+        meta[name] = m
+    save_checkpoint(path, tensors, meta)
+
+
+def _check_resumable(saved: dict[str, Any], cfg: ReContrastConfig) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
+    if diff:
+        raise ValueError(f"checkpoint was trained with a different configuration ({', '.join(diff)}); "
+                         "use another out_dir or resume=False")
+    if saved.get("iterations") != cfg.iterations:
+        log.warning("resuming with iterations=%d (checkpoint: %s): the alpha schedule changes",
+                    cfg.iterations, saved.get("iterations"))
+
+
+def train_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | Path, progress: bool = True,
+                     resume: bool = True, log_every: int = 50, stop_after: int | None = None) -> ReContrastModel:
+    """Train ReContrast on preprocessed normal images (float32 N x 3 x H x W).
+
+    Checkpoints go to ``out_dir/checkpoint.safetensors`` every ``cfg.checkpoint_every``
+    iterations and at the end; with resume=True an existing checkpoint is continued
+    (same batches and state as an uninterrupted run). ``stop_after`` ends the run after
+    that many total iterations (checkpointed) without changing the schedule, for
+    time-boxed runs. Returns the model in eval mode on cfg.device.
+    """
+    data = ImageArrayDataset(images)
+    if data.size_hw != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"images are {data.size_hw[0]}x{data.size_hw[1]} but cfg.image_size is "
+                         f"{cfg.image_size}; preprocess with size ({cfg.image_size}, {cfg.image_size})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    saved = None
+    if resume and ckpt_path.exists():
+        tensors, meta = load_checkpoint(ckpt_path)
+        if meta.get("format") != _CKPT_FORMAT:
+            raise ValueError(f"{ckpt_path} is not a ReContrast checkpoint")
+        _check_resumable(meta["config"], cfg)
+        saved = (tensors, meta)
+    # on resume every weight comes from the checkpoint: no need to fetch ImageNet weights
+    model = build_model(cfg, pretrained=False if saved else None).to(device)
+    opt_dec, opt_enc = _make_optimizers(model, cfg)
+    start = 0
+    if saved:
+        tensors, meta = saved
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        optimizer_from_flat(opt_dec, tensors, meta["opt_dec"], "opt_dec")
+        optimizer_from_flat(opt_enc, tensors, meta["opt_enc"], "opt_enc")
+        start = int(meta["iteration"])
+        log.info("resuming ReContrast from %s at iteration %d", ckpt_path, start)
+
+    end = cfg.iterations if stop_after is None else min(cfg.iterations, int(stop_after))
+    sampler = EpochShuffleSampler(len(data), cfg.batch_size, cfg.seed)
+    if len(data) < cfg.batch_size:
+        log.warning("only %d training images for batch_size %d", len(data), cfg.batch_size)
+    model.train()
+    loss_v = float("nan")
+    window: list[float] = []
+    with progress_bar(cfg.iterations, desc=f"recontrast[{cfg.backbone}]", enabled=progress, initial=start) as bar:
+        for it in range(start, end):
+            x = data.batch(sampler.batch_indices(it), device)
+            alpha = alpha_at(it, cfg)
+            enc, dec = model(x)
+            loss = recontrast_loss(enc, dec, alpha)
+            loss_v = float(loss.detach())
+            if not math.isfinite(loss_v):  # checked before the step so the weights stay usable
+                raise FloatingPointError(f"ReContrast loss became {loss_v} at iteration {it}; last good "
+                                         f"checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}")
+            opt_dec.zero_grad(set_to_none=True)
+            opt_enc.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_dec.step()
+            opt_enc.step()
+            window.append(loss_v)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_v:.4f}", alpha=f"{alpha:.2f}")
+            done = it + 1
+            if log_every > 0 and done % log_every == 0:
+                log.info("iter %d/%d loss %.4f (mean of last %d: %.4f) alpha %.2f", done, cfg.iterations,
+                         loss_v, len(window), float(np.mean(window)), alpha)
+                window.clear()
+            if done % cfg.checkpoint_every == 0 or done == end:
+                _save(ckpt_path, model, (opt_dec, opt_enc), cfg, done, loss_v)
+    return model.eval()
+
+
+# ----------------------------------------------------------- torch post-processing
+def _symmetric_index(n: int, r: int, device: torch.device) -> Tensor:
+    """Indices of a length-n axis padded by r on both sides, scipy 'reflect' (half-sample
+    symmetric: d c b a | a b c d | d c b a), valid for any r (repeats the reflection)."""
+    i = torch.arange(-r, n + r, device=device)
+    period = 2 * n
+    j = torch.remainder(i, period)
+    return torch.where(j >= n, period - 1 - j, j)
+
+
+def gaussian_blur_torch(maps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of B x H x W maps, scipy.ndimage.gaussian_filter semantics
+    (truncate 4: kernel 2*int(4*sigma+0.5)+1, mode 'reflect'); sigma 0 returns the input."""
+    if sigma <= 0:
+        return maps
+    r = int(4.0 * sigma + 0.5)
+    x = torch.arange(-r, r + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).to(device=maps.device, dtype=maps.dtype)
+    _, h, w = maps.shape
+    out = maps.unsqueeze(1)
+    out = out.index_select(2, _symmetric_index(h, r, maps.device))
+    out = F.conv2d(out, k.view(1, 1, -1, 1))
+    out = out.index_select(3, _symmetric_index(w, r, maps.device))
+    out = F.conv2d(out, k.view(1, 1, 1, -1))
+    return out.squeeze(1)
+
+
+def anomaly_map_torch(enc: Sequence[Tensor], dec: Sequence[Tensor], out_size: int | tuple[int, int],
+                      sigma: float = 4.0, align_corners: bool = True, weights: Sequence[float] | None = None,
+                      topk_frac: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference post-processing: -> (maps B x H x W, max B, topk_mean B).
+
+    map = sum_l w_l * bilinear_up(1 - cos_c(enc_l, dec_l)) then Gaussian blur; cosine is
+    dot / (max(|a|, 1e-8) * max(|b|, 1e-8)) as in docs/architecture.md (equal to
+    F.cosine_similarity(eps=1e-8) except for near-zero vectors).
+    """
+    if len(enc) != len(dec) or not enc:
+        raise ValueError("enc and dec must be non-empty lists of equal length")
+    size = (out_size, out_size) if isinstance(out_size, int) else (int(out_size[0]), int(out_size[1]))
+    w = [1.0] * len(enc) if weights is None else list(weights)
+    if len(w) != len(enc):
+        raise ValueError(f"{len(w)} weights for {len(enc)} pairs")
+    total: Tensor | None = None
+    for wl, a, b in zip(w, enc, dec):
+        dot = (a * b).sum(dim=1)
+        na = a.norm(dim=1).clamp_min(1e-8)
+        nb = b.norm(dim=1).clamp_min(1e-8)
+        dist = (1.0 - dot / (na * nb)).unsqueeze(1)
+        up = F.interpolate(dist, size=size, mode="bilinear", align_corners=align_corners).squeeze(1)
+        total = wl * up if total is None else total + wl * up
+    assert total is not None
+    maps = gaussian_blur_torch(total, sigma)
+    flat = maps.flatten(1)
+    k = max(1, int(topk_frac * flat.shape[1]))
+    return maps, flat.max(dim=1).values, flat.topk(k, dim=1).values.mean(dim=1)

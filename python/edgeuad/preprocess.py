@@ -1,0 +1,108 @@
+"""Image preprocessing shared by training and the runtime.
+
+One function turns frames into network input so that the training side and the
+Detector can never disagree (anomalib users hit train/serve skew when the two
+paths resize differently).  numpy + OpenCV only: the runtime imports this.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How a frame becomes a network input.
+
+    size: (height, width) of the network input.  Frames of any size and aspect
+    ratio are resized to it (no crop: defects at the border must stay visible).
+    mean/std: per-channel RGB normalisation applied after scaling to [0, 1].
+    """
+
+    size: tuple[int, int] = (256, 256)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "area_or_linear"  # INTER_AREA when shrinking, else INTER_LINEAR
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        size = tuple(int(v) for v in d["size"])
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"preprocess.size must be two positive ints, got {d['size']!r}")
+        mean = tuple(float(v) for v in d["mean"])
+        std = tuple(float(v) for v in d["std"])
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError("preprocess.mean/std must be three numbers (std > 0)")
+        return cls(size=size, mean=mean, std=std,  # type: ignore[arg-type]
+                   interpolation=str(d.get("interpolation", "area_or_linear")))
+
+
+def validate_frame(frame: Any, name: str = "frame") -> np.ndarray:
+    """Check one image and return it as an HxWx3 uint8 array.
+
+    Accepts HxW (gray) and HxWx1 too, expanded to 3 channels.  Raises ValueError
+    naming the problem for anything else, so a bad frame never reaches the network.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy array, got {type(frame).__name__}")
+    if frame.size == 0:
+        raise ValueError(f"{name}: empty array with shape {frame.shape}")
+    if frame.dtype != np.uint8:
+        raise ValueError(f"{name}: expected dtype uint8 (0-255 image), got {frame.dtype}; "
+                         "convert with (x * 255).clip(0, 255).astype(np.uint8) if it is float in [0, 1]")
+    if frame.ndim == 2:
+        frame = np.repeat(frame[:, :, None], 3, axis=2)
+    elif frame.ndim == 3 and frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    elif frame.ndim == 3 and frame.shape[2] == 4:
+        raise ValueError(f"{name}: 4 channels (BGRA/RGBA) given; drop alpha first, e.g. frame[..., :3]")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{name}: expected HxWx3 image, got shape {frame.shape}")
+    if frame.shape[0] < 8 or frame.shape[1] < 8:
+        raise ValueError(f"{name}: image {frame.shape[1]}x{frame.shape[0]} is too small (min 8x8)")
+    return frame
+
+
+def resize(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    h, w = size_hw
+    if img.shape[0] == h and img.shape[1] == w:
+        return img
+    shrink = img.shape[0] > h or img.shape[1] > w
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def preprocess(frames: Sequence[np.ndarray] | np.ndarray, cfg: PreprocessConfig,
+               color: str = "rgb") -> np.ndarray:
+    """uint8 HxWx3 frames (RGB, or BGR when color='bgr') -> float32 Nx3xHxW network input."""
+    if color not in ("rgb", "bgr"):
+        raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
+    if isinstance(frames, np.ndarray) and frames.ndim == 4:
+        frames = list(frames)
+    if len(frames) == 0:
+        raise ValueError("no frames given")
+    h, w = cfg.size
+    out = np.empty((len(frames), 3, h, w), dtype=np.float32)
+    mean = np.asarray(cfg.mean, np.float32).reshape(1, 1, 3) * 255.0
+    inv_std = 1.0 / (np.asarray(cfg.std, np.float32).reshape(1, 1, 3) * 255.0)
+    for i, f in enumerate(frames):
+        f = validate_frame(f, name=f"frame[{i}]")
+        if color == "bgr":
+            f = f[:, :, ::-1]
+        r = resize(np.ascontiguousarray(f), (h, w)).astype(np.float32)
+        out[i] = ((r - mean) * inv_std).transpose(2, 0, 1)
+    return out
+

@@ -1,0 +1,121 @@
+"""Network backends: one protocol, three engines.
+
+    onnxruntime  the embedded default: CPU everywhere (and CUDA EP when installed)
+    torch        the training-side model run eagerly (imports torch lazily; reference and debugging)
+    tensorrt     engines for Jetson / NVIDIA GPUs (runtime/trt_backend.py, import-guarded)
+
+Every backend maps a float32 N x 3 x H x W batch to a dict of named float32 outputs, the names
+being the ONNX output names recorded in the bundle manifest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol
+
+import numpy as np
+
+from ..bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (package missing, no device)."""
+
+
+class Backend(Protocol):
+    name: str
+    input_name: str
+    output_names: list[str]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class OrtBackend:
+    """onnxruntime session over the bundle's ONNX graph."""
+
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | os.PathLike, threads: int = 0,
+                 providers: list[str] | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:  # a hard dependency, but say what to do if it is gone
+            raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
+        so = ort.SessionOptions()
+        if threads > 0:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        avail = ort.get_available_providers()
+        if providers is None:
+            providers = ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in avail]
+        if missing:
+            raise BackendUnavailableError(f"onnxruntime providers {missing} not available (have {avail})")
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.threads = threads
+        log.debug("onnxruntime session on %s, providers=%s, threads=%s", onnx_path, providers, threads or "default")
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+        return dict(zip(self.output_names, outs))
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+
+
+class TorchBackend:
+    """The eager torch model rebuilt from the bundle's safetensors weights (needs the `train` extra)."""
+
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, threads: int = 0, device: str = "cpu") -> None:
+        try:
+            import torch
+        except ImportError as e:
+            raise BackendUnavailableError("the torch backend needs torch: pip install 'edgeuad[train]'") from e
+        from ..methods.registry import load_export_module  # lazy: keeps torch out of the runtime import
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device)
+        self.module = load_export_module(bundle).to(self.device).eval()
+        self.input_name = bundle.model["input"]
+        self.output_names = list(bundle.model["outputs"])
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        with self.torch.inference_mode():
+            outs = self.module(self.torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device))
+        if isinstance(outs, self.torch.Tensor):
+            outs = [outs]
+        return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, outs)}
+
+    def close(self) -> None:
+        self.module = None
+
+
+def make_backend(bundle_or_engine: Bundle, backend: str = "auto", threads: int = 0,
+                 engine_path: str | os.PathLike | None = None) -> Backend:
+    """Pick and build a backend.  'auto' = tensorrt when an engine is given, else onnxruntime (logged)."""
+    if backend == "auto":
+        backend = "tensorrt" if engine_path is not None else "onnxruntime"
+        log.info("backend auto resolved to %s (%s)", backend,
+                 "engine file given" if engine_path is not None else "CPU default")
+    if backend == "onnxruntime":
+        return OrtBackend(bundle_or_engine.onnx_path, threads=threads)
+    if backend == "torch":
+        return TorchBackend(bundle_or_engine, threads=threads)
+    if backend == "tensorrt":
+        from .trt_backend import TensorRTBackend  # import-guarded inside: raises a clear error without tensorrt
+
+        return TensorRTBackend(engine_path if engine_path is not None else bundle_or_engine.onnx_path)
+    raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")

@@ -1,0 +1,171 @@
+"""Patch memory bank for PatchCore / ReConPatch inference: a typed wrapper of `_rt.MemoryBank`.
+
+The compiled bank holds an HNSW graph and a contiguous copy of the features.
+`Bank` picks the search mode: exact (blocked brute force) below
+`exact_threshold` items and HNSW above it, unless the caller forces one with
+`exact=True/False`.  Measured here (dim 160, 2 threads, benchmarks/bench_bank.py)
+exact search is as fast as HNSW(ef=64) at about 2.5k items and 3x slower at 10k;
+the default threshold 4096 keeps the typical coreset banks (a few thousand items)
+exact, i.e. identical to the training-side torch scores, at no real cost.
+numpy only (no torch).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from dataclasses import asdict, dataclass
+from types import ModuleType
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BankConfig", "Bank"]
+
+PathLike = Union[str, os.PathLike]
+
+_RT_MISSING = "edgeuad._rt is not built: run pip install -e . (needs CMake, a C++17 compiler and libhnswlib-dev)"
+
+
+def _rt() -> ModuleType:
+    try:
+        return importlib.import_module("edgeuad._rt")
+    except ImportError as exc:
+        raise ImportError(_RT_MISSING) from exc
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """How a bank is built and searched.
+
+    M, ef_construction: HNSW graph degree and build beam (stored in the bank file).
+    ef: HNSW search beam; larger is slower with higher recall.
+    exact_threshold: banks with fewer items use exact search when `exact` is not given
+        (also for building the Eq. 10 neighbour table).
+    seed: HNSW level generator seed; threads=1 builds are then reproducible.
+    """
+
+    M: int = 16
+    ef_construction: int = 200
+    ef: int = 64
+    exact_threshold: int = 4096
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.M < 2:
+            raise ValueError(f"M must be >= 2, got {self.M}")
+        if self.ef_construction < 1 or self.ef < 1:
+            raise ValueError("ef_construction and ef must be >= 1")
+        if self.exact_threshold < 0:
+            raise ValueError("exact_threshold must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BankConfig":
+        known = {k: int(d[k]) for k in cls.__dataclass_fields__ if k in d}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"unknown BankConfig keys: {sorted(unknown)}")
+        return cls(**known)
+
+
+def _as_rows(x: np.ndarray, dim: Optional[int], what: str) -> np.ndarray:
+    """(N, dim) float32 C-contiguous view; only non-float32 or strided input is copied."""
+    x = np.asarray(x)
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ValueError(f"{what} must have shape (N, {dim if dim is not None else 'D'}), got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{what} must be a floating-point array, got {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Bank:
+    """A built memory bank.  Use `Bank.build(features)` or `Bank.load(path)`."""
+
+    def __init__(self, rt_bank: Any, config: BankConfig = BankConfig()) -> None:
+        self._bank = rt_bank
+        self.config = config
+
+    # --- construction ------------------------------------------------------------
+    @classmethod
+    def build(cls, features: np.ndarray, M: int = 16, ef_construction: int = 200, *, ef: int = 64,
+              exact_threshold: int = 4096, seed: int = 0, threads: int = 0, neighbor_b: int = 0) -> "Bank":
+        """Build from (N, D) features.  threads=1 gives a reproducible graph for a seed.
+
+        neighbor_b >= 2 precomputes the Eq. 10 neighbour table (saved with the bank) so that
+        the first reweighted search does not pay for it.
+        """
+        cfg = BankConfig(M=M, ef_construction=ef_construction, ef=ef, exact_threshold=exact_threshold, seed=seed)
+        feats = _as_rows(features, None, "features")
+        if feats.shape[0] == 0:
+            raise ValueError("features is empty: a memory bank needs at least one item")
+        rt_bank = _rt().MemoryBank(feats.shape[1], M=M, ef_construction=ef_construction, seed=seed)
+        rt_bank.add(feats, threads=threads)
+        if neighbor_b:
+            exact = feats.shape[0] < exact_threshold
+            rt_bank.build_neighbor_table(neighbor_b, exact=exact, ef=max(ef, neighbor_b), threads=threads)
+        log.info("memory bank: %d x %d, HNSW M=%d ef_construction=%d", feats.shape[0], feats.shape[1], M,
+                 ef_construction)
+        return cls(rt_bank, cfg)
+
+    @classmethod
+    def load(cls, path: PathLike, *, ef: int = 64, exact_threshold: int = 4096) -> "Bank":
+        """Read a bank file written by `save` (OSError if missing, truncated or corrupted)."""
+        rt_bank = _rt().MemoryBank.load(os.fspath(path))
+        cfg = BankConfig(M=rt_bank.M, ef_construction=rt_bank.ef_construction, ef=ef,
+                         exact_threshold=exact_threshold, seed=rt_bank.seed)
+        return cls(rt_bank, cfg)
+
+    def save(self, path: PathLike) -> None:
+        """Atomic write (temp file + rename); the neighbour table, if built, is saved too."""
+        self._bank.save(os.fspath(path))
+
+    # --- properties --------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._bank)
+
+    @property
+    def dim(self) -> int:
+        return int(self._bank.dim)
+
+    @property
+    def rt(self) -> Any:
+        """The underlying `edgeuad._rt.MemoryBank`."""
+        return self._bank
+
+    def features(self) -> np.ndarray:
+        return self._bank.features()
+
+    def use_exact(self, exact: Optional[bool] = None) -> bool:
+        """The search mode for `exact` (None: exact below config.exact_threshold items)."""
+        return bool(exact) if exact is not None else len(self) < self.config.exact_threshold
+
+    # --- search ------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 1, exact: Optional[bool] = None, ef: Optional[int] = None,
+               threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(distances (Q, k) float32 Euclidean ascending, indices (Q, k) int64)."""
+        q = _as_rows(queries, self.dim, "queries")
+        return self._bank.search(q, k=k, exact=self.use_exact(exact), ef=ef or self.config.ef, threads=threads)
+
+    def search_reweighted(self, queries: np.ndarray, b: int = 9, exact: Optional[bool] = None,
+                          ef: Optional[int] = None, threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 10 reweighted patch scores (Q,) float32 and nearest-item indices (Q,) int64."""
+        q = _as_rows(queries, self.dim, "queries")
+        return self._bank.search_reweighted(q, b=b, exact=self.use_exact(exact), ef=ef or self.config.ef,
+                                            threads=threads)
+
+    def search_patch_scores(self, queries: np.ndarray, b: int = 0, exact: Optional[bool] = None,
+                            threads: int = 0) -> np.ndarray:
+        """Patch scores (Q,) float32: plain NN distance (b=0) or Eq. 10 reweighted (b >= 2)."""
+        if b == 1 or b < 0:
+            raise ValueError(f"b must be 0 (off) or >= 2, got {b} (b=1 makes the Eq. 10 weight 0)")
+        if b == 0:
+            return self.search(queries, k=1, exact=exact, threads=threads)[0][:, 0]
+        return self.search_reweighted(queries, b=b, exact=exact, threads=threads)[0]
+
+    def __repr__(self) -> str:
+        return f"Bank(size={len(self)}, dim={self.dim}, config={self.config})"

@@ -1,0 +1,123 @@
+"""End to end on tiny synthetic data: train -> export -> Detector -> evaluate, for every method.
+
+Tiny configs (64 px, a few iterations, random-init backbone) keep this to seconds; what is checked is
+correctness of the plumbing and parity between the shipped runtime path and the torch model, not
+detection quality (the demo and benchmarks/RESULTS.md report that).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeuad import api
+from edgeuad.bundle import BundleError
+from edgeuad.detector import Detector
+from edgeuad.synthetic import make_synthetic_dataset
+
+TINY = {
+    "recontrast": {"image_size": 64, "iterations": 3, "batch_size": 4, "pretrained": False},
+    "patchcore": {"image_size": 64, "coreset_ratio": 0.2, "pretrained": False},
+    "reconpatch": {"image_size": 64, "steps": 3, "coreset_ratio": 0.2, "pretrained": False},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("syn")
+    return make_synthetic_dataset(root / "data", kind="texture", n_train=10, n_test_good=3, n_test_defect=2,
+                                  size=64, seed=1)
+
+
+@pytest.fixture(scope="module", params=list(TINY))
+def bundle(request: pytest.FixtureRequest, dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    method = request.param
+    out = tmp_path_factory.mktemp(method)
+    run = api.train(method, dataset, out / "run", TINY[method], holdout_fraction=0.2, progress=False)
+    return api.export(run, out / "bundle").root
+
+
+def test_bundle_contents(bundle: Path) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["thresholds"]["source"] == "normal_quantile"
+    assert m["thresholds"]["max"] > m["thresholds"]["min"]
+    assert set(m["files"]) >= {"model.onnx", "weights.safetensors"}
+    assert all(v <= 1e-3 for v in m["model"]["parity"]["max_abs"].values())
+    if m["method"] != "recontrast":
+        assert "bank.euab" in m["files"]
+
+
+def test_detector_matches_torch_reference(bundle: Path, dataset: Path) -> None:
+    """The shipped path (ONNX + _rt kernels) vs the eager torch model + torch post-processing."""
+    from edgeuad.data import read_image
+    from edgeuad.methods.reference import build_reference
+
+    det = Detector(bundle)
+    imgs = [read_image(p) for p in sorted((dataset / "test").rglob("*.png"))[:3]]
+    res = det.score_batch(imgs)
+    ref = build_reference(det.bundle, threads=1)
+    maps, scores = ref(imgs)
+    got = np.array([r.score for r in res])
+    np.testing.assert_allclose(got, scores, rtol=2e-3, atol=2e-3)
+    for r, m in zip(res, maps):
+        assert r.raw_map.shape == imgs[0].shape[:2]
+        np.testing.assert_allclose(r.raw_map, m, rtol=2e-3, atol=2e-3)
+        assert r.anomaly_map.min() >= 0 and r.anomaly_map.max() <= 1
+        assert r.is_anomaly == (r.score >= det.threshold)
+
+
+def test_detector_bad_input(bundle: Path) -> None:
+    det = Detector(bundle)
+    with pytest.raises(ValueError, match="uint8"):
+        det.score(np.zeros((64, 64, 3), np.float32))
+    with pytest.raises(ValueError, match="HxWx3"):
+        det.score(np.zeros((64, 64, 5), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        det.score(np.zeros((0, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match="no frames"):
+        det.score_batch([])
+    # variable sizes in one batch are fine: each map comes back at its frame's size
+    rs = det.score_batch([np.full((50, 70, 3), 100, np.uint8), np.full((90, 40), 100, np.uint8)])
+    assert rs[0].anomaly_map.shape == (50, 70) and rs[1].anomaly_map.shape == (90, 40)
+
+
+def test_tampered_bundle_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    with open(copy / "model.onnx", "r+b") as f:
+        f.seek(200)
+        b = f.read(1)
+        f.seek(200)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(BundleError, match="sha256 mismatch"):
+        Detector(copy)
+
+
+def test_evaluate_writes_report(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    res = api.evaluate(bundle, dataset, tmp_path / "rep", progress=False)
+    assert 0.0 <= res.metrics["i_auroc"] <= 1.0
+    assert "aupro" in res.metrics and "p_auroc" in res.metrics
+    assert (tmp_path / "rep" / "metrics.json").is_file()
+    assert (tmp_path / "rep" / "overlays.png").stat().st_size > 1000
+    rows = (tmp_path / "rep" / "scores.jsonl").read_text().splitlines()
+    assert len(rows) == int(res.metrics["n_images"])
+
+
+def test_runtime_never_imports_torch(bundle: Path, dataset: Path) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from edgeuad import Detector\n"
+        f"d = Detector({str(bundle)!r})\n"
+        "r = d.score(np.full((64, 64, 3), 90, np.uint8))\n"
+        "assert 'torch' not in sys.modules, 'runtime imported torch'\n"
+        "print('ok', r.score)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")

@@ -1,0 +1,270 @@
+"""edgeuad._rt.MemoryBank (HNSW + exact search, Eq. 10 reweighting, file format) and runtime.bank.Bank."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeuad import _rt
+from edgeuad.runtime.bank import Bank, BankConfig
+
+
+def clustered(n: int, d: int, seed: int, clusters: int = 40, latent: int = 12) -> np.ndarray:
+    """Patch-feature-like data: Gaussian clusters on a low-dimensional subspace plus noise."""
+    rng = np.random.default_rng(seed)
+    proj = rng.standard_normal((latent, d)) / np.sqrt(latent)
+    centers = 3.0 * rng.standard_normal((clusters, latent))
+    z = centers[rng.integers(0, clusters, n)] + rng.standard_normal((n, latent))
+    return (z @ proj + 0.05 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def brute_force(q: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(Q, N) float64 Euclidean distances."""
+    q64, x64 = q.astype(np.float64), x.astype(np.float64)
+    d2 = (q64 ** 2).sum(1)[:, None] - 2 * q64 @ x64.T + (x64 ** 2).sum(1)[None]
+    return np.sqrt(np.maximum(d2, 0))
+
+
+def eq10_numpy(q: np.ndarray, x: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """ReConPatch Eq. 10 / PatchCore reweighting, written directly from the paper."""
+    dq = brute_force(q, x)
+    nn = dq.argmin(1)
+    s1 = dq[np.arange(len(q)), nn]
+    dx = brute_force(x, x)
+    np.fill_diagonal(dx, -1.0)  # the item itself first
+    scores = np.empty(len(q))
+    for i, r in enumerate(nn):
+        nb = np.argsort(dx[r], kind="stable")[:b]
+        scores[i] = (1.0 - np.exp(s1[i]) / np.exp(dq[i, nb]).sum()) * s1[i]
+    return scores, nn
+
+
+@pytest.fixture(scope="module")
+def small():
+    x = clustered(3000, 32, seed=0)
+    q = clustered(200, 32, seed=1)
+    bank = _rt.MemoryBank(32, M=16, ef_construction=100, seed=0)
+    bank.add(x)
+    return bank, x, q
+
+
+# ---------------------------------------------------------------------------- search
+def test_exact_equals_numpy_brute_force(small):
+    bank, x, q = small
+    dist, idx = bank.search(q, k=4, exact=True)
+    assert dist.shape == (200, 4) and dist.dtype == np.float32 and idx.dtype == np.int64
+    ref = brute_force(q, x)
+    want = np.argsort(ref, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(dist, np.take_along_axis(ref, want, 1), rtol=1e-4)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+
+
+def test_exact_is_precise_for_large_norms():
+    """|q|^2 - 2q.x + |x|^2 cancels badly far from the origin; the final re-ranking is exact."""
+    rng = np.random.default_rng(2)
+    x = (1000.0 + rng.standard_normal((500, 24))).astype(np.float32)
+    q = np.concatenate([x[:20], (1000.0 + rng.standard_normal((20, 24))).astype(np.float32)])
+    bank = _rt.MemoryBank(24)
+    bank.add(x, threads=1)
+    dist, idx = bank.search(q, k=1, exact=True)
+    ref = brute_force(q, x)
+    np.testing.assert_array_equal(idx[:20, 0], np.arange(20))
+    assert np.all(dist[:20, 0] == 0.0)
+    np.testing.assert_array_equal(idx[:, 0], ref.argmin(1))
+    np.testing.assert_allclose(dist[20:, 0], ref.min(1)[20:], rtol=1e-4)
+
+
+def test_hnsw_recall_on_clustered_data():
+    x = clustered(20000, 64, seed=3)
+    q = clustered(400, 64, seed=4)
+    bank = _rt.MemoryBank(64, M=16, ef_construction=100)
+    bank.add(x)
+    _, exact = bank.search(q, k=1, exact=True)
+    dist, approx = bank.search(q, k=1, exact=False, ef=64)
+    recall = float((approx[:, 0] == exact[:, 0]).mean())
+    assert recall >= 0.95, recall
+    ok = approx[:, 0] == exact[:, 0]
+    np.testing.assert_allclose(dist[ok, 0], brute_force(q[ok], x).min(1), rtol=1e-4)
+
+
+def test_k_larger_than_one_hnsw_sorted(small):
+    bank, _, q = small
+    dist, idx = bank.search(q, k=5, ef=50)
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    assert all(len(set(row)) == 5 for row in idx)
+
+
+def test_threads_one_build_is_deterministic(small):
+    _, x, q = small
+    results = []
+    for _ in range(2):
+        bank = _rt.MemoryBank(32, M=8, ef_construction=50, seed=7)
+        bank.add(x[:1000], threads=1)
+        results.append(bank.search(q, k=3, ef=16))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def test_concurrent_searches_from_python_threads(small):
+    bank, _, q = small
+    want_h = bank.search(q, k=3, ef=40, threads=1)
+    want_e = bank.search(q, k=3, exact=True, threads=1)
+
+    def job(i: int):
+        if i % 2:
+            return bank.search(q, k=3, exact=True, threads=2), want_e
+        return bank.search(q, k=3, ef=40, threads=2), want_h
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for (got, want) in pool.map(job, range(12)):
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[0], want[0])
+
+
+# ---------------------------------------------------------------------------- Eq. 10 reweighting
+def test_reweighted_equals_numpy_eq10(small):
+    bank, x, q = small
+    fresh = _rt.MemoryBank(32)
+    fresh.add(x)
+    scores, nn = fresh.search_reweighted(q, b=9, exact=True)
+    want, want_nn = eq10_numpy(q, x, 9)
+    np.testing.assert_array_equal(nn, want_nn)
+    np.testing.assert_allclose(scores, want, rtol=1e-4, atol=1e-6)
+    assert np.all(scores <= fresh.search(q, exact=True)[0][:, 0] + 1e-6)  # the weight is in [0, 1)
+    table = fresh.neighbor_table()
+    assert table.shape == (3000, 9) and table.dtype == np.int32
+    np.testing.assert_array_equal(table[:, 0], np.arange(3000))
+
+
+def test_neighbor_table_is_self_plus_nearest(small):
+    _, x, _ = small
+    bank = _rt.MemoryBank(32)
+    bank.add(x[:400])
+    assert bank.neighbor_table() is None and bank.neighbor_b == 0
+    bank.build_neighbor_table(5, exact=True)
+    table = bank.neighbor_table()
+    d = brute_force(x[:400], x[:400])
+    np.fill_diagonal(d, -1.0)
+    np.testing.assert_array_equal(table, np.argsort(d, axis=1, kind="stable")[:, :5])
+    bank.add(x[400:410])  # adding invalidates the table
+    assert bank.neighbor_b == 0
+
+
+# ---------------------------------------------------------------------------- save / load
+def test_save_load_round_trip(small, tmp_path: Path):
+    bank, x, q = small
+    bank.search_reweighted(q[:5], b=4)  # builds a table that must be saved too
+    path = tmp_path / "bank.euab"
+    bank.save(path)
+    assert not list(tmp_path.glob("*.tmp.*"))  # the temporary file was renamed away
+    loaded = _rt.MemoryBank.load(str(path))
+    assert len(loaded) == len(bank) and loaded.dim == 32 and loaded.M == 16 and loaded.neighbor_b == 4
+    np.testing.assert_array_equal(loaded.features(), x)
+    np.testing.assert_array_equal(loaded.neighbor_table(), bank.neighbor_table())
+    for exact in (False, True):
+        for a, b in zip(loaded.search(q, k=3, exact=exact, ef=32), bank.search(q, k=3, exact=exact, ef=32)):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(loaded.search_reweighted(q, b=4), bank.search_reweighted(q, b=4)):
+        np.testing.assert_array_equal(a, b)
+    loaded.add(q[:10])  # a loaded bank can grow
+    assert len(loaded) == 3010
+    assert loaded.search(q[:10], exact=False, ef=32)[0].max() < 1e-3
+
+
+def _saved(tmp_path: Path) -> tuple[Path, bytes]:
+    bank = _rt.MemoryBank(8)
+    bank.add(clustered(300, 8, seed=5))
+    path = tmp_path / "b.euab"
+    bank.save(path)
+    return path, path.read_bytes()
+
+
+def test_truncated_file_is_oserror(tmp_path: Path):
+    path, data = _saved(tmp_path)
+    for n in (len(data) - 1, len(data) // 2, 60, 0):
+        path.write_bytes(data[:n])
+        with pytest.raises(OSError, match="truncated"):
+            _rt.MemoryBank.load(str(path))
+
+
+def test_corrupted_file_is_oserror(tmp_path: Path):
+    path, data = _saved(tmp_path)
+    path.write_bytes(b"NOTABANK" + data[8:])
+    with pytest.raises(OSError, match="magic"):
+        _rt.MemoryBank.load(str(path))
+    for pos in (9, 20, 40, 80):  # version, dim, N, hashes: header checksum
+        bad = bytearray(data)
+        bad[pos] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        with pytest.raises(OSError, match="corrupted"):
+            _rt.MemoryBank.load(str(path))
+    for pos in (100, len(data) // 2, len(data) - 3):  # features, HNSW graph
+        bad = bytearray(data)
+        bad[pos] ^= 0x01
+        path.write_bytes(bytes(bad))
+        with pytest.raises(OSError, match="corrupted"):
+            _rt.MemoryBank.load(str(path))
+    path.write_bytes(data + b"\0")
+    with pytest.raises(OSError, match="trailing"):
+        _rt.MemoryBank.load(str(path))
+    with pytest.raises(OSError):
+        _rt.MemoryBank.load(str(tmp_path / "missing.euab"))
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_shapes_and_dtypes(small):
+    bank, x, q = small
+    with pytest.raises(TypeError, match="float32"):
+        bank.search(q.astype(np.float64))
+    with pytest.raises(TypeError, match="float32"):
+        bank.add(x[:5].astype(np.float16))
+    with pytest.raises(ValueError, match=r"\(N, 32\)"):
+        bank.search(q[:, :16].copy())
+    with pytest.raises(ValueError, match=r"\(N, 32\)"):
+        bank.search(q[0])
+    with pytest.raises(ValueError, match="ascontiguousarray"):
+        bank.search(np.asfortranarray(q))
+    with pytest.raises(ValueError, match="k must be"):
+        bank.search(q, k=0)
+    with pytest.raises(ValueError, match="k must be"):
+        bank.search(q, k=len(bank) + 1, exact=True)
+    with pytest.raises(ValueError, match="b must be"):
+        bank.search_reweighted(q, b=len(bank) + 1)
+    with pytest.raises(ValueError, match="ef"):
+        bank.search(q, ef=0)
+    with pytest.raises(ValueError, match="empty"):
+        _rt.MemoryBank(32).search(q)
+    with pytest.raises(ValueError, match="dim"):
+        _rt.MemoryBank(0)
+    with pytest.raises(ValueError, match="M must"):
+        _rt.MemoryBank(8, M=1)
+
+
+# ---------------------------------------------------------------------------- Bank wrapper
+def test_bank_wrapper(small, tmp_path: Path):
+    _, x, q = small
+    bank = Bank.build(x, M=12, ef_construction=80, exact_threshold=5000, neighbor_b=9)
+    assert len(bank) == 3000 and bank.dim == 32 and bank.use_exact() and not bank.use_exact(False)
+    assert bank.rt.neighbor_b == 9
+    dist, idx = bank.search(q, k=2)
+    np.testing.assert_array_equal(idx, np.argsort(brute_force(q, x), axis=1, kind="stable")[:, :2])
+    np.testing.assert_array_equal(bank.search_patch_scores(q, b=0), dist[:, 0])
+    want, _ = eq10_numpy(q, x, 9)
+    np.testing.assert_allclose(bank.search_patch_scores(q, b=9), want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="b must be 0"):
+        bank.search_patch_scores(q, b=1)
+    with pytest.raises(ValueError, match="shape"):
+        bank.search(q[:, :3])
+    bank.save(tmp_path / "w.euab")
+    loaded = Bank.load(tmp_path / "w.euab", exact_threshold=10)
+    assert loaded.config.M == 12 and not loaded.use_exact()
+    assert loaded.rt.neighbor_b == 9
+    np.testing.assert_array_equal(loaded.search(q, exact=True)[1], idx[:, :1])
+    assert BankConfig.from_dict(bank.config.to_dict()) == bank.config
+    with pytest.raises(ValueError, match="unknown"):
+        BankConfig.from_dict({"M": 4, "bogus": 1})
+    with pytest.raises(ValueError, match="empty"):
+        Bank.build(np.zeros((0, 4), np.float32))
