@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -204,13 +204,13 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     from .detector import Detector
 
     det = Detector(out, backend="onnxruntime", threads=threads)
-    normal = _scores(det, holdout, run.preprocess)
+    normal = _scores(det, holdout)
     if validation is not None:
         vs, vl = [], []
         for s in _data.list_mvtec(validation, "test"):
             vs.append(s.path)
             vl.append(s.label)
-        scores = _scores(det, vs, run.preprocess)
+        scores = _scores(det, vs)
         th = from_labelled(scores, vl)
     else:
         th = from_normal_scores(normal, quantile=quantile)
@@ -221,7 +221,7 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     return Bundle.load(out)
 
 
-def _scores(det: Any, paths: Sequence[Path], pre: PreprocessConfig, batch: int = 8) -> np.ndarray:
+def _scores(det: Any, paths: Sequence[Path], batch: int = 8) -> np.ndarray:
     res = _data.load_images(list(paths), None)
     out: list[float] = []
     for i in range(0, len(res.images), batch):
@@ -253,7 +253,9 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
     size = det.input_size
     labels, scores, maps, masks, rows = [], [], [], [], []
     have_masks = any(s.mask_path is not None for s in samples)
-    gallery: list[np.ndarray] = []
+    # overlay gallery: the same number of examples from every class (good + each defect type)
+    gallery: dict[str, list[np.ndarray]] = {}
+    per_class = max(1, overlays // max(1, len({s.defect for s in samples})))
     t0 = time.perf_counter()
     lat: list[float] = []
     skipped = 0
@@ -283,9 +285,10 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
                 maps.append(cv2.resize(r.raw_map, (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
                 masks.append(_data.read_mask(s.mask_path, size) if s.mask_path is not None
                              else np.zeros(size, bool) if s.label == 0 else None)
-            if out_dir is not None and len(gallery) < overlays and (s.label == 1 or len(gallery) % 4 == 0):
+            if out_dir is not None and len(gallery.setdefault(s.defect, [])) < per_class:
                 ov = viz.overlay(img, r.anomaly_map, vmin=0.0, vmax=1.0)
-                gallery.append(viz.annotate(ov, [f"{s.defect} {r.normalized:.2f} {'NG' if r.is_anomaly else 'OK'}"]))
+                gallery[s.defect].append(viz.annotate(
+                    ov, [f"{s.defect} {r.normalized:.2f} {'NG' if r.is_anomaly else 'OK'}"], ok=not r.is_anomaly))
     seconds = time.perf_counter() - t0
     if have_masks:
         keep = [i for i, m in enumerate(masks) if m is not None]
@@ -312,7 +315,8 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
             for r in rows:
                 f.write(json.dumps(r) + "\n")
         if gallery:
-            viz.write_png(out / "overlays.png", viz.grid(gallery, cols=4, cell=(192, 192)))
+            tiles = [t for cls in sorted(gallery) for t in gallery[cls]]
+            viz.write_png(out / "overlays.png", viz.grid(tiles, cols=per_class, cell=(192, 192)))
         normal = [r["score"] for r in rows if r["label"] == 0]
         anomalous = [r["score"] for r in rows if r["label"] == 1]
         if normal and anomalous:
@@ -328,7 +332,3 @@ def format_metrics(metrics: dict[str, float]) -> str:
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
-
-def iter_chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]

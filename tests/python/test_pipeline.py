@@ -121,3 +121,47 @@ def test_runtime_never_imports_torch(bundle: Path, dataset: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_predict_cli_on_a_folder(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    from edgeuad import cli
+
+    out = tmp_path / "pred"
+    rc = cli.main(["-q", "predict", str(dataset / "test" / "good"), "--bundle", str(bundle), "--out", str(out),
+                   "--all-overlays", "--batch", "2"])
+    assert rc == 0
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    n = len(list((dataset / "test" / "good").glob("*.png")))
+    assert len(rows) == n and sorted(r["index"] for r in rows) == list(range(n))
+    assert len(list((out / "overlays").glob("*.png"))) == n
+    det = Detector(bundle)
+    direct = det.score(__import__("edgeuad.data", fromlist=["read_image"]).read_image(
+        sorted((dataset / "test" / "good").glob("*.png"))[0]))
+    assert rows[0]["score"] == pytest.approx(direct.score, rel=1e-5)
+
+
+def test_int8_export_writes_checked_qdq_graph_then_needs_tensorrt(bundle: Path, dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    """The Q/DQ graph is made and verified with onnxruntime here; the engine build needs TensorRT."""
+    import shutil
+
+    from edgeuad.bundle import Bundle
+    from edgeuad.export.tensorrt import TensorRTUnavailableError, tensorrt_available
+    from edgeuad.export.trt_export import export_engines
+
+    if json.loads((bundle / "manifest.json").read_text())["method"] != "patchcore":
+        pytest.skip("one method is enough for the INT8 plumbing (keeps CI short)")
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    b = Bundle.load(copy)
+    if tensorrt_available():
+        pytest.skip("tensorrt is installed: the GPU path is exercised elsewhere")
+    with pytest.raises(TensorRTUnavailableError, match="pip install tensorrt"):
+        export_engines(b, int8=True, calib=dataset)
+    b2 = Bundle.load(copy)  # manifest rewritten with the Q/DQ graph hashed in; still verifies
+    assert "model.int8.onnx" in b2.manifest["files"]
+    assert b2.manifest["quantization"]["int8"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(copy / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops

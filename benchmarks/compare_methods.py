@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""ReContrast vs ReConPatch vs PatchCore on MVTec-layout datasets: one command, one table.
+
+    python benchmarks/compare_methods.py --data ../shared/data/bottle ../shared/data/magnetic_tile \
+        --methods patchcore recontrast reconpatch --iterations 500
+
+Same backbone (efficientnet_lite0, ImageNet) and input size for every method.  Each (dataset, method)
+trains through `edgeuad.api.train`, exports a bundle through `api.export` and is evaluated through
+`api.evaluate` (the runtime Detector: onnxruntime + _rt), so the numbers are those of the shipped path.
+Results go to benchmarks/results/methods/<dataset>_<method>.json and a markdown table is printed and
+written to benchmarks/results/methods/table.md.  Existing JSON results are reused unless --force.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from edgeuad import api
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "methods"
+
+
+def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> dict:
+    ov: dict = {"image_size": args.image_size, "seed": args.seed}
+    if method == "recontrast":
+        ov.update(iterations=args.iterations, batch_size=args.batch_size)
+    elif method == "reconpatch":
+        ov.update(steps=args.steps)
+    t0 = time.perf_counter()
+    run = api.train(method, data, work / "run", ov, holdout_fraction=args.holdout, progress=False)
+    bundle = api.export(run, work / "bundle", threads=args.threads)
+    res = api.evaluate(bundle.root, data, work / "report", threads=args.threads, progress=False)
+    return {"dataset": data.name, "method": method, "overrides": ov, "metrics": res.metrics,
+            "train_seconds": run.info["train_seconds"], "total_seconds": round(time.perf_counter() - t0, 1),
+            "latency_ms_per_frame": round(res.latency_ms_mean, 2), "eval_threads": args.threads,
+            "n_train": run.info["n_train"], "bundle": str(bundle.root),
+            "threshold": bundle.thresholds["threshold"]}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| dataset | method | I-AUROC | P-AUROC | AUPRO@0.3 | F1-max | train s | ms/frame | settings |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+    lines = []
+    for r in rows:
+        m = r["metrics"]
+        f = lambda k: f"{m[k]:.4f}" if k in m else "n/a (no masks)"  # noqa: E731
+        settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        lines.append(f"| {r['dataset']} | {r['method']} | {f('i_auroc')} | {f('p_auroc')} | {f('aupro')} | "
+                     f"{f('f1_max')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", required=True, type=Path)
+    ap.add_argument("--methods", nargs="+", default=["patchcore", "recontrast", "reconpatch"])
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--iterations", type=int, default=500, help="ReContrast iterations (paper: 2000)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=500, help="ReConPatch steps")
+    ap.add_argument("--holdout", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"))
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    OUT.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for data in args.data:
+        for method in args.methods:
+            f = OUT / f"{data.name}_{method}.json"
+            if f.exists() and not args.force:
+                rows.append(json.loads(f.read_text()))
+                continue
+            r = run_one(data, method, args, args.work / data.name / method)
+            r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
+            r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                         text=True, cwd=HERE).stdout.strip()
+            r["date"] = time.strftime("%Y-%m-%d")
+            f.write_text(json.dumps(r, indent=2) + "\n")
+            logging.info("%s/%s: %s", data.name, method, r["metrics"])
+            rows.append(r)
+    md = table(rows)
+    (OUT / "table.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
