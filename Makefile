@@ -27,8 +27,11 @@ demo:
 test:
 	$(BIN)/python -m pytest tests/python -q
 
+## bench: regenerate the kernel, bank and pipeline figures of benchmarks/RESULTS.md (see benchmarks/*.py)
 bench:
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_maps.py
+	$(BIN)/python benchmarks/bench_bank.py
+	$(BIN)/python benchmarks/bench_pipeline.py --make-bundle recontrast
 
 clean:
 	rm -rf build demo_out python/edgeuad/_rt*.so

@@ -22,7 +22,7 @@ import numpy as np
 from . import data as _data
 from .bundle import Bundle, atomic_write_bytes, write_manifest
 from .preprocess import PreprocessConfig, preprocess
-from .thresholds import Thresholds, from_labelled, from_normal_scores
+from .thresholds import from_labelled, from_normal_scores
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,9 @@ def train(method: str, data: str | os.PathLike, out_dir: str | os.PathLike,
     t0 = time.perf_counter()
     state, config = _fit(method, cfg, x, out, progress)
     seconds = time.perf_counter() - t0
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    tmp = out / f".{RUN_WEIGHTS}.tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, out / RUN_WEIGHTS)
+    atomic_write_bytes(out / RUN_WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
     run = Run(root=out, method=method, config=config, preprocess=pre,
               holdout=[str(p) for p in holdout],
               info={"data": str(data), "n_train": len(kept), "train_seconds": round(seconds, 2)})

@@ -10,13 +10,14 @@ import logging
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..bundle import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +78,7 @@ def save_checkpoint(path: str | Path, tensors: Mapping[str, Tensor], meta: Mappi
     # safetensors needs contiguous, non-aliased CPU tensors
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     blob = save(flat, metadata={_META_KEY: json.dumps(meta, sort_keys=True)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, blob)
     return path
 
 

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from ..backbones import build_backbone
 from .common import resolve_device, seed_everything

@@ -47,8 +47,6 @@ class ExportSpec:
 
 
 def recontrast_spec(model: nn.Module, cfg: Any) -> ExportSpec:
-    from .recontrast import ReContrastModel  # noqa: F401  (type reference)
-
     names = list(model.pair_names())
     outputs = [f"enc_{n}" for n in names] + [f"dec_{n}" for n in names]
     post = {
