@@ -11,6 +11,7 @@ exact search, and the speed-up over exact.  Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import io
 import gc
 import sys
 import time
@@ -18,8 +19,9 @@ import time
 import numpy as np
 
 from edgeuad import _rt
+from _results import publish  # benchmarks/_results.py (scripts run from anywhere: python puts their dir on sys.path)
 
-DIM = 160
+DIM = 256  # PatchCore default out_dim (ReConPatch uses 512: pass --dim 512)
 
 
 def clustered(n: int, seed: int, d: int = DIM, clusters: int = 200, latent: int = 16) -> np.ndarray:
@@ -61,17 +63,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--dim", type=int, default=DIM, help="feature dim (256 = PatchCore default out_dim)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 96, 128])
     args = ap.parse_args()
     sizes = args.sizes + ([1_000_000] if args.large else [])
 
-    q = clustered(args.queries, seed=12345)
+    q = clustered(args.queries, seed=12345, d=args.dim)
     build_rows, search_rows = [], []
     for n in sizes:
-        x = clustered(n, seed=n)
+        x = clustered(n, seed=n, d=args.dim)
         gc.collect()
         before = rss_mb()
-        bank = _rt.MemoryBank(DIM, M=args.M, ef_construction=args.ef_construction)
+        bank = _rt.MemoryBank(args.dim, M=args.M, ef_construction=args.ef_construction)
         t0 = time.perf_counter()
         bank.add(x, threads=args.threads)
         build_s = time.perf_counter() - t0
@@ -92,8 +95,8 @@ def main() -> None:
         del bank, x
         gc.collect()
 
-    out = sys.stdout
-    out.write(f"\nMemory bank, dim {DIM}, HNSW M={args.M} ef_construction={args.ef_construction}, "
+    out = io.StringIO()
+    out.write(f"\nMemory bank, dim {args.dim}, HNSW M={args.M} ef_construction={args.ef_construction}, "
               f"{args.threads} threads, {args.queries} queries per batch\n\n")
     out.write("| items | build (s) | inserts/s | RSS growth (MiB) | raw features (MiB) |\n|---:|---:|---:|---:|---:|\n")
     for n, b, ips, grown, raw in build_rows:
@@ -101,6 +104,8 @@ def main() -> None:
     out.write("\n| items | search | ef | queries/s | recall@1 | speed-up vs exact |\n|---:|---|---:|---:|---:|---:|\n")
     for n, mode, ef, v, rec, sp in search_rows:
         out.write(f"| {n:,} | {mode} | {ef} | {v:,.0f} | {rec:.3f} | {sp:.1f}x |\n")
+
+    publish("bank", out.getvalue())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ threads.  Prints a markdown table (ms per call, median of --repeat runs).
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import time
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeuad import _rt
+from _results import publish  # benchmarks/_results.py (scripts run from anywhere: python puts their dir on sys.path)
 from edgeuad.runtime.maps import cos_map_reference, gaussian_kernel1d
 
 LEVELS = [(24, 64, 64), (40, 32, 32), (112, 16, 16)]
@@ -94,7 +96,7 @@ def main() -> None:
         t_np = time_ms(lambda: cos_map_reference(pairs, OUT, sigma=SIGMA), max(3, args.repeat // 10))
         rows.append((batch, t_rt, t_rt16, t_torch, t_np, err))
 
-    out = sys.stdout
+    out = io.StringIO()
     out.write(f"\nFused anomaly map, {len(LEVELS) * 2} pairs -> {OUT[0]}x{OUT[1]}, sigma {SIGMA}, "
               f"{args.threads} threads (torch {torch.__version__}), median of {args.repeat}\n\n")
     out.write("| batch | _rt fp32 (ms) | _rt fp16 in (ms) | torch eager (ms) | numpy ref (ms) "
@@ -103,6 +105,8 @@ def main() -> None:
     for batch, t_rt, t_rt16, t_torch, t_np, err in rows:
         out.write(f"| {batch} | {t_rt:.3f} | {t_rt16:.3f} | {t_torch:.3f} | {t_np:.1f} | {t_torch / t_rt:.1f}x "
                   f"| {t_np / t_rt:.0f}x | {err:.1e} |\n")
+
+    publish("maps", out.getvalue())
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class BankConfig:
 
     M: int = 16
     ef_construction: int = 200
-    ef: int = 64
+    ef: int = 128  # recall@1 >= 0.99 at 100k items (benchmarks/results/bank.md); 64 gives 0.97
     exact_threshold: int = 4096
     seed: int = 0
 
@@ -92,7 +92,7 @@ class Bank:
 
     # --- construction ------------------------------------------------------------
     @classmethod
-    def build(cls, features: np.ndarray, M: int = 16, ef_construction: int = 200, *, ef: int = 64,
+    def build(cls, features: np.ndarray, M: int = 16, ef_construction: int = 200, *, ef: int = 128,
               exact_threshold: int = 4096, seed: int = 0, threads: int = 0, neighbor_b: int = 0) -> "Bank":
         """Build from (N, D) features.  threads=1 gives a reproducible graph for a seed.
 
@@ -113,7 +113,7 @@ class Bank:
         return cls(rt_bank, cfg)
 
     @classmethod
-    def load(cls, path: PathLike, *, ef: int = 64, exact_threshold: int = 4096) -> "Bank":
+    def load(cls, path: PathLike, *, ef: int = 128, exact_threshold: int = 4096) -> "Bank":
         """Read a bank file written by `save` (OSError if missing, truncated or corrupted)."""
         rt_bank = _rt().MemoryBank.load(os.fspath(path))
         cfg = BankConfig(M=rt_bank.M, ef_construction=rt_bank.ef_construction, ef=ef,
