@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -379,3 +379,35 @@ def check_images(images: np.ndarray, image_size: int | Sequence[int]) -> np.ndar
     if not np.isfinite(images).all():
         raise ValueError("images contain NaN/inf")
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+class PatchConfigIO:
+    """JSON round trip and bank-field checks shared by the patch methods' dataclass configs."""
+
+    coreset_ratio: float
+    reweight_b: int
+
+    def _check_bank_fields(self) -> None:
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.reweight_b < 0 or self.reweight_b == 1:
+            raise ValueError("reweight_b must be 0 (off) or >= 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["layers"] = list(d["layers"])
+        if not isinstance(d["image_size"], int):
+            d["image_size"] = list(d["image_size"])
+        d["pretrained"] = d["pretrained"] if isinstance(d["pretrained"], bool) else str(d["pretrained"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):  # noqa: ANN206 - returns cls
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - names - {"method"}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        kw = {k: v for k, v in d.items() if k in names}
+        if "image_size" in kw and not isinstance(kw["image_size"], int):
+            kw["image_size"] = tuple(kw["image_size"])
+        return cls(**kw)

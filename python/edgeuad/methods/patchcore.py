@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -17,7 +17,8 @@ import numpy as np
 from ..backbones import build_backbone
 from .common import resolve_device, seed_everything
 from .coreset import greedy_coreset
-from .patch_features import PatchFeatureExtractor, PatchModel, check_images, extract_patch_features, image_hw
+from .patch_features import (PatchConfigIO, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
+                             image_hw)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ __all__ = ["PatchCoreConfig", "build_embedder", "build_extractor", "train_patchc
 
 
 @dataclass
-class PatchCoreConfig:
+class PatchCoreConfig(PatchConfigIO):
     """PatchCore hyperparameters (JSON round trip with to_dict/from_dict).
 
     backbone/pretrained: `edgeuad.backbones.build_backbone` arguments (pretrained may be a path).
@@ -65,29 +66,7 @@ class PatchCoreConfig:
         self.layers = tuple(int(v) for v in self.layers)
         if not isinstance(self.image_size, int):
             self.image_size = image_hw(self.image_size)
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        if self.reweight_b < 0 or self.reweight_b == 1:
-            raise ValueError("reweight_b must be 0 (off) or >= 2")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        if not isinstance(self.image_size, int):
-            d["image_size"] = list(self.image_size)
-        d["pretrained"] = self.pretrained if isinstance(self.pretrained, bool) else str(self.pretrained)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PatchCoreConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names - {"method"}
-        if unknown:
-            raise ValueError(f"unknown PatchCore config keys: {sorted(unknown)}")
-        kw = {k: v for k, v in d.items() if k in names}
-        if "image_size" in kw and not isinstance(kw["image_size"], int):
-            kw["image_size"] = tuple(kw["image_size"])
-        return cls(**kw)
+        self._check_bank_fields()
 
 
 def build_extractor(cfg: Mapping[str, Any], pretrained: bool | str | None = None) -> PatchFeatureExtractor:

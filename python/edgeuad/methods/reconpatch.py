@@ -32,7 +32,7 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from .common import (load_checkpoint, optimizer_from_flat, optimizer_to_flat, progress_bar, resolve_device,
                      save_checkpoint, seed_everything)
 from .coreset import greedy_coreset
-from .patch_features import (PatchFeatureExtractor, PatchModel, check_images, extract_patch_features, image_hw)
+from .patch_features import (PatchConfigIO, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
+                             image_hw)
 from .patchcore import build_extractor
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ _RUN_ONLY_FIELDS = ("device", "batch_size", "checkpoint_every", "sigma", "topk_f
 
 
 @dataclass
-class ReConPatchConfig:
+class ReConPatchConfig(PatchConfigIO):
     """ReConPatch hyperparameters (JSON round trip with to_dict/from_dict).
 
     Patch features (as PatchCore): backbone, pretrained, image_size, layers, patch_size,
@@ -147,29 +148,7 @@ class ReConPatchConfig:
             raise ValueError("batch_patches must exceed k")
         if self.feature_dtype not in ("auto", "float32", "float16"):
             raise ValueError(f"feature_dtype must be auto/float32/float16, got {self.feature_dtype!r}")
-        if self.reweight_b < 0 or self.reweight_b == 1:
-            raise ValueError("reweight_b must be 0 (off) or >= 2")
-        if not 0.0 < self.coreset_ratio <= 1.0:
-            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["layers"] = list(self.layers)
-        if not isinstance(self.image_size, int):
-            d["image_size"] = list(self.image_size)
-        d["pretrained"] = self.pretrained if isinstance(self.pretrained, bool) else str(self.pretrained)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ReConPatchConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names - {"method"}
-        if unknown:
-            raise ValueError(f"unknown ReConPatch config keys: {sorted(unknown)}")
-        kw = {k: v for k, v in d.items() if k in names}
-        if "image_size" in kw and not isinstance(kw["image_size"], int):
-            kw["image_size"] = tuple(kw["image_size"])
-        return cls(**kw)
+        self._check_bank_fields()
 
 
 # ----------------------------------------------------------------------------- networks
