@@ -33,7 +33,9 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
     elif method == "reconpatch":
         ov.update(steps=args.steps)
     t0 = time.perf_counter()
-    run = api.train(method, data, work / "run", ov, holdout_fraction=args.holdout, progress=False)
+    run = None if args.force else _reusable_run(work / "run", method, ov)
+    if run is None:
+        run = api.train(method, data, work / "run", ov, holdout_fraction=args.holdout, progress=False)
     bundle = api.export(run, work / "bundle", threads=args.threads)
     res = api.evaluate(bundle.root, data, work / "report", threads=args.threads, progress=False)
     return {"dataset": data.name, "method": method, "overrides": ov, "metrics": res.metrics,
@@ -41,6 +43,18 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
             "latency_ms_per_frame": round(res.latency_ms_mean, 2), "eval_threads": args.threads,
             "n_train": run.info["n_train"], "bundle": str(bundle.root),
             "threshold": bundle.thresholds["threshold"]}
+
+
+def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
+    """A finished run in the work dir with exactly these settings is exported again, not retrained
+    (a ReContrast training is ~35 min here; an export failure should not cost another one)."""
+    if not (root / "run.json").exists() or not (root / "weights.safetensors").exists():
+        return None
+    run = api.Run.load(root)
+    if run.method != method or any(run.config.get(k) != v for k, v in ov.items()):
+        return None
+    logging.info("reusing finished run %s (trained in %.0f s)", root, run.info["train_seconds"])
+    return run
 
 
 def table(rows: list[dict]) -> str:
@@ -68,7 +82,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"))
-    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--force", action="store_true", help="retrain and re-evaluate even when results exist")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     OUT.mkdir(parents=True, exist_ok=True)
