@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--large", action="store_true", help="also run 1,000,000 items")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--M", type=int, default=16)
+    ap.add_argument("--M", type=int, default=32, help="HNSW degree (the Bank default)")
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--dim", type=int, default=DIM, help="feature dim (256 = PatchCore default out_dim)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 96, 128])

@@ -34,6 +34,7 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
         ov.update(steps=args.steps)
     t0 = time.perf_counter()
     run = None if args.force else _reusable_run(work / "run", method, ov)
+    reused = run is not None
     if run is None:
         run = api.train(method, data, work / "run", ov, holdout_fraction=args.holdout, progress=False)
     bundle = api.export(run, work / "bundle", threads=args.threads)
@@ -42,7 +43,8 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
             "train_seconds": run.info["train_seconds"], "total_seconds": round(time.perf_counter() - t0, 1),
             "latency_ms_per_frame": round(res.latency_ms_mean, 2), "eval_threads": args.threads,
             "n_train": run.info["n_train"], "bundle": str(bundle.root),
-            "threshold": bundle.thresholds["threshold"]}
+            "threshold": bundle.thresholds["threshold"],
+            "reused_run": reused}  # True: total_seconds covers export + eval only
 
 
 def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
@@ -83,6 +85,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"))
     ap.add_argument("--force", action="store_true", help="retrain and re-evaluate even when results exist")
+    ap.add_argument("--reeval", action="store_true",
+                    help="export and evaluate again (current code), reusing finished runs with the same settings")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     OUT.mkdir(parents=True, exist_ok=True)
@@ -90,7 +94,7 @@ def main() -> None:
     for data in args.data:
         for method in args.methods:
             f = OUT / f"{data.name}_{method}.json"
-            if f.exists() and not args.force:
+            if f.exists() and not (args.force or args.reeval):
                 rows.append(json.loads(f.read_text()))
                 continue
             r = run_one(data, method, args, args.work / data.name / method)
@@ -101,9 +105,15 @@ def main() -> None:
             f.write_text(json.dumps(r, indent=2) + "\n")
             logging.info("%s/%s: %s", data.name, method, r["metrics"])
             rows.append(r)
-    md = table(rows)
-    (OUT / "table.md").write_text(md)
-    print(md)
+    print(table(rows))
+    # table.md holds every <dataset>_<method>.json on disk (archived variants such as *_400it.json are
+    # left out), so per-dataset invocations with different iteration counts add up to one table
+    every = []
+    for f in sorted(OUT.glob("*.json")):
+        r = json.loads(f.read_text())
+        if f.name == f"{r.get('dataset')}_{r.get('method')}.json":
+            every.append(r)
+    (OUT / "table.md").write_text(table(every))
 
 
 if __name__ == "__main__":

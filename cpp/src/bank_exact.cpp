@@ -2,18 +2,22 @@
 //
 // Tiles: QB queries x NB bank rows.  Each bank tile is packed transposed
 // (d x NB) so the innermost loop runs over contiguous bank rows with a
-// 4-query x JT-row register tile: plain multiply-adds that GCC vectorises at
+// QT-query x JT-row register tile: plain multiply-adds that GCC vectorises at
 // -O3 without -ffast-math (no float reduction has to be reassociated).
-// On x86-64 an AVX2+FMA variant is selected at run time (no -march needed).
+// On x86-64 an AVX2+FMA 6x16 intrinsics tile is selected at run time (no -march needed).
 // The expansion loses precision when |q| >> |q - x| (hence the centring), and the final k (+4 spare)
 // candidates are re-ranked with the direct sum of squares.
 #include "edgeuad/bank_exact.hpp"
 
 #include <omp.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <limits>
 #include <utility>
@@ -25,7 +29,6 @@ namespace {
 
 constexpr int64_t kQB = 64;   // queries per block (one OpenMP task; amortises the tile packing)
 constexpr int64_t kNB = 256;  // bank rows per packed tile: d*NB*4 bytes (160 KiB at d=160)
-constexpr int kQT = 4;        // queries per register tile
 constexpr int kSpare = 4;     // extra candidates kept for the exact re-ranking
 
 struct Cand {
@@ -44,46 +47,52 @@ inline void insert_cand(Cand* c, int64_t cap, float d, int64_t i) {
   c[p] = {d, i};
 }
 
-// dots[a][j] = q_a . P[:, j0 + j] for a < kQT, j < JT.
-template <int JT>
-inline __attribute__((always_inline)) void micro_tile(const float* const* q, const float* panel, int64_t d,
-                                                      int64_t j0, float (*dots)[JT]) {
-  float acc[kQT][JT] = {};
-  for (int64_t dd = 0; dd < d; ++dd) {
-    const float* p = panel + dd * kNB + j0;
-    for (int a = 0; a < kQT; ++a) {
-      const float qv = q[a][dd];
-      for (int j = 0; j < JT; ++j) acc[a][j] += qv * p[j];
+// Portable micro-kernel: dots[a][j] = q_a . P[:, j0 + j] for a < QT, j < JT (GCC vectorises the j loop).
+template <int QT, int JT>
+struct PlainKernel {
+  static constexpr int kRows = QT;
+  static constexpr int kCols = JT;
+  static inline __attribute__((always_inline)) void run(const float* const* q, const float* panel, int64_t d,
+                                                        int64_t j0, float (*dots)[JT]) {
+    float acc[QT][JT] = {};
+    for (int64_t dd = 0; dd < d; ++dd) {
+      const float* p = panel + dd * kNB + j0;
+      for (int a = 0; a < QT; ++a) {
+        const float qv = q[a][dd];
+        for (int j = 0; j < JT; ++j) acc[a][j] += qv * p[j];
+      }
     }
+    for (int a = 0; a < QT; ++a)
+      for (int j = 0; j < JT; ++j) dots[a][j] = acc[a][j];
   }
-  for (int a = 0; a < kQT; ++a)
-    for (int j = 0; j < JT; ++j) dots[a][j] = acc[a][j];
-}
+};
 
-// Scores one packed bank tile against a block of queries, updating candidates.
-template <int JT>
+// Scores one packed bank tile against a block of queries, updating candidates.  The JT-column
+// slice of the panel (d x JT floats: 16-32 KiB) stays in L1 while every query group passes over it.
+template <class K>
 inline __attribute__((always_inline)) void tile_body(const float* const* qrows, const float* qn, int64_t nqb,
                                                      const float* panel, const float* xn, int64_t jb,
                                                      int64_t nbk, int64_t d, Cand* cands, int64_t cap) {
-  float dots[kQT][JT];
-  for (int64_t qa = 0; qa < nqb; qa += kQT) {
-    const float* q[kQT];
-    for (int a = 0; a < kQT; ++a) q[a] = qrows[std::min<int64_t>(qa + a, nqb - 1)];
-    for (int64_t j0 = 0; j0 < nbk; j0 += JT) {
-      micro_tile<JT>(q, panel, d, j0, dots);
-      const int64_t jn = std::min<int64_t>(JT, nbk - j0);
-      for (int a = 0; a < kQT && qa + a < nqb; ++a) {
+  constexpr int QT = K::kRows, JT = K::kCols;
+  float dots[QT][JT];
+  for (int64_t j0 = 0; j0 < nbk; j0 += JT) {
+    const int64_t jn = std::min<int64_t>(JT, nbk - j0);
+    const float* xnj = xn + jb + j0;
+    for (int64_t qa = 0; qa < nqb; qa += QT) {
+      const float* q[QT];
+      for (int a = 0; a < QT; ++a) q[a] = qrows[std::min<int64_t>(qa + a, nqb - 1)];
+      K::run(q, panel, d, j0, dots);
+      for (int a = 0; a < QT && qa + a < nqb; ++a) {
         Cand* c = cands + (qa + a) * cap;
         const float qa_n = qn[qa + a], worst = c[cap - 1].d;
-        const float* xnj = xn + jb + j0;
-        float s[JT];
-        int any = 0;  // vectorised filter: most tiles hold no candidate better than the current worst
+        float sc[JT];
+        int any = 0;  // vectorised filter: most slices hold no candidate better than the current worst
         for (int j = 0; j < JT; ++j) {
-          s[j] = qa_n - 2.0f * dots[a][j] + (j < jn ? xnj[j < jn ? j : 0] : 0.0f);
-          any |= (j < jn) & (s[j] < worst);
+          sc[j] = qa_n - 2.0f * dots[a][j] + (j < jn ? xnj[j < jn ? j : 0] : 0.0f);
+          any |= (j < jn) & (sc[j] < worst);
         }
         if (!any) continue;
-        for (int64_t j = 0; j < jn; ++j) insert_cand(c, cap, s[j], jb + j0 + j);
+        for (int64_t j = 0; j < jn; ++j) insert_cand(c, cap, sc[j], jb + j0 + j);
       }
     }
   }
@@ -94,18 +103,51 @@ using TileFn = void (*)(const float* const*, const float*, int64_t, const float*
 
 void tile_generic(const float* const* qrows, const float* qn, int64_t nqb, const float* panel,
                   const float* xn, int64_t jb, int64_t nbk, int64_t d, Cand* cands, int64_t cap) {
-  tile_body<8>(qrows, qn, nqb, panel, xn, jb, nbk, d, cands, cap);
+  tile_body<PlainKernel<4, 8>>(qrows, qn, nqb, panel, xn, jb, nbk, d, cands, cap);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// AVX2+FMA 6x16 register tile (the classic SGEMM shape): 12 accumulators, 2 panel loads and
+// 6 broadcasts per 12 FMAs, enough independent chains to hide FMA latency.  Selected at run
+// time, so the module itself stays baseline x86-64.
+struct Avx2Kernel {
+  static constexpr int kRows = 6;
+  static constexpr int kCols = 16;
+  __attribute__((target("avx2,fma"))) static inline void run(const float* const* q, const float* panel,
+                                                             int64_t d, int64_t j0, float (*dots)[16]) {
+    __m256 c[6][2];
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
+    const float* p = panel + j0;
+    for (int64_t dd = 0; dd < d; ++dd, p += kNB) {
+      const __m256 p0 = _mm256_loadu_ps(p), p1 = _mm256_loadu_ps(p + 8);
+#pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) {
+        const __m256 qv = _mm256_broadcast_ss(q[a] + dd);
+        c[a][0] = _mm256_fmadd_ps(qv, p0, c[a][0]);
+        c[a][1] = _mm256_fmadd_ps(qv, p1, c[a][1]);
+      }
+    }
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; ++a) {
+      _mm256_storeu_ps(dots[a], c[a][0]);
+      _mm256_storeu_ps(dots[a] + 8, c[a][1]);
+    }
+  }
+};
+
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* qrows, const float* qn, int64_t nqb,
                                                    const float* panel, const float* xn, int64_t jb,
                                                    int64_t nbk, int64_t d, Cand* cands, int64_t cap) {
-  tile_body<16>(qrows, qn, nqb, panel, xn, jb, nbk, d, cands, cap);
+  tile_body<Avx2Kernel>(qrows, qn, nqb, panel, xn, jb, nbk, d, cands, cap);
 }
 #endif
 
+// EDGEUAD_RT_PORTABLE=1 forces the portable tile: the path aarch64 (Jetson) always takes, so that
+// x86 CI tests it too.
 TileFn pick_tile_fn() {
+  const char* portable = std::getenv("EDGEUAD_RT_PORTABLE");
+  if (portable && portable[0] == '1') return tile_generic;
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return tile_avx2;
