@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import gc
-import sys
 import time
 
 import numpy as np

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import time
 from typing import Callable
 

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import data as _data
-from .bundle import Bundle, atomic_write_bytes, write_manifest
+from .atomic import atomic_write_bytes
+from .bundle import Bundle, write_manifest
 from .preprocess import PreprocessConfig, preprocess
 from .thresholds import from_labelled, from_normal_scores
 

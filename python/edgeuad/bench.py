@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional, Sequence
 import cv2
 import numpy as np
 
-from .bundle import atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

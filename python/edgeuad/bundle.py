@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ._version import __version__
+from .atomic import atomic_path, atomic_write_bytes
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -51,23 +52,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -200,17 +184,9 @@ def pack(root: Path, archive: Path) -> Path:
     manifest = read_manifest(root)
     verify_files(root, manifest)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", dir=archive.parent)
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w") as tf:
-            for name in [MANIFEST, *manifest["files"]]:
-                tf.add(root / name, arcname=name)
-        os.replace(tmp, archive)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w") as tf:
+        for name in [MANIFEST, *manifest["files"]]:
+            tf.add(root / name, arcname=name)
     return archive
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from edgeuad.methods.common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint,
                                     save_checkpoint, seed_everything)
-from edgeuad.methods.recontrast import (CHECKPOINT_NAME, ReContrastConfig, ReContrastModel, alpha_at,
+from edgeuad.methods.recontrast import (CHECKPOINT_NAME, ReContrastConfig, alpha_at,
                                         anomaly_map_torch, build_model, gaussian_blur_torch,
                                         global_cosine_hm, load_model, model_state, recontrast_loss,
                                         train_recontrast)

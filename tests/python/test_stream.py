@@ -322,7 +322,7 @@ def test_fps_limit_skips_on_live_source():
     s = Stream(det, 0, live_cfg(fps_limit=5.0, max_reconnects=0, policy="block"),
                capture_factory=Factory([cap]))
     with pytest.raises(SourceError):
-        res = list(s)
+        list(s)
     st_ = s.stats
     # 40 frames read within far less than a second at 5 fps: almost all are skipped
     assert st_.skipped + st_.captured == 40 and st_.skipped > 0

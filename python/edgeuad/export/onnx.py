@@ -48,22 +48,22 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, input_hw: tuple[int,
     module = module.eval()
     dummy = torch.zeros(2, 3, *input_hw)
     dyn = {INPUT_NAME: {0: "batch"}, **{n: {0: "batch"} for n in output_names}}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter deprecation chatter; parity is checked below
-        torch.onnx.export(module, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=output_names,
-                          dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
     import onnx
 
+    from ..atomic import atomic_path
     from .graph_passes import fold_pads_into_conv
 
-    model = onnx.load(str(tmp))
-    n_pads = fold_pads_into_conv(model)
-    if n_pads:
-        log.info("folded %d constant Pad nodes into their Conv", n_pads)
-        onnx.save(model, str(tmp))
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter deprecation chatter; parity is checked below
+            torch.onnx.export(module, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=output_names,
+                              dynamic_axes=dyn, opset_version=opset, do_constant_folding=True, dynamo=False)
+        model = onnx.load(str(tmp))
+        n_pads = fold_pads_into_conv(model)
+        if n_pads:
+            log.info("folded %d constant Pad nodes into their Conv", n_pads)
+            onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
     log.info("exported %s (opset %d, %.1f MB)", path, opset, path.stat().st_size / 1e6)
     return path
 

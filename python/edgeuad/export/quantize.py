@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..atomic import atomic_path
+
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -188,14 +190,8 @@ def insert_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike,
         onnx.checker.check_model(qmodel)
         report_parts = _verify_qdq(qmodel, op_types, bool(per_channel_weights))
         # Write the final file only after it passed every check (temp + replace: no half-written model).
-        fd, final_tmp = tempfile.mkstemp(prefix=f".{onnx_out.name}.", suffix=".tmp", dir=str(onnx_out.parent))
-        os.close(fd)
-        try:
-            onnx.save(qmodel, final_tmp)
-            os.replace(final_tmp, onnx_out)
-        except BaseException:
-            Path(final_tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(onnx_out) as final_tmp:
+            onnx.save(qmodel, str(final_tmp))
 
     cos = _cosine_fp32_vs_qdq(ort, str(onnx_in), str(onnx_out), input_name, first)
     report = QdqReport(

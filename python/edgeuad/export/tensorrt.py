@@ -426,11 +426,15 @@ def sidecar_path(engine_path: PathLike) -> Path:
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     """Write via a temp file in the same directory + fsync + os.replace: readers see the old file
-    or the complete new one, never a torn engine."""
+    or the complete new one, never a torn engine.  Same contract as `edgeuad.atomic` (kept here
+    because this file must also run copied alone onto a target, see export/build_engine.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the engine from other service users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..bundle import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
