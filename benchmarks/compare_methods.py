@@ -60,15 +60,16 @@ def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| dataset | method | I-AUROC | P-AUROC | AUPRO@0.3 | F1-max | train s | ms/frame | settings |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---|\n")
+    head = ("| dataset | method | I-AUROC | P-AUROC | AUPRO@0.3 | F1-max | train s | ms/frame | settings | commit, date |\n"
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---|\n")
     lines = []
     for r in rows:
         m = r["metrics"]
         f = lambda k: f"{m[k]:.4f}" if k in m else "n/a (no masks)"  # noqa: E731
         settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
         lines.append(f"| {r['dataset']} | {r['method']} | {f('i_auroc')} | {f('p_auroc')} | {f('aupro')} | "
-                     f"{f('f1_max')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} |")
+                     f"{f('f1_max')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} | "
+                     f"{r.get('commit', '?')}, {r.get('date', '?')} |")
     return head + "\n".join(lines) + "\n"
 
 
