@@ -84,12 +84,12 @@ def main() -> None:
         # Exact search cost grows with n: fewer timed queries for the big banks.
         nq_exact = min(args.queries, max(256, 20_000_000 // n))
         q_exact = q[:nq_exact]
-        exact_qps = qps(lambda: bank.search(q_exact, k=1, exact=True, threads=args.threads), nq_exact)
+        exact_qps = qps(lambda b=bank: b.search(q_exact, k=1, exact=True, threads=args.threads), nq_exact)
         search_rows.append((n, "exact", "-", exact_qps, 1.0, 1.0))
         for ef in args.efs:
             _, idx = bank.search(q, k=1, ef=ef, threads=args.threads)
             recall = float((idx[:, 0] == truth[:, 0]).mean())
-            h_qps = qps(lambda: bank.search(q, k=1, ef=ef, threads=args.threads), args.queries)
+            h_qps = qps(lambda b=bank, e=ef: b.search(q, k=1, ef=e, threads=args.threads), args.queries)
             search_rows.append((n, "hnsw", ef, h_qps, recall, h_qps / exact_qps))
         del bank, x
         gc.collect()
