@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="throughput and per-stage latency per backend, vs the eager torch reference",
                        description="Benchmark a bundle: frames/s and p50/p95/p99 per stage for batch sizes and thread "
                                    "counts per available backend, plus the eager torch reference on the same frames.")
-    b.add_argument("--bundle", required=True)
+    b.add_argument("--bundle", required=True, help="bundle directory or .tar")
     b.add_argument("--out", default="bench_out", help="directory for bench.json, bench.md, bench.png")
     b.add_argument("--batch-sizes", default="1,4,8", help="comma-separated batch sizes")
     b.add_argument("--threads", default="1,2", help="comma-separated CPU thread counts")
@@ -115,14 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", default=None, help="folder of images to use as frames (default: synthetic 640x480)")
     b.add_argument("--no-reference", action="store_true", help="skip the eager torch reference")
 
-    d = sub.add_parser("demo", help="make synthetic data, train, export, detect and report (CPU, a few minutes)")
+    d = sub.add_parser("demo", help="make synthetic data, train, export, detect and report (CPU, a few minutes)",
+                       description="The whole flow on its own data: write a small synthetic MVTec-layout dataset "
+                                   "(textures with scratches, blobs and cut-outs + masks), train, export a bundle "
+                                   "(ONNX parity-checked), evaluate it through the runtime Detector, and write metrics, "
+                                   "overlays, a score histogram and demo_summary.json under --out.")
     d.add_argument("--out", default="demo_out", help="output directory")
-    d.add_argument("--method", choices=METHODS, default="recontrast")
+    d.add_argument("--method", choices=METHODS, default="recontrast", help="anomaly detection method")
     d.add_argument("--iterations", type=int, default=None, help="override training iterations/steps")
     d.add_argument("--seed", type=int, default=0)
 
     i = sub.add_parser("info", help="versions, compiled runtime (_rt, CUDA), backends; a bundle's manifest")
-    i.add_argument("--bundle", default=None)
+    i.add_argument("--bundle", default=None, help="also verify this bundle and print its manifest")
     return p
 
 

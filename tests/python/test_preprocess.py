@@ -19,6 +19,27 @@ def test_preprocess_shapes_colour_and_values() -> None:
     assert preprocess([gray], cfg).shape == (1, 3, 32, 48)
 
 
+@pytest.mark.parametrize("shape", [(480, 640, 3), (256, 256, 3), (100, 90), (300, 200, 1), (20, 600, 3)])
+@pytest.mark.parametrize("color", ["rgb", "bgr"])
+def test_preprocess_equals_plain_formula(shape: tuple[int, ...], color: str) -> None:
+    """The table-driven normalisation and resize-then-reorder are exactly the textbook computation:
+    reorder channels, resize (INTER_AREA shrinking, INTER_LINEAR growing), (x/255 - mean) / std."""
+    import cv2
+    rng = np.random.default_rng(sum(shape))
+    cfg = PreprocessConfig(size=(64, 96), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(2)]
+    ref = []
+    for f in frames:
+        f = np.repeat(f.reshape(f.shape[0], f.shape[1], -1), 3 // f.reshape(f.shape[0], f.shape[1], -1).shape[2], 2)
+        f = np.ascontiguousarray(f[:, :, ::-1] if color == "bgr" else f)
+        shrink = f.shape[0] > 64 or f.shape[1] > 96
+        r = cv2.resize(f, (96, 64), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR).astype(np.float32)
+        mean = np.asarray(cfg.mean, np.float32) * np.float32(255)
+        inv_std = np.float32(1) / (np.asarray(cfg.std, np.float32) * np.float32(255))
+        ref.append(((r - mean) * inv_std).transpose(2, 0, 1))
+    np.testing.assert_array_equal(preprocess(frames, cfg, color=color), np.stack(ref))
+
+
 @pytest.mark.parametrize("bad,msg", [
     (np.zeros((10, 10, 3), np.float32), "uint8"),
     (np.zeros((10, 10, 4), np.uint8), "4 channels"),
