@@ -1,9 +1,12 @@
 // Blocked brute-force k-NN: |q|^2 - 2 q.x + |x|^2 with precomputed norms.
 //
-// Tiles: QB queries x NB bank rows.  Each bank tile is packed transposed
-// (d x NB) so the innermost loop runs over contiguous bank rows with a
-// QT-query x JT-row register tile: plain multiply-adds that GCC vectorises at
-// -O3 without -ffast-math (no float reduction has to be reassociated).
+// Tiles: QB queries x NB bank rows.  Each bank tile is packed transposed in
+// JT-column slices (slice s = d x JT contiguous floats, BLIS-style), so the innermost
+// loop streams one contiguous slice with a QT-query x JT-row register tile: plain
+// multiply-adds that GCC vectorises at -O3 without -ffast-math (no float reduction has
+// to be reassociated).  A d x NB row-major panel instead would put every row of a slice
+// 4*NB bytes apart: at NB=256 all d rows fall into 4 L1 sets and the slice thrashes L1.
+// The bank is packed once per call and shared by the threads (per block when it is huge).
 // On x86-64 an AVX2+FMA 6x16 intrinsics tile is selected at run time (no -march needed).
 // The expansion loses precision when |q| >> |q - x| (hence the centring), and the final k (+4 spare)
 // candidates are re-ranked with the direct sum of squares.
@@ -27,8 +30,9 @@ namespace edgeuad {
 namespace detail {
 namespace {
 
-constexpr int64_t kQB = 64;   // queries per block (one OpenMP task; amortises the tile packing)
-constexpr int64_t kNB = 256;  // bank rows per packed tile: d*NB*4 bytes (160 KiB at d=160)
+constexpr int64_t kQB = 64;   // queries per block (one OpenMP task)
+constexpr int64_t kNB = 256;  // bank rows per packed tile (a multiple of every kernel's JT)
+constexpr int64_t kSharedPackMaxFloats = int64_t(64) << 20;  // 256 MiB: above it pack per query block
 constexpr int kSpare = 4;     // extra candidates kept for the exact re-ranking
 
 struct Cand {
@@ -47,16 +51,17 @@ inline void insert_cand(Cand* c, int64_t cap, float d, int64_t i) {
   c[p] = {d, i};
 }
 
-// Portable micro-kernel: dots[a][j] = q_a . P[:, j0 + j] for a < QT, j < JT (GCC vectorises the j loop).
+// Portable micro-kernel: dots[a][j] = q_a . S[:, j] for a < QT, j < JT over one d x JT slice S
+// (GCC vectorises the j loop).
 template <int QT, int JT>
 struct PlainKernel {
   static constexpr int kRows = QT;
   static constexpr int kCols = JT;
-  static inline __attribute__((always_inline)) void run(const float* const* q, const float* panel, int64_t d,
-                                                        int64_t j0, float (*dots)[JT]) {
+  static inline __attribute__((always_inline)) void run(const float* const* q, const float* slice, int64_t d,
+                                                        float (*dots)[JT]) {
     float acc[QT][JT] = {};
     for (int64_t dd = 0; dd < d; ++dd) {
-      const float* p = panel + dd * kNB + j0;
+      const float* p = slice + dd * JT;
       for (int a = 0; a < QT; ++a) {
         const float qv = q[a][dd];
         for (int j = 0; j < JT; ++j) acc[a][j] += qv * p[j];
@@ -67,8 +72,8 @@ struct PlainKernel {
   }
 };
 
-// Scores one packed bank tile against a block of queries, updating candidates.  The JT-column
-// slice of the panel (d x JT floats: 16-32 KiB) stays in L1 while every query group passes over it.
+// Scores one packed bank tile against a block of queries, updating candidates.  Each JT-column
+// slice (d x JT contiguous floats: 8-32 KiB) stays in L1 while every query group passes over it.
 template <class K>
 inline __attribute__((always_inline)) void tile_body(const float* const* qrows, const float* qn, int64_t nqb,
                                                      const float* panel, const float* xn, int64_t jb,
@@ -81,7 +86,7 @@ inline __attribute__((always_inline)) void tile_body(const float* const* qrows, 
     for (int64_t qa = 0; qa < nqb; qa += QT) {
       const float* q[QT];
       for (int a = 0; a < QT; ++a) q[a] = qrows[std::min<int64_t>(qa + a, nqb - 1)];
-      K::run(q, panel, d, j0, dots);
+      K::run(q, panel + j0 * d, d, dots);
       for (int a = 0; a < QT && qa + a < nqb; ++a) {
         Cand* c = cands + (qa + a) * cap;
         const float qa_n = qn[qa + a], worst = c[cap - 1].d;
@@ -113,13 +118,13 @@ void tile_generic(const float* const* qrows, const float* qn, int64_t nqb, const
 struct Avx2Kernel {
   static constexpr int kRows = 6;
   static constexpr int kCols = 16;
-  __attribute__((target("avx2,fma"))) static inline void run(const float* const* q, const float* panel,
-                                                             int64_t d, int64_t j0, float (*dots)[16]) {
+  __attribute__((target("avx2,fma"))) static inline void run(const float* const* q, const float* slice,
+                                                             int64_t d, float (*dots)[16]) {
     __m256 c[6][2];
 #pragma GCC unroll 6
     for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
-    const float* p = panel + j0;
-    for (int64_t dd = 0; dd < d; ++dd, p += kNB) {
+    const float* p = slice;
+    for (int64_t dd = 0; dd < d; ++dd, p += 16) {
       const __m256 p0 = _mm256_loadu_ps(p), p1 = _mm256_loadu_ps(p + 8);
 #pragma GCC unroll 6
       for (int a = 0; a < 6; ++a) {
@@ -145,14 +150,43 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* qrows, co
 
 // EDGEUAD_RT_PORTABLE=1 forces the portable tile: the path aarch64 (Jetson) always takes, so that
 // x86 CI tests it too.
-TileFn pick_tile_fn() {
+struct Tile {
+  TileFn fn;
+  int64_t cols;  // JT: the slice width the panel is packed with
+};
+
+Tile pick_tile() {
   const char* portable = std::getenv("EDGEUAD_RT_PORTABLE");
-  if (portable && portable[0] == '1') return tile_generic;
+  if (portable && portable[0] == '1') return {tile_generic, 8};
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return tile_avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {tile_avx2, Avx2Kernel::kCols};
 #endif
-  return tile_generic;
+  return {tile_generic, 8};
+}
+
+// EDGEUAD_RT_PACK_LIMIT=<floats> overrides kSharedPackMaxFloats (0 forces per-block packing, so that
+// tests cover the huge-bank path without allocating gigabytes).
+int64_t shared_pack_limit() {
+  const char* v = std::getenv("EDGEUAD_RT_PACK_LIMIT");
+  if (!v || !v[0]) return kSharedPackMaxFloats;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  return (end && *end == '\0' && n >= 0) ? static_cast<int64_t>(n) : kSharedPackMaxFloats;
+}
+
+// Packs bank rows [jb, jb + nbk) centred into JT-column slices: out[(j / JT) * d * JT + dd * JT + j % JT].
+// Columns past nbk are zero (their scores are masked in tile_body anyway).
+void pack_tile(const float* x, const float* center, int64_t jb, int64_t nbk, int64_t d, int64_t jt, float* out) {
+  for (int64_t j = 0; j < kNB; ++j) {
+    float* dst = out + (j / jt) * d * jt + (j % jt);
+    if (j >= nbk) {
+      for (int64_t dd = 0; dd < d; ++dd) dst[dd * jt] = 0.0f;
+      continue;
+    }
+    const float* r = x + (jb + j) * d;
+    for (int64_t dd = 0; dd < d; ++dd) dst[dd * jt] = r[dd] - (center ? center[dd] : 0.0f);
+  }
 }
 
 }  // namespace
@@ -180,10 +214,16 @@ float l2_exact(const float* a, const float* b, int64_t d) {
 
 void exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
                int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx) {
-  static const TileFn tile = pick_tile_fn();
+  static const Tile tile = pick_tile();
+  static const int64_t pack_limit = shared_pack_limit();
   const int nt = threads > 0 ? threads : omp_get_max_threads();
   const int64_t cap = std::min<int64_t>(k + kSpare, n);
   const int64_t nblocks = (nq + kQB - 1) / kQB;
+  const int64_t ntiles = (n + kNB - 1) / kNB;
+  // Packing the whole bank once (instead of once per 64-query block) removes most of the packing
+  // work for frame-sized query batches; huge banks fall back to per-block packing to bound memory.
+  const bool shared_pack = ntiles * kNB * d <= pack_limit;
+  std::vector<float> packed(shared_pack ? static_cast<size_t>(ntiles * kNB * d) : 0);  // bad_alloc: caller's thread
   std::exception_ptr error;
   std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(nt)
@@ -192,7 +232,7 @@ void exact_knn(const float* queries, int64_t nq, const float* x, const float* ce
     std::vector<Cand> cands;
     std::vector<float> qn(kQB), qc;
     try {
-      panel.assign(d * kNB, 0.0f);
+      if (!shared_pack) panel.assign(d * kNB, 0.0f);
       qc.resize(kQB * d);
       cands.resize(kQB * cap);
     } catch (...) {
@@ -200,6 +240,11 @@ void exact_knn(const float* queries, int64_t nq, const float* x, const float* ce
       if (!error) error = std::current_exception();
       failed = true;
     }
+    if (shared_pack) {
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < ntiles; ++t)
+        pack_tile(x, center, t * kNB, std::min(kNB, n - t * kNB), d, tile.cols, packed.data() + t * kNB * d);
+    }  // implicit barrier: every tile is packed before any block reads it
 #pragma omp for schedule(dynamic, 1)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
       if (failed) continue;  // e.g. out of memory in another thread
@@ -213,14 +258,14 @@ void exact_knn(const float* queries, int64_t nq, const float* x, const float* ce
       }
       row_sq_norms(qc.data(), nqb, d, nullptr, qn.data());
       std::fill(cands.begin(), cands.end(), Cand{std::numeric_limits<float>::infinity(), -1});
-      for (int64_t jb = 0; jb < n; jb += kNB) {
-        const int64_t nbk = std::min(kNB, n - jb);
-        // Pack the tile transposed; columns past nbk stay as they are (ignored).
-        for (int64_t j = 0; j < nbk; ++j) {
-          const float* r = x + (jb + j) * d;
-          for (int64_t dd = 0; dd < d; ++dd) panel[dd * kNB + j] = r[dd] - (center ? center[dd] : 0.0f);
+      for (int64_t t = 0; t < ntiles; ++t) {
+        const int64_t jb = t * kNB, nbk = std::min(kNB, n - jb);
+        const float* pt = packed.data() + t * kNB * d;
+        if (!shared_pack) {
+          pack_tile(x, center, jb, nbk, d, tile.cols, panel.data());
+          pt = panel.data();
         }
-        tile(qrows, qn.data(), nqb, panel.data(), xnorm, jb, nbk, d, cands.data(), cap);
+        tile.fn(qrows, qn.data(), nqb, pt, xnorm, jb, nbk, d, cands.data(), cap);
       }
       // Exact re-ranking of the kept candidates.
       for (int64_t a = 0; a < nqb; ++a) {

@@ -270,11 +270,12 @@ def test_bank_wrapper(small, tmp_path: Path):
         Bank.build(np.zeros((0, 4), np.float32))
 
 
-@pytest.mark.parametrize("portable", ["0", "1"])
-def test_exact_kernels_match_numpy_odd_sizes(portable):
+@pytest.mark.parametrize("portable,pack_limit", [("0", ""), ("1", ""), ("0", "0"), ("1", "0")])
+def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
     """Both exact micro-kernels (AVX2 6x16 on x86 and the portable 4x8 tile that aarch64/Jetson
     runs, forced with EDGEUAD_RT_PORTABLE=1) against float64 brute force, with query and bank
-    counts that leave partial register tiles and partial bank tiles."""
+    counts that leave partial register tiles and partial bank tiles; with the bank packed once per
+    call (default) and per query block (EDGEUAD_RT_PACK_LIMIT=0: what banks over 256 MiB do)."""
     import os
     import subprocess
     import sys
@@ -283,7 +284,7 @@ def test_exact_kernels_match_numpy_odd_sizes(portable):
         "import numpy as np, sys\n"
         "from edgeuad import _rt\n"
         "rng = np.random.default_rng(3)\n"
-        "for n, d, nq in [(1, 7, 5), (300, 37, 67), (517, 256, 131)]:\n"
+        "for n, d, nq in [(1, 7, 5), (300, 37, 67), (517, 256, 131), (1000, 64, 200)]:\n"
         "    x = rng.standard_normal((n, d)).astype(np.float32)\n"
         "    q = rng.standard_normal((nq, d)).astype(np.float32)\n"
         "    b = _rt.MemoryBank(d, M=16, ef_construction=50, seed=0); b.add(x, threads=1)\n"
@@ -295,6 +296,6 @@ def test_exact_kernels_match_numpy_odd_sizes(portable):
         "    assert np.abs(dist - np.take_along_axis(ref, order, 1)).max() < 1e-4, (n, d, nq)\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, EDGEUAD_RT_PORTABLE=portable)
+    env = dict(os.environ, EDGEUAD_RT_PORTABLE=portable, EDGEUAD_RT_PACK_LIMIT=pack_limit)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -4,11 +4,11 @@ The compiled bank holds an HNSW graph and a contiguous copy of the features.
 `Bank` picks the search mode: exact (blocked brute force) below
 `exact_threshold` items and HNSW above it, unless the caller forces one with
 `exact=True/False`.  Measured here on real coreset banks (magnetic_tile PatchCore dim 256 and
-ReConPatch dim 512, 1024 held-out patch queries, 2 threads, AVX2 exact kernel, HNSW M=32 ef=96,
-recall 1.000 at every size): exact search is 2-3x faster than HNSW at 500 items, on par at 3k-5k, and
-slower beyond (6.5k-item banks score frames 20-40 ms faster through HNSW).  The synthetic clustered
-data of benchmarks/bench_bank.py favours exact search more; the default threshold 4096 follows the
-real features.  Below it scores are exact, i.e. identical to the training-side torch scores.
+ReConPatch dim 512, 1024 patch queries per frame, 2 threads, AVX2 exact kernel ~65-70 GFLOP/s per
+thread, HNSW M=32 ef=96, identical scores): exact search is 2-6x faster than HNSW up to 2k items and
+1.5-2x at 5k; at 6.5k items it is still 30% faster at dim 256 and 5% slower at dim 512.  The
+default threshold 8192 keeps every bank of that size exact, i.e. identical to the training-side
+torch scores, at a cost of at most ~25% in the 6.5k-8k band at dim 512.
 numpy only (no torch).
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ class BankConfig:
     M: int = 32  # 16 needs ef 128 for recall 0.99 at 100k; 32 reaches it at ef 96, faster (bank.md)
     ef_construction: int = 200
     ef: int = 96  # with M=32: recall@1 0.993 at 100k items (benchmarks/results/bank.md)
-    exact_threshold: int = 4096
+    exact_threshold: int = 8192
     seed: int = 0
 
     def __post_init__(self) -> None:
