@@ -63,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--images", default=None, help="folder/glob of frames (default: synthetic 640x480 JPEG)")
     ap.add_argument("--frame-size", default="480x640", help="HxW of synthetic frames")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--paired-iterations", type=int, default=40,
+                    help="frames of the interleaved runtime-vs-reference speed-up measurement (0 = skip)")
     ap.add_argument("--in-process", action="store_true", help="no subprocess per backend (peak RSS less separable)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -78,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           threads=[int(x) for x in a.threads.split(",") if x],
                           backends=[x for x in a.backends.split(",") if x], iterations=a.iterations,
                           warmup=a.warmup, images=a.images, frame_size=(fh, fw), reference=not a.no_reference,
-                          isolate=not a.in_process)
+                          isolate=not a.in_process, paired_iterations=a.paired_iterations)
         report = run_bench(cfg)
         if a.make_bundle:
             # say so in every output: these numbers must never be read as a trained model's

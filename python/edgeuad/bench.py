@@ -18,6 +18,11 @@ The torch reference (`methods/reference.py`: eager model + torch post-processing
 same frames with torch's thread count set to the Detector's; the report gives the speed-up at
 batch 1 and the max abs difference of image scores and maps.
 
+Paired speed-up: separate runs of the two pipelines drift apart on a shared machine (the eager
+torch p50 moved by 40% between runs here while onnxruntime moved by 10%), so the headline ratio
+comes from one extra process that interleaves the Detector (onnxruntime) and the reference frame by
+frame (ABBA order) and reports the median of the per-frame ratios with its quartiles.
+
 Each pipeline runs in a fresh subprocess by default so peak RSS (VmHWM) is per backend; the
 parent never imports torch.  Timings are wall clock (time.perf_counter) per batch.
 """
@@ -47,6 +52,7 @@ from .atomic import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 REFERENCE = "torch-reference"
+PAIRED = "paired"  # worker name of the interleaved runtime-vs-reference measurement
 STAGES = ("decode", "preprocess", "network", "memory_bank", "distance_map", "postprocess", "score_torch",
           "pipeline", "total")
 QUANTILES = (50, 95, 99)
@@ -140,6 +146,8 @@ class BenchConfig:
     seed: int = 0
     stem: str = "bench"
     worker_timeout_s: float = 3600.0
+    paired_iterations: int = 40   # interleaved runtime/reference frames per thread count (0 = skip)
+    paired_backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         self.bundle = str(self.bundle)
@@ -150,8 +158,8 @@ class BenchConfig:
             raise ValueError(f"batch sizes must be >= 1, got {self.batch_sizes}")
         if not self.threads or min(self.threads) < 0:
             raise ValueError(f"thread counts must be >= 0 (0 = library default), got {self.threads}")
-        if self.iterations < 1 or self.warmup < 0:
-            raise ValueError("need iterations >= 1 and warmup >= 0")
+        if self.iterations < 1 or self.warmup < 0 or self.paired_iterations < 0:
+            raise ValueError("need iterations >= 1, warmup >= 0 and paired_iterations >= 0")
         unknown = set(self.backends) - {"onnxruntime", "torch", "tensorrt"}
         if unknown:
             raise ValueError(f"unknown backends {sorted(unknown)}")
@@ -224,12 +232,13 @@ class BenchReport:
     pipelines: list[PipelineReport]
     parity: list[ParityReport]
     speedups: list[dict[str, Any]]
+    paired: list[dict[str, Any]] = field(default_factory=list)   # see measure_paired
 
     # --- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "machine": self.machine, "bundle": self.bundle_info,
                 "pipelines": [asdict(p) for p in self.pipelines], "parity": [asdict(p) for p in self.parity],
-                "speedups": self.speedups}
+                "speedups": self.speedups, "paired": self.paired}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
@@ -238,7 +247,8 @@ class BenchReport:
     def from_dict(cls, d: dict[str, Any]) -> "BenchReport":
         return cls(config=d["config"], machine=d["machine"], bundle_info=d["bundle"],
                    pipelines=[PipelineReport.from_dict(p) for p in d["pipelines"]],
-                   parity=[ParityReport(**p) for p in d["parity"]], speedups=list(d["speedups"]))
+                   parity=[ParityReport(**p) for p in d["parity"]], speedups=list(d["speedups"]),
+                   paired=list(d.get("paired", [])))
 
     def pipeline(self, name: str) -> Optional[PipelineReport]:
         for p in self.pipelines:
@@ -287,6 +297,10 @@ class BenchReport:
             out.append(f"speed-up vs torch reference, {s['backend']} threads={s['threads_label']} batch "
                        f"{s['batch_size']}: x{s['speedup_p50']:.2f} (pipeline p50 {s['candidate_ms']:.2f} ms vs "
                        f"{s['reference_ms']:.2f} ms)")
+        for s in self.paired:
+            out.append(f"paired speed-up (interleaved), {s['backend']} threads={s['threads_label']} batch 1: "
+                       f"x{s['speedup_median']:.2f} (quartiles x{s['speedup_p25']:.2f}-x{s['speedup_p75']:.2f}; "
+                       f"{s['runtime_p50_ms']:.2f} vs {s['reference_p50_ms']:.2f} ms, {s['iterations']} frames)")
         for q in self.parity:
             out.append(f"parity {q.backend} vs torch reference ({q.n_frames} frames): max |d score| "
                        f"{q.max_abs_score_diff:.2e}, max |d map| {_fmt_opt(q.max_abs_map_diff, 2, 'e')} -> "
@@ -322,6 +336,15 @@ class BenchReport:
             for s in self.speedups:
                 lines.append(f"| {s['backend']} | {s['threads_label']} | {s['batch_size']} | {s['candidate_ms']:.2f} | "
                              f"{s['reference_ms']:.2f} | x{s['speedup_p50']:.2f} |")
+        if self.paired:
+            lines += ["", "Paired speed-up (one process runs the Detector and the torch reference on the same frame "
+                          "back to back, alternating which goes first; batch 1; median of the per-frame ratios):", "",
+                      "| backend | threads | frames | runtime p50 ms | torch p50 ms | speed-up | quartiles |",
+                      "|---|---|---|---|---|---|---|"]
+            for s in self.paired:
+                lines.append(f"| {s['backend']} | {s['threads_label']} | {s['iterations']} | {s['runtime_p50_ms']:.2f} | "
+                             f"{s['reference_p50_ms']:.2f} | x{s['speedup_median']:.2f} | "
+                             f"x{s['speedup_p25']:.2f}-x{s['speedup_p75']:.2f} |")
         if self.parity:
             lines += ["", "Agreement with the torch reference (raw scores and maps at the network input size):", "",
                       "| backend | frames | max abs score diff | max abs map diff | within tolerance |",
@@ -666,6 +689,49 @@ def reference_parity_outputs(ref: Any, pre_cfg: Any, frames: Sequence[np.ndarray
     return {"scores": np.asarray(o.scores, np.float64), "maps": np.asarray(o.maps, np.float32)}
 
 
+def measure_paired(det_factory: DetectorFactory, ref_factory: ReferenceFactory, frames: Sequence[np.ndarray],
+                   cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Detector and torch reference interleaved frame by frame in one process (batch 1), per thread count.
+
+    Each iteration decodes one frame and times preprocess .. results of both pipelines back to back,
+    the first one alternating (ABBA) so neither always runs on a warm or a cold cache; slow drifts of
+    the machine hit both sides of every pair.  Returns medians and the per-frame ratio quartiles."""
+    from .preprocess import preprocess
+
+    out = []
+    for t in cfg.threads:
+        det, ref = det_factory(cfg.paired_backend, t), ref_factory(t)
+        try:
+            rt_ms: list[float] = []
+            ref_ms: list[float] = []
+            for it in range(cfg.warmup + cfg.paired_iterations):
+                imgs = decode(_batch(frames, it, 1))
+                sizes = [im.shape[:2] for im in imgs]
+                took = [0.0, 0.0]
+                for which in ((0, 1) if it % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    if which == 0:
+                        det.postprocess(det.infer(det.preprocess(imgs)), sizes, return_map=cfg.return_map)
+                    else:
+                        ref.run(preprocess(imgs, ref.pre_cfg, color="bgr"))
+                    took[which] = (time.perf_counter() - t0) * 1e3
+                if it >= cfg.warmup:
+                    rt_ms.append(took[0])
+                    ref_ms.append(took[1])
+        finally:
+            if hasattr(det, "close"):
+                det.close()
+        ratios = np.asarray(ref_ms) / np.maximum(np.asarray(rt_ms), 1e-9)
+        eff = _effective_threads(cfg.paired_backend, t)
+        out.append({"backend": cfg.paired_backend, "threads": t,
+                    "threads_label": str(t) if t > 0 else f"default ({eff})", "batch_size": 1,
+                    "iterations": cfg.paired_iterations, "runtime_p50_ms": float(np.median(rt_ms)),
+                    "reference_p50_ms": float(np.median(ref_ms)), "speedup_median": float(np.median(ratios)),
+                    "speedup_p25": float(np.percentile(ratios, 25)), "speedup_p75": float(np.percentile(ratios, 75))})
+        log.info("paired %s threads=%s: x%.2f", cfg.paired_backend, t, out[-1]["speedup_median"])
+    return out
+
+
 def _default_detector_factory(cfg: BenchConfig) -> DetectorFactory:
     def make(backend: str, threads: int) -> Any:
         from .detector import Detector
@@ -777,7 +843,9 @@ def backend_unavailable_reason(name: str) -> Optional[str]:
     return None
 
 
-def _run_worker(name: str, cfg: BenchConfig, frame_dir: Path, parity_path: Path, work: Path) -> PipelineReport:
+def _spawn_worker(name: str, cfg: BenchConfig, frame_dir: Path, parity_path: Path,
+                  work: Path) -> tuple[Optional[dict[str, Any]], str]:
+    """Run `python -m edgeuad.bench --worker` for `name`: (its result JSON, "") or (None, why not)."""
     spec = {"name": name, "config": cfg.to_dict(), "frames": str(frame_dir), "parity": str(parity_path),
             "result": str(work / f"{_safe(name)}.result.json")}
     spec_path = work / f"{_safe(name)}.spec.json"
@@ -789,14 +857,19 @@ def _run_worker(name: str, cfg: BenchConfig, frame_dir: Path, parity_path: Path,
         r = subprocess.run([sys.executable, "-m", "edgeuad.bench", "--worker", str(spec_path)], env=env,
                            capture_output=True, text=True, timeout=cfg.worker_timeout_s)
     except subprocess.TimeoutExpired:
-        return PipelineReport(name=name, available=False, reason=f"timed out after {cfg.worker_timeout_s:.0f} s")
+        return None, f"timed out after {cfg.worker_timeout_s:.0f} s"
     if r.returncode != 0 or not Path(spec["result"]).is_file():
         err = (r.stderr or "").strip().splitlines()
         log.warning("bench: %s failed (exit %d):\n%s", name, r.returncode, "\n".join(err[-20:]))
         # the exception line is the reason; the traceback went to the log above
-        return PipelineReport(name=name, available=False,
-                              reason="failed: " + (err[-1].strip() if err else f"exit {r.returncode}"))
-    return PipelineReport.from_dict(json.loads(Path(spec["result"]).read_text()))
+        return None, "failed: " + (err[-1].strip() if err else f"exit {r.returncode}")
+    return json.loads(Path(spec["result"]).read_text()), ""
+
+
+def _run_worker(name: str, cfg: BenchConfig, frame_dir: Path, parity_path: Path, work: Path) -> PipelineReport:
+    """One pipeline in a fresh process (its own peak RSS)."""
+    d, reason = _spawn_worker(name, cfg, frame_dir, parity_path, work)
+    return PipelineReport(name=name, available=False, reason=reason) if d is None else PipelineReport.from_dict(d)
 
 
 def _safe(name: str) -> str:
@@ -863,6 +936,8 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
             if rep.available and ppath.is_file():
                 with np.load(ppath) as z:
                     parity_data[name] = {k: z[k] for k in z.files}
+        paired = _run_paired(cfg, pipelines, frames, frame_dir, work, in_process, detector_factory,
+                             reference_factory)
     parity = []
     if REFERENCE in parity_data:
         for name, d in parity_data.items():
@@ -875,7 +950,7 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
                            "VmHWM of this process, reset before each pipeline where Linux allows (clear_refs); "
                            "includes everything already loaded")
     report = BenchReport(config=cdict, machine=machine_info(), bundle_info=_bundle_info(cfg), pipelines=pipelines,
-                         parity=parity, speedups=compute_speedups(pipelines, 1))
+                         parity=parity, speedups=compute_speedups(pipelines, 1), paired=paired)
     for q in parity:
         if not q.ok:
             log.warning("bench: %s disagrees with the torch reference: max |d score| %.3g, max |d map| %s",
@@ -885,6 +960,28 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
     return report
 
 
+def _run_paired(cfg: BenchConfig, pipelines: Sequence[PipelineReport], frames: Sequence[np.ndarray], frame_dir: Path,
+                work: Path, in_process: bool, detector_factory: Optional[DetectorFactory],
+                reference_factory: Optional[ReferenceFactory]) -> list[dict[str, Any]]:
+    """The interleaved measurement, when both sides were measured on their own successfully."""
+    ok = {p.name for p in pipelines if p.available}
+    if cfg.paired_iterations == 0 or REFERENCE not in ok or cfg.paired_backend not in ok:
+        return []
+    log.info("bench: paired %s vs %s (%s)", cfg.paired_backend, REFERENCE, "in-process" if in_process else "subprocess")
+    if in_process:
+        try:
+            return measure_paired(detector_factory or _default_detector_factory(cfg),
+                                  reference_factory or _default_reference_factory(cfg), frames, cfg)
+        except Exception as e:  # noqa: BLE001 - the separate runs are still reported
+            log.warning("bench: paired measurement failed: %s", e)
+            return []
+    d, reason = _spawn_worker(PAIRED, cfg, frame_dir, work / "paired.parity.npz", work)
+    if d is None:
+        log.warning("bench: paired measurement %s", reason)
+        return []
+    return list(d["paired"])
+
+
 # ---------------------------------------------------------------------------------------------
 # worker entry point: python -m edgeuad.bench --worker spec.json
 # ---------------------------------------------------------------------------------------------
@@ -892,6 +989,10 @@ def _worker_main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     cfg = BenchConfig.from_dict({k: v for k, v in spec["config"].items()})
     frames = [np.fromfile(str(p), dtype=np.uint8) for p in sorted(Path(spec["frames"]).glob("*.bin"))]
+    if spec["name"] == PAIRED:
+        paired = measure_paired(_default_detector_factory(cfg), _default_reference_factory(cfg), frames, cfg)
+        atomic_write_bytes(Path(spec["result"]), json.dumps({"paired": paired}).encode())
+        return 0
     rep = run_pipeline(spec["name"], cfg, frames, Path(spec["parity"]))
     atomic_write_bytes(Path(spec["result"]), json.dumps(asdict(rep)).encode())
     return 0

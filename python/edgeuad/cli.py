@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--images", default=None, help="folder of images to use as frames (default: synthetic 640x480)")
     b.add_argument("--no-reference", action="store_true", help="skip the eager torch reference")
+    b.add_argument("--paired-iterations", type=int, default=40,
+                   help="frames of the interleaved runtime-vs-reference speed-up measurement (0 = skip)")
 
     d = sub.add_parser("demo", help="make synthetic data, train, export, detect and report (CPU, a few minutes)",
                        description="The whole flow on its own data: write a small synthetic MVTec-layout dataset "
@@ -194,7 +196,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
                       batch_sizes=[int(x) for x in a.batch_sizes.split(",") if x],
                       threads=[int(x) for x in a.threads.split(",") if x],
                       backends=[x for x in a.backends.split(",") if x], iterations=a.iterations,
-                      warmup=a.warmup, images=a.images, reference=not a.no_reference)
+                      warmup=a.warmup, images=a.images, reference=not a.no_reference,
+                      paired_iterations=a.paired_iterations)
     report = run_bench(cfg)
     sys.stdout.write(report.table() + "\n")
     return 0

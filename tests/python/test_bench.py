@@ -161,7 +161,8 @@ class FakeReference:
 
 def tiny_cfg(tmp_path, **kw) -> BenchConfig:
     base = dict(bundle=str(tmp_path / "nobundle"), out_dir=str(tmp_path / "out"), batch_sizes=[1, 2], threads=[1],
-                backends=["onnxruntime"], iterations=2, warmup=1, frame_size=(48, 64), n_frames=3, parity_frames=2)
+                backends=["onnxruntime"], iterations=2, warmup=1, frame_size=(48, 64), n_frames=3, parity_frames=2,
+                paired_iterations=3)
     base.update(kw)
     return BenchConfig(**base)
 
@@ -189,6 +190,11 @@ def test_run_bench_fake_pipelines_end_to_end(tmp_path):
     assert [q.backend for q in rep.parity] == ["onnxruntime"] and rep.parity[0].ok
     assert rep.parity[0].max_abs_score_diff == 0.0 and rep.parity[0].n_frames == 2
     assert len(rep.speedups) == 1 and rep.speedups[0]["batch_size"] == 1
+    # the interleaved measurement: one more detector per thread count, paired_iterations (+ warm-up) frames
+    assert len(rep.paired) == 1 and rep.paired[0]["iterations"] == cfg.paired_iterations == 3
+    pd = rep.paired[0]
+    assert pd["speedup_p25"] <= pd["speedup_median"] <= pd["speedup_p75"] and pd["runtime_p50_ms"] > 0
+    assert dets[-1].calls["infer"] == cfg.warmup + cfg.paired_iterations and dets[-1].closed
 
     out = Path(cfg.out_dir)
     d = json.loads((out / "bench.json").read_text())
@@ -197,12 +203,16 @@ def test_run_bench_fake_pipelines_end_to_end(tmp_path):
     assert d["machine"]["versions"]["torch"] and d["machine"]["python"]
     md = (out / "bench.md").read_text()
     assert md.startswith("## Pipeline benchmark") and "| pipeline | threads | batch |" in md
-    assert "Machine:" in md and "git" in md and "within tolerance" in md
+    assert "Machine:" in md and "git" in md and "within tolerance" in md and "Paired speed-up" in md
     png = cv2.imread(str(out / "bench.png"))
     assert png is not None and png.shape[0] > 100 and png.shape[1] > 100
     assert (png < 250).any(axis=2).mean() > 0.01   # something was drawn
     table = rep.table()
     assert "onnxruntime" in table and REFERENCE in table and "speed-up" in table and "OK" in table
+    assert "paired speed-up" in table
+    no_pair = run_bench(tiny_cfg(tmp_path, out_dir=None, batch_sizes=[1], paired_iterations=0),
+                        detector_factory=make_det, reference_factory=lambda t: FakeReference(t))
+    assert no_pair.paired == [] and no_pair.speedups
 
 
 def test_run_bench_reports_mismatch_and_failures(tmp_path):
@@ -282,7 +292,8 @@ def test_real_bundle_one_iteration_subprocess(tmp_path):
     bundle = _tiny_recontrast_bundle(tmp_path / "bundle")
     cfg = BenchConfig(bundle=str(bundle), out_dir=str(tmp_path / "out"), batch_sizes=[1, 2], threads=[1],
                       backends=["onnxruntime", "tensorrt"], iterations=1, warmup=0, frame_size=(96, 128),
-                      n_frames=2, parity_frames=2, isolate=True, score_atol=2e-3, score_rtol=2e-3)
+                      n_frames=2, parity_frames=2, isolate=True, score_atol=2e-3, score_rtol=2e-3,
+                      paired_iterations=2)
     rep = run_bench(cfg)
     ort, ref = rep.pipeline("onnxruntime"), rep.pipeline(REFERENCE)
     assert ort.available and ref.available, (ort.reason, ref.reason)
@@ -292,6 +303,7 @@ def test_real_bundle_one_iteration_subprocess(tmp_path):
     assert rep.parity and rep.parity[0].ok, rep.parity
     assert rep.parity[0].max_abs_map_diff is not None
     assert rep.speedups and rep.speedups[0]["speedup_p50"] > 0
+    assert len(rep.paired) == 1 and rep.paired[0]["speedup_median"] > 0   # its own worker process
     if importlib.util.find_spec("tensorrt") is None:
         assert not rep.pipeline("tensorrt").available
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["bundle"]["method"] == "recontrast"

@@ -41,6 +41,30 @@ def test_train_flags_reach_the_method_config(monkeypatch: pytest.MonkeyPatch, tm
     assert cfg.encoder_bn == "eval" and cfg.lr_decoder == pytest.approx(1e-3)
 
 
+def test_bench_flags_reach_the_bench_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from edgeuad import bench
+
+    seen: list[Any] = []
+
+    class FakeReport:
+        def table(self) -> str:
+            return "table"
+
+    def fake_run_bench(cfg: Any) -> Any:
+        seen.append(cfg)
+        return FakeReport()
+
+    monkeypatch.setattr(bench, "run_bench", fake_run_bench)
+    rc = cli.main(["-q", "bench", "--bundle", "b", "--out", str(tmp_path), "--batch-sizes", "1,3", "--threads", "2",
+                   "--backends", "onnxruntime", "--iterations", "7", "--warmup", "2", "--images", "imgs",
+                   "--no-reference", "--paired-iterations", "11"])
+    assert rc == 0
+    c = seen[0]
+    assert (c.bundle, c.out_dir, c.batch_sizes, c.threads, c.backends, c.iterations, c.warmup, c.images,
+            c.reference, c.paired_iterations) == ("b", str(tmp_path), [1, 3], [2], ["onnxruntime"], 7, 2, "imgs",
+                                                  False, 11)
+
+
 def test_patch_flags_reach_config() -> None:
     cfg = api.method_config("patchcore", {"coreset_ratio": 0.05, "image_size": 64})
     assert cfg.coreset_ratio == pytest.approx(0.05) and cfg.image_size == 64
