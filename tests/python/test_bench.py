@@ -162,7 +162,7 @@ class FakeReference:
 def tiny_cfg(tmp_path, **kw) -> BenchConfig:
     base = dict(bundle=str(tmp_path / "nobundle"), out_dir=str(tmp_path / "out"), batch_sizes=[1, 2], threads=[1],
                 backends=["onnxruntime"], iterations=2, warmup=1, frame_size=(48, 64), n_frames=3, parity_frames=2,
-                paired_iterations=3)
+                paired_iterations=3, paired_block=2)
     base.update(kw)
     return BenchConfig(**base)
 
@@ -191,10 +191,12 @@ def test_run_bench_fake_pipelines_end_to_end(tmp_path):
     assert rep.parity[0].max_abs_score_diff == 0.0 and rep.parity[0].n_frames == 2
     assert len(rep.speedups) == 1 and rep.speedups[0]["batch_size"] == 1
     # the interleaved measurement: one more detector per thread count, paired_iterations (+ warm-up) frames
-    assert len(rep.paired) == 1 and rep.paired[0]["iterations"] == cfg.paired_iterations == 3
+    # rounds of `block` frames per side, each after one untimed re-warm frame
+    assert len(rep.paired) == 1 and (rep.paired[0]["rounds"], rep.paired[0]["block"]) == (2, 2)
     pd = rep.paired[0]
-    assert pd["speedup_p25"] <= pd["speedup_median"] <= pd["speedup_p75"] and pd["runtime_p50_ms"] > 0
-    assert dets[-1].calls["infer"] == cfg.warmup + cfg.paired_iterations and dets[-1].closed
+    assert pd["iterations"] == 4 and pd["speedup_p25"] <= pd["speedup_median"] <= pd["speedup_p75"]
+    assert pd["runtime_p50_ms"] > 0 and pd["reference_p50_ms"] > 0
+    assert dets[-1].calls["infer"] == cfg.warmup + 2 * (2 + 1) and dets[-1].closed
 
     out = Path(cfg.out_dir)
     d = json.loads((out / "bench.json").read_text())
