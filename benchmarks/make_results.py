@@ -92,19 +92,27 @@ def bank_100k() -> tuple[str, bool]:
 
 
 def pipe_summary(name: str) -> tuple[str, Optional[bool]]:
-    """Paired (interleaved) onnxruntime speed-ups at batch 1 per thread count; met = every thread count
-    >= 2x with scores within tolerance (None: no paired measurement in the file)."""
+    """onnxruntime speed-ups at batch 1 per thread count, from the separate runs and from the paired
+    (interleaved) run.  Met = at every thread count BOTH measures >= 2x, with scores within tolerance:
+    the two disagree by up to 1.5x on this shared machine, so neither alone settles a goal."""
     d = _json(name)
     if d is None:
         return f"(not measured: {name} missing)", False
     par = [p for p in d["parity"] if p["backend"] == "onnxruntime"]
-    pr = [s for s in d.get("paired", []) if s["backend"] == "onnxruntime"]
+    sep = {s["threads"]: s for s in d["speedups"] if s["backend"] == "onnxruntime" and s["batch_size"] == 1}
+    pr = {s["threads"]: s for s in d.get("paired", []) if s["backend"] == "onnxruntime"}
     if not pr:
         return "(no paired measurement in " + name + ")", None
-    txt = ", ".join(f"{s['threads_label']} thr x{s['speedup_median']:.2f}" for s in pr)
+    parts, ok = [], all(p["ok"] for p in par)
+    for t, s in sorted(pr.items()):
+        sp = sep.get(t)
+        lo = min(s["speedup_median"], sp["speedup_p50"]) if sp else s["speedup_median"]
+        ok = ok and sp is not None and lo >= 2
+        parts.append(f"{s['threads_label']} thr: x{sp['speedup_p50']:.2f} separate / x{s['speedup_median']:.2f} paired"
+                     if sp else f"{s['threads_label']} thr: x{s['speedup_median']:.2f} paired")
+    txt = ", ".join(parts)
     if par:
         txt += f" (scores within {par[0]['max_abs_score_diff']:.0e})"
-    ok = all(s["speedup_median"] >= 2 for s in pr) and all(p["ok"] for p in par)
     return txt, ok
 
 
