@@ -8,7 +8,7 @@ import torch
 
 from edgeuad.methods.patch_features import load_patch_model
 from edgeuad.methods.reconpatch import (ReConPatchConfig, ReConPatchTrainer, contextual_similarity, ema_update,
-                                        ensemble_scores, modified_zscore, pairwise_similarity, pseudo_labels,
+                                        ensemble_scores, make_heads, modified_zscore, pairwise_similarity, pseudo_labels,
                                         relaxed_contrastive_loss, train_reconpatch)
 
 SIZE = 64
@@ -213,3 +213,14 @@ def test_config_roundtrip():
         ReConPatchConfig.from_dict({"nope": 1})
     with pytest.raises(ValueError):
         _tcfg(k=1)
+
+
+@pytest.mark.parametrize("repr_dim", [64, 96])
+def test_untrained_representation_preserves_distances(repr_dim):
+    # f starts with orthonormal columns: an untrained ReConPatch scores exactly as PatchCore does.
+    f, _ = make_heads(64, _tcfg(repr_dim=repr_dim))
+    x = torch.randn(50, 64)
+    with torch.no_grad():
+        exact = "donot_use_mm_for_euclid_dist"  # the mm shortcut's rounding exceeds the tolerance
+        d_in, d_out = torch.cdist(x, x, compute_mode=exact), torch.cdist(f(x), f(x), compute_mode=exact)
+    assert torch.allclose(d_in, d_out, atol=1e-4)
