@@ -10,6 +10,7 @@ environment.  Options come from the environment so that pip needs no extra flags
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,15 @@ def read_version() -> str:
         if line.startswith("__version__"):
             return line.split("=")[1].strip().strip('"\'')
     raise RuntimeError("version not found")
+
+
+def _ninja_binary() -> str | None:
+    try:
+        import ninja
+    except ImportError:
+        return None
+    exe = Path(ninja.BIN_DIR) / ("ninja.exe" if os.name == "nt" else "ninja")
+    return str(exe) if exe.exists() else shutil.which("ninja")
 
 
 class CMakeExtension(Extension):
@@ -49,13 +59,14 @@ class CMakeBuild(build_ext):
         ]
         if os.environ.get("EDGEUAD_CUDA_ARCHS"):
             args.append(f"-DEDGEUAD_CUDA_ARCHS={os.environ['EDGEUAD_CUDA_ARCHS']}")
-        try:
-            import ninja  # noqa: F401
-
-            if not (build_dir / "CMakeCache.txt").exists():
+        cache = build_dir / "CMakeCache.txt"
+        ninja_bin = _ninja_binary()
+        if ninja_bin and (not cache.exists() or "CMAKE_GENERATOR:INTERNAL=Ninja" in cache.read_text()):
+            if not cache.exists():
                 args.append("-GNinja")
-        except ImportError:
-            pass
+            # pip builds in a throw-away environment: the ninja recorded in a cached build dir is
+            # gone by the next `pip install -e .`, so name this build's ninja every time.
+            args.append(f"-DCMAKE_MAKE_PROGRAM={ninja_bin}")
         subprocess.run(["cmake", str(ROOT), *args], cwd=build_dir, check=True)
         jobs = str(os.cpu_count() or 2)
         subprocess.run(["cmake", "--build", ".", "--config", cfg, "-j", jobs], cwd=build_dir, check=True)
