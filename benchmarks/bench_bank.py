@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from edgeuad import _rt
+from edgeuad.runtime.bank import BankConfig
 from _results import publish  # benchmarks/_results.py (scripts run from anywhere: python puts their dir on sys.path)
 
 DIM = 256  # PatchCore default out_dim (ReConPatch uses 512: pass --dim 512)
@@ -66,10 +67,11 @@ def main() -> None:
     ap.add_argument("--large", action="store_true", help="also run 1,000,000 items")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--M", type=int, default=32, help="HNSW degree (the Bank default)")
-    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--M", type=int, default=BankConfig.M, help="HNSW degree (the Bank default)")
+    ap.add_argument("--ef-construction", type=int, default=BankConfig.ef_construction,
+                    help="HNSW build beam (the Bank default)")
     ap.add_argument("--dim", type=int, default=DIM, help="feature dim (256 = PatchCore default out_dim)")
-    ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 64, 96, 128])
+    ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128])
     args = ap.parse_args()
     sizes = args.sizes + ([1_000_000] if args.large else [])
 

@@ -29,10 +29,12 @@
 #include <fstream>
 #include <limits>
 #include <mutex>
+#include <queue>
 #include <random>
 #include <shared_mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -320,6 +322,56 @@ struct MemoryBank::Impl {
       throw ShapeError("k must be in [1, " + std::to_string(info.size) + "], got " + std::to_string(k));
   }
 
+  using Candidates = std::priority_queue<std::pair<float, tableint>, std::vector<std::pair<float, tableint>>,
+                                         Index::CompareByFirst>;
+
+  // hnswlib's searchBaseLayerST (no deletions) with one change: the unvisited neighbours of the
+  // expanded node are collected first and every cache line of their vectors is prefetched before
+  // any distance is computed.  hnswlib prefetches one line of the next neighbour only, so a bank
+  // larger than the caches (100k x 256 floats = 100 MB) waits on memory for most of each 1 KiB
+  // vector; issuing all the misses at once overlaps them.  Same candidates, order and result.
+  static Candidates base_layer(const Index& ix, tableint ep, const float* q, size_t ef) {
+    hnswlib::VisitedList* vl = ix.visited_list_pool_->getFreeVisitedList();
+    hnswlib::vl_type* visited = vl->mass;
+    const hnswlib::vl_type tag = vl->curV;
+    const size_t vec_bytes = ix.data_size_;
+    Candidates top, frontier;  // frontier holds (-distance, id): its top is the nearest
+    const float d0 = ix.fstdistfunc_(q, ix.getDataByInternalId(ep), ix.dist_func_param_);
+    top.emplace(d0, ep);
+    frontier.emplace(-d0, ep);
+    visited[ep] = tag;
+    float lower = d0;
+    std::vector<tableint> fresh(ix.maxM0_ + 1);
+    while (!frontier.empty()) {
+      const auto c = frontier.top();
+      if (-c.first > lower) break;  // hnswlib's stop rule without deletions
+      frontier.pop();
+      const unsigned int* ll = ix.get_linklist0(c.second);
+      const int size = ix.getListCount(const_cast<unsigned int*>(ll));
+      const tableint* ids = reinterpret_cast<const tableint*>(ll + 1);
+      size_t nf = 0;
+      for (int j = 0; j < size; ++j) {
+        const tableint id = ids[j];
+        if (visited[id] == tag) continue;
+        visited[id] = tag;
+        fresh[nf++] = id;
+        const char* v = ix.getDataByInternalId(id);
+        for (size_t o = 0; o < vec_bytes; o += 64) __builtin_prefetch(v + o, 0, 3);
+      }
+      for (size_t j = 0; j < nf; ++j) {
+        const float d = ix.fstdistfunc_(q, ix.getDataByInternalId(fresh[j]), ix.dist_func_param_);
+        if (top.size() < ef || lower > d) {
+          frontier.emplace(-d, fresh[j]);
+          top.emplace(d, fresh[j]);
+          if (top.size() > ef) top.pop();
+          lower = top.top().first;
+        }
+      }
+    }
+    ix.visited_list_pool_->releaseVisitedList(vl);
+    return top;
+  }
+
   // One HNSW query with a private ef (see the file comment about ef_).
   void hnsw_one(const float* q, int64_t k, int64_t ef, float* dist, int64_t* idx) const {
     const Index& ix = *index;
@@ -342,7 +394,7 @@ struct MemoryBank::Impl {
         }
       }
     }
-    auto top = ix.searchBaseLayerST<false, false>(cur, q, static_cast<size_t>(std::max(ef, k)));
+    auto top = base_layer(ix, cur, q, static_cast<size_t>(std::max(ef, k)));
     while (static_cast<int64_t>(top.size()) > k) top.pop();
     // A graph search can return fewer than k items only on a disconnected graph.
     for (int64_t t = k - 1; t >= 0; --t) {

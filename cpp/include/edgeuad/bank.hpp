@@ -16,8 +16,8 @@ namespace edgeuad {
 struct BankInfo {
   int64_t dim = 0;
   int64_t size = 0;
-  int64_t M = 16;
-  int64_t ef_construction = 200;
+  int64_t M = 32;
+  int64_t ef_construction = 400;
   uint64_t seed = 0;
   int64_t neighbor_b = 0;  // 0: no neighbour table yet
 };
@@ -26,7 +26,7 @@ struct BankInfo {
 // threads; add / build_neighbor_table / save take an exclusive lock.
 class MemoryBank {
  public:
-  MemoryBank(int64_t dim, int64_t M = 16, int64_t ef_construction = 200, uint64_t seed = 0);
+  MemoryBank(int64_t dim, int64_t M = 32, int64_t ef_construction = 400, uint64_t seed = 0);
   ~MemoryBank();
   MemoryBank(MemoryBank&&) noexcept;
   MemoryBank& operator=(MemoryBank&&) noexcept;

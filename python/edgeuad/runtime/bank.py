@@ -5,7 +5,7 @@ The compiled bank holds an HNSW graph and a contiguous copy of the features.
 `exact_threshold` items and HNSW above it, unless the caller forces one with
 `exact=True/False`.  Measured here on real coreset banks (magnetic_tile PatchCore dim 256 and
 ReConPatch dim 512, 1024 patch queries per frame, 2 threads, AVX2 exact kernel ~65-70 GFLOP/s per
-thread, HNSW M=32 ef=96, identical scores): exact search is 2-6x faster than HNSW up to 2k items and
+thread, HNSW M=32 ef=96 ef_construction=200, identical scores): exact search is 2-6x faster than HNSW up to 2k items and
 1.5-2x at 5k; at 6.5k items it is still 30% faster at dim 256 and 5% slower at dim 512.  The
 default threshold 8192 keeps every bank of that size exact, i.e. identical to the training-side
 torch scores, at a cost of at most ~25% in the 6.5k-8k band at dim 512.
@@ -49,9 +49,13 @@ class BankConfig:
     seed: HNSW level generator seed; threads=1 builds are then reproducible.
     """
 
-    M: int = 32  # 16 needs ef 128 for recall 0.99 at 100k; 32 reaches it at ef 96, faster (bank.md)
-    ef_construction: int = 200
-    ef: int = 96  # with M=32: recall@1 0.993 at 100k items (benchmarks/results/bank.md)
+    M: int = 32  # 16 needs ef 128 for recall 0.99 at 100k; 32 reaches it at lower ef, faster (bank.md)
+    # The build beam sets the graph's quality: at 100k items (M=32) ef_construction 200 needed
+    # ef 96 for recall@1 0.99; 400 gives 0.998-0.999 at ef 48 for a 2x longer build
+    # (benchmarks/results/bank.md).  Recall falls with bank size at a fixed ef: at 1M items even
+    # ef 128 stays below 0.99, so raise ef for banks far above 100k.
+    ef_construction: int = 400
+    ef: int = 48
     exact_threshold: int = 8192
     seed: int = 0
 
