@@ -15,11 +15,13 @@ patch scores its NN distance with the Eq. 10 reweighting (see `patch_features`).
 exported embedder is backbone + aggregation + f (g is only a training head, as in SimCLR).
 
 Choices the paper leaves open (all config fields, see `ReConPatchConfig`):
-  * z̄ is L2-normalised before Eqs. 1-5 (`pseudo_l2norm`): the Gaussian bandwidth sigma=1
+  * z̄ is L2-normalised before Eqs. 1-5 (`pseudo_l2norm`): the Gaussian bandwidth (0.2)
     then has a fixed meaning (squared distances in [0, 4]) whatever the scale f/g drift to;
     the loss itself uses the raw z (Eq. 7 is scale-free through delta anyway).
   * N_k(i) contains i itself (its own nearest neighbour, as in STML's reference code);
     R_{k/2} uses max(1, k // 2) neighbours.
+  * f starts orthogonal with zero bias (orthonormal columns when repr_dim >= the feature dim),
+    so training starts from PatchCore's distances rather than a random linear map of them;
   * the i = j terms of Eq. 7 are left out: delta_ii = 0, so they are a constant with no gradient.
   * optimiser: AdamW (AdamP is not available), cosine learning-rate schedule as in the paper.
   * minibatches of `batch_patches` patches drawn uniformly from all training patches; the
