@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--suffix", default="",
+                    help="result file <dataset>_<method><suffix>.json (e.g. _seed1): kept beside the main table, not in it")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"))
     ap.add_argument("--force", action="store_true", help="retrain and re-evaluate even when results exist")
     ap.add_argument("--reeval", action="store_true",
@@ -94,11 +96,11 @@ def main() -> None:
     rows = []
     for data in args.data:
         for method in args.methods:
-            f = OUT / f"{data.name}_{method}.json"
+            f = OUT / f"{data.name}_{method}{args.suffix}.json"
             if f.exists() and not (args.force or args.reeval):
                 rows.append(json.loads(f.read_text()))
                 continue
-            r = run_one(data, method, args, args.work / data.name / method)
+            r = run_one(data, method, args, args.work / data.name / f"{method}{args.suffix}")
             r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
             r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                          text=True, cwd=HERE).stdout.strip()

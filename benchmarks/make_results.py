@@ -152,6 +152,25 @@ def methods_verdict() -> tuple[str, bool]:
     return "; ".join(parts), met
 
 
+def seeds_table(dataset: str, methods: tuple[str, ...] = ("patchcore", "reconpatch")) -> str:
+    """Per-seed metrics from <dataset>_<method>.json (seed 0) and <dataset>_<method>_seed<N>.json."""
+    head = "| method | seed | " + " | ".join(label for _, label in METRICS) + " |\n|---|---:|" + "---:|" * len(METRICS) + "\n"
+    rows, means = [], []
+    for m in methods:
+        files = [RES / "methods" / f"{dataset}_{m}.json"] + sorted((RES / "methods").glob(f"{dataset}_{m}_seed*.json"))
+        runs = [json.loads(f.read_text()) for f in files if f.exists()]
+        for r in runs:
+            rows.append(f"| {m} | {r['overrides'].get('seed', '?')} | "
+                        + " | ".join(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "n/a" for k, _ in METRICS) + " |")
+        if runs:
+            mean = [sum(r["metrics"][k] for r in runs) / len(runs) if all(k in r["metrics"] for r in runs) else None
+                    for k, _ in METRICS]
+            means.append(f"| {m} | mean of {len(runs)} | " + " | ".join(f"{v:.4f}" if v is not None else "n/a" for v in mean) + " |")
+    if not rows:
+        return "(not measured)"
+    return head + "\n".join(rows + means)
+
+
 def demo() -> tuple[str, bool]:
     d = _json("demo_summary.json")
     if d is None:
@@ -186,6 +205,7 @@ def main() -> None:
         "rc_mt_400": lambda: rc_summary("methods/magnetic_tile_recontrast_400it.json"),
         "methods_table": lambda: _read("methods/table.md") or "(not measured)",
         "methods_cmp": lambda: mv,
+        "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "rcp_mt_old": lambda: patch_summary("methods/magnetic_tile_reconpatch_sigma1-margin0.5.json"),
         "methods_met": lambda: "yes" if mvmet else "**no**",
         "maps": lambda: _read("maps.md") or "(not measured)",
