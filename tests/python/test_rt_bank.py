@@ -90,6 +90,22 @@ def test_hnsw_recall_on_clustered_data():
     np.testing.assert_allclose(dist[ok, 0], brute_force(q[ok], x).min(1), rtol=1e-4)
 
 
+def test_hnsw_default_graph_knn_matches_exact():
+    # The bank's own base-layer search (hnswlib's, plus whole-vector prefetch): with the default graph
+    # (M 32, ef_construction 400) and ef well above k, the 10 nearest neighbours and their distances
+    # are the exact ones for nearly every query, and every returned distance is the true one.
+    x = clustered(6000, 48, seed=5)
+    q = clustered(200, 48, seed=6)
+    bank = _rt.MemoryBank(48)
+    bank.add(x, threads=1)
+    de, ie = bank.search(q, k=10, exact=True)
+    dh, ih = bank.search(q, k=10, exact=False, ef=128)
+    assert float((ih == ie).all(1).mean()) >= 0.97
+    true = np.sqrt(((q[:, None, :].astype(np.float64) - x[ih].astype(np.float64)) ** 2).sum(-1))
+    np.testing.assert_allclose(dh, true, rtol=1e-4, atol=1e-5)
+    assert np.all(np.diff(dh, axis=1) >= 0)
+
+
 def test_k_larger_than_one_hnsw_sorted(small):
     bank, _, q = small
     dist, idx = bank.search(q, k=5, ef=50)
