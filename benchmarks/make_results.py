@@ -56,17 +56,21 @@ def _tables(text: str) -> list[list[dict[str, str]]]:
     return out
 
 
+METRICS = (("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("f1_max", "F1-max"))
+
+
+def _metrics_text(m: dict) -> str:
+    """'I-AUROC 0.861, P-AUROC ..., F1-max ...': the metrics a result has (no masks: no pixel metrics)."""
+    return ", ".join(f"{label} {m[k]:.3f}" for k, label in METRICS if k in m)
+
+
 def rc_summary(name: str) -> str:
     r = _json(name)
     if r is None:
         return f"(not measured: {name} missing)"
-    m, o = r["metrics"], r["overrides"]
-    parts = [f"I-AUROC {m['i_auroc']:.3f}"]
-    if "p_auroc" in m:
-        parts += [f"P-AUROC {m['p_auroc']:.3f}", f"AUPRO {m['aupro']:.3f}"]
-    parts += [f"F1-max {m['f1_max']:.3f}", f"train {r['train_seconds']:.0f} s ({o.get('iterations')} iterations, "
-              f"batch {o.get('batch_size')}, {o.get('image_size')} px)", f"{r['latency_ms_per_frame']:.1f} ms/frame"]
-    return ", ".join(parts)
+    o = r["overrides"]
+    return (f"{_metrics_text(r['metrics'])}, train {r['train_seconds']:.0f} s ({o.get('iterations')} iterations, "
+            f"batch {o.get('batch_size')}, {o.get('image_size')} px), {r['latency_ms_per_frame']:.1f} ms/frame")
 
 
 def maps_ratio() -> tuple[str, bool]:
@@ -106,8 +110,7 @@ def pipe_summary(name: str) -> tuple[str, Optional[bool]]:
     parts, ok = [], all(p["ok"] for p in par)
     for t, s in sorted(pr.items()):
         sp = sep.get(t)
-        lo = min(s["speedup_median"], sp["speedup_p50"]) if sp else s["speedup_median"]
-        ok = ok and sp is not None and lo >= 2
+        ok = ok and sp is not None and min(s["speedup_median"], sp["speedup_p50"]) >= 2
         parts.append(f"{s['threads_label']} thr: x{sp['speedup_p50']:.2f} separate / x{s['speedup_median']:.2f} paired"
                      if sp else f"{s['threads_label']} thr: x{s['speedup_median']:.2f} paired")
     txt = ", ".join(parts)
@@ -120,11 +123,7 @@ def patch_summary(name: str) -> str:
     r = _json(name)
     if r is None:
         return f"(not measured: {name} missing)"
-    m = r["metrics"]
-    return ", ".join(f"{label} {m[k]:.3f}" for k, label in METRICS if k in m) + f", train {r['train_seconds']:.0f} s"
-
-
-METRICS = (("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("f1_max", "F1-max"))
+    return f"{_metrics_text(r['metrics'])}, train {r['train_seconds']:.0f} s"
 
 
 def methods_verdict() -> tuple[str, bool]:
@@ -157,8 +156,8 @@ def seeds_table(dataset: str, methods: tuple[str, ...] = ("patchcore", "reconpat
     head = "| method | seed | " + " | ".join(label for _, label in METRICS) + " |\n|---|---:|" + "---:|" * len(METRICS) + "\n"
     rows, means = [], []
     for m in methods:
-        files = [RES / "methods" / f"{dataset}_{m}.json"] + sorted((RES / "methods").glob(f"{dataset}_{m}_seed*.json"))
-        runs = [json.loads(f.read_text()) for f in files if f.exists()]
+        names = [f"{dataset}_{m}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{dataset}_{m}_seed*.json"))
+        runs = [r for r in (_json(f"methods/{n}") for n in names) if r is not None]
         for r in runs:
             rows.append(f"| {m} | {r['overrides'].get('seed', '?')} | "
                         + " | ".join(f"{r['metrics'][k]:.4f}" if k in r["metrics"] else "n/a" for k, _ in METRICS) + " |")

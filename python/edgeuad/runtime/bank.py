@@ -51,7 +51,7 @@ class BankConfig:
 
     M: int = 32  # 16 needs ef 128 for recall 0.99 at 100k; 32 reaches it at lower ef, faster (bank.md)
     # The build beam sets the graph's quality: at 100k items (M=32) ef_construction 200 needed
-    # ef 96 for recall@1 0.99; 400 gives 0.998-0.999 at ef 48 for a 2x longer build
+    # ef 96 for recall@1 0.99; 400 gives 0.998-1.000 at ef 48 for a ~2.8x longer build
     # (benchmarks/results/bank.md).  Recall falls with bank size at a fixed ef: at 1M items even
     # ef 128 stays below 0.99, so raise ef for banks far above 100k.
     ef_construction: int = 400
