@@ -603,9 +603,16 @@ def _effective_threads(backend: str, threads: int) -> Optional[int]:
     return os.cpu_count()  # onnxruntime's default intra-op pool = physical/logical cores
 
 
-def measure_detector(det: Any, frames: Sequence[np.ndarray], backend: str, threads: int,
-                     cfg: BenchConfig) -> list[RunStats]:
-    """Time det.preprocess / det.infer / det.postprocess for every batch size."""
+# One frame step: decoded BGR images -> (number of results, stage timings in ms, in table order).
+FrameStep = Callable[[list], "tuple[int, dict[str, float]]"]
+
+
+def _timed_runs(label: str, frames: Sequence[np.ndarray], threads: int, effective: Optional[int],
+                cfg: BenchConfig, step: FrameStep) -> list[RunStats]:
+    """The timing loop every pipeline shares: per batch size, warm-up, then decode + `step` per batch.
+
+    "pipeline" is everything after decode, "total" includes it; a step returning the wrong number of
+    results for its batch is an error (a pipeline that drops frames must not look fast)."""
     runs = []
     for bs in cfg.batch_sizes:
         rec: list[dict[str, float]] = []
@@ -614,28 +621,38 @@ def measure_detector(det: Any, frames: Sequence[np.ndarray], backend: str, threa
             t0 = time.perf_counter()
             imgs = decode(bufs)
             t1 = time.perf_counter()
-            x = det.preprocess(imgs)
+            n, stages = step(imgs)
             t2 = time.perf_counter()
-            out = det.infer(x)
-            t3 = time.perf_counter()
-            res = det.postprocess(out, [im.shape[:2] for im in imgs], return_map=cfg.return_map)
-            t4 = time.perf_counter()
-            if len(res) != bs:
-                raise RuntimeError(f"{backend}: {len(res)} results for a batch of {bs}")
+            if n != bs:
+                raise RuntimeError(f"{label}: {n} results for a batch of {bs}")
             if it < cfg.warmup:
                 continue
-            d = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3, "network": (t3 - t2) * 1e3}
-            for k in ("memory_bank", "distance_map", "postprocess"):
-                if k in res[0].timings:  # batch-level timings, identical in every result of the batch
-                    d[k] = float(res[0].timings[k])
-            d["pipeline"] = (t4 - t1) * 1e3
-            d["total"] = (t4 - t0) * 1e3
-            rec.append(d)
-        runs.append(RunStats(pipeline=backend, threads=threads, effective_threads=_effective_threads(backend, threads),
-                             batch_size=bs, iterations=cfg.iterations,
-                             throughput_fps=throughput(bs, [d["total"] for d in rec]), stages=summarize_stages(rec)))
-        log.info("%s threads=%s batch=%d: %.1f frames/s", backend, threads, bs, runs[-1].throughput_fps)
+            rec.append({"decode": (t1 - t0) * 1e3, **stages, "pipeline": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3})
+        runs.append(RunStats(pipeline=label, threads=threads, effective_threads=effective, batch_size=bs,
+                             iterations=cfg.iterations, throughput_fps=throughput(bs, [d["total"] for d in rec]),
+                             stages=summarize_stages(rec)))
+        log.info("%s threads=%s batch=%d: %.1f frames/s", label, threads, bs, runs[-1].throughput_fps)
     return runs
+
+
+def measure_detector(det: Any, frames: Sequence[np.ndarray], backend: str, threads: int,
+                     cfg: BenchConfig) -> list[RunStats]:
+    """Time det.preprocess / det.infer / det.postprocess for every batch size."""
+
+    def step(imgs: list) -> tuple[int, dict[str, float]]:
+        t0 = time.perf_counter()
+        x = det.preprocess(imgs)
+        t1 = time.perf_counter()
+        out = det.infer(x)
+        t2 = time.perf_counter()
+        res = det.postprocess(out, [im.shape[:2] for im in imgs], return_map=cfg.return_map)
+        d = {"preprocess": (t1 - t0) * 1e3, "network": (t2 - t1) * 1e3}
+        for k in ("memory_bank", "distance_map", "postprocess"):
+            if res and k in res[0].timings:  # batch-level timings, identical in every result of the batch
+                d[k] = float(res[0].timings[k])
+        return len(res), d
+
+    return _timed_runs(backend, frames, threads, _effective_threads(backend, threads), cfg, step)
 
 
 def measure_reference(ref: Any, pre_cfg: Any, frames: Sequence[np.ndarray], threads: int,
@@ -643,33 +660,15 @@ def measure_reference(ref: Any, pre_cfg: Any, frames: Sequence[np.ndarray], thre
     """Same loop for the torch reference: decode, the same preprocess, ref.run (model + torch post)."""
     from .preprocess import preprocess
 
-    runs = []
-    for bs in cfg.batch_sizes:
-        rec: list[dict[str, float]] = []
-        for it in range(cfg.warmup + cfg.iterations):
-            bufs = _batch(frames, it, bs)
-            t0 = time.perf_counter()
-            imgs = decode(bufs)
-            t1 = time.perf_counter()
-            x = preprocess(imgs, pre_cfg, color="bgr")
-            t2 = time.perf_counter()
-            out = ref.run(x)
-            t3 = time.perf_counter()
-            if len(out.scores) != bs:
-                raise RuntimeError(f"reference: {len(out.scores)} scores for a batch of {bs}")
-            if it < cfg.warmup:
-                continue
-            d = {"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
-            d.update({k: float(v) for k, v in out.timings.items()})
-            d["pipeline"] = (t3 - t1) * 1e3
-            d["total"] = (t3 - t0) * 1e3
-            rec.append(d)
-        runs.append(RunStats(pipeline=REFERENCE, threads=threads,
-                             effective_threads=getattr(ref, "threads", None) or _effective_threads(REFERENCE, threads),
-                             batch_size=bs, iterations=cfg.iterations,
-                             throughput_fps=throughput(bs, [d["total"] for d in rec]), stages=summarize_stages(rec)))
-        log.info("%s threads=%s batch=%d: %.1f frames/s", REFERENCE, threads, bs, runs[-1].throughput_fps)
-    return runs
+    def step(imgs: list) -> tuple[int, dict[str, float]]:
+        t0 = time.perf_counter()
+        x = preprocess(imgs, pre_cfg, color="bgr")
+        t1 = time.perf_counter()
+        out = ref.run(x)
+        return len(out.scores), {"preprocess": (t1 - t0) * 1e3, **{k: float(v) for k, v in out.timings.items()}}
+
+    effective = getattr(ref, "threads", None) or _effective_threads(REFERENCE, threads)
+    return _timed_runs(REFERENCE, frames, threads, effective, cfg, step)
 
 
 def detector_parity_outputs(det: Any, frames: Sequence[np.ndarray]) -> dict[str, np.ndarray]:

@@ -159,6 +159,33 @@ class FakeReference:
                           {"network": 0.2, "distance_map": 0.1})
 
 
+class DroppingDetector(FakeDetector):
+    """Returns one result fewer than the batch: a pipeline that drops frames must not be timed."""
+
+    def postprocess(self, outputs, frame_sizes, return_map=True):
+        return super().postprocess(outputs, frame_sizes, return_map)[:-1]
+
+
+class DroppingReference(FakeReference):
+    def run(self, x):
+        o = super().run(x)
+        return FakeRefOut(o.scores[:-1], o.maps[:-1], o.timings)
+
+
+def test_measure_rejects_pipelines_that_drop_frames(tmp_path):
+    cfg = tiny_cfg(tmp_path, batch_sizes=[2])
+    frames = bench.synthetic_frames(3, (48, 64))
+    ok = bench.measure_detector(FakeDetector("onnxruntime", 1), frames, "onnxruntime", 1, cfg)
+    assert [r.batch_size for r in ok] == [2] and ok[0].stages["total"]["n"] == cfg.iterations
+    assert list(ok[0].stages)[:3] == ["decode", "preprocess", "network"]
+    with pytest.raises(RuntimeError, match="1 results for a batch of 2"):
+        bench.measure_detector(DroppingDetector("onnxruntime", 1), frames, "onnxruntime", 1, cfg)
+    ref = bench.measure_reference(FakeReference(1), PRE, frames, 1, cfg)
+    assert set(ref[0].stages) >= {"decode", "preprocess", "network", "distance_map", "pipeline", "total"}
+    with pytest.raises(RuntimeError, match="reference: 1 results for a batch of 2"):
+        bench.measure_reference(DroppingReference(1), PRE, frames, 1, cfg)
+
+
 def tiny_cfg(tmp_path, **kw) -> BenchConfig:
     base = dict(bundle=str(tmp_path / "nobundle"), out_dir=str(tmp_path / "out"), batch_sizes=[1, 2], threads=[1],
                 backends=["onnxruntime"], iterations=2, warmup=1, frame_size=(48, 64), n_frames=3, parity_frames=2,

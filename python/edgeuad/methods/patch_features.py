@@ -43,6 +43,7 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "PatchBankConfig",
     "PatchFeatureExtractor",
     "PatchModel",
     "adaptive_avg_matrix",
@@ -381,13 +382,49 @@ def check_images(images: np.ndarray, image_size: int | Sequence[int]) -> np.ndar
     return np.ascontiguousarray(images, dtype=np.float32)
 
 
-class PatchConfigIO:
-    """JSON round trip and bank-field checks shared by the patch methods' dataclass configs."""
+@dataclass
+class PatchBankConfig:
+    """The fields and checks every patch memory-bank method shares (PatchCore, ReConPatch), with
+    their JSON round trip.  One place, so the baseline and the paper method cannot drift apart on
+    the features or the bank they are compared on.
 
-    coreset_ratio: float
-    reweight_b: int
+    backbone/pretrained: `edgeuad.backbones.build_backbone` arguments (pretrained may be a path).
+    image_size: network input (int or (H, W)); must equal the preprocessed images' size.
+    layers: backbone stages used (1, 2 = strides 8 and 16, PatchCore's "layer2 + layer3").
+    patch_size: local aggregation neighbourhood (3 as in PatchCore).
+    pre_dim/out_dim: per-stage and final feature dimension (PatchCore uses 1024/1024 for
+        WideResNet-50; 256/256 here since efficientnet_lite0 only has 40 + 112 channels:
+        a larger D would replicate channels and slow the NN search without adding information).
+    coreset_ratio: fraction of training patches kept (PatchCore: 0.1 or 0.01; ReConPatch: 0.01);
+        coreset_min_items floors it so small training sets keep a usable bank.
+    coreset_proj_dim: random-projection dimension used by the greedy selection.
+    reweight_b: Eq. 10 neighbourhood size (0 = plain NN distance; PatchCore uses 9 in
+        anomalib's image-level form; here applied per patch as ReConPatch does).
+    sigma: Gaussian blur of the anomaly map (4 as in PatchCore); topk_frac for the top-k score.
+    seed; device: "cpu", "cuda", "auto"; batch_size: images per feature-extraction batch.
+    """
 
-    def _check_bank_fields(self) -> None:
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool | str = True
+    image_size: int | tuple[int, int] = 256
+    layers: tuple[int, ...] = (1, 2)
+    patch_size: int = 3
+    pre_dim: int = 256
+    out_dim: int = 256
+    coreset_ratio: float = 0.01  # the same 1% for both methods, so the baseline comparison is fair
+    coreset_min_items: int = 1000
+    coreset_proj_dim: int = 128
+    reweight_b: int = 9
+    sigma: float = 4.0
+    topk_frac: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(v) for v in self.layers)
+        if not isinstance(self.image_size, int):
+            self.image_size = image_hw(self.image_size)
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.reweight_b < 0 or self.reweight_b == 1:

@@ -17,7 +17,7 @@ import numpy as np
 from ..backbones import build_backbone
 from .common import resolve_device, seed_everything
 from .coreset import greedy_coreset
-from .patch_features import (PatchConfigIO, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
+from .patch_features import (PatchBankConfig, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
                              image_hw)
 
 log = logging.getLogger(__name__)
@@ -26,47 +26,10 @@ __all__ = ["PatchCoreConfig", "build_embedder", "build_extractor", "train_patchc
 
 
 @dataclass
-class PatchCoreConfig(PatchConfigIO):
-    """PatchCore hyperparameters (JSON round trip with to_dict/from_dict).
-
-    backbone/pretrained: `edgeuad.backbones.build_backbone` arguments (pretrained may be a path).
-    image_size: network input (int or (H, W)); must equal the preprocessed images' size.
-    layers: backbone stages used (1, 2 = strides 8 and 16, PatchCore's "layer2 + layer3").
-    patch_size: local aggregation neighbourhood (3 as in PatchCore).
-    pre_dim/out_dim: per-stage and final feature dimension (PatchCore uses 1024/1024 for
-        WideResNet-50; 256/256 here since efficientnet_lite0 only has 40 + 112 channels:
-        a larger D would replicate channels and slow the NN search without adding information).
-    coreset_ratio: fraction of training patches kept (PatchCore: 0.1 or 0.01);
-        coreset_min_items floors it so small training sets keep a usable bank.
-    coreset_proj_dim: random-projection dimension used by the greedy selection.
-    reweight_b: Eq. 10 neighbourhood size (0 = plain NN distance; PatchCore uses 9 in
-        anomalib's image-level form; here applied per patch as ReConPatch does).
-    sigma: Gaussian blur of the anomaly map (4 as in PatchCore); topk_frac for the top-k score.
-    batch_size: images per feature-extraction batch; device: "cpu", "cuda", "auto".
-    """
-
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool | str = True
-    image_size: int | tuple[int, int] = 256
-    layers: tuple[int, ...] = (1, 2)
-    patch_size: int = 3
-    pre_dim: int = 256
-    out_dim: int = 256
-    coreset_ratio: float = 0.01  # same as ReConPatch (paper: 1%) so the baseline comparison is fair
-    coreset_min_items: int = 1000
-    coreset_proj_dim: int = 128
-    reweight_b: int = 9
-    sigma: float = 4.0
-    topk_frac: float = 0.01
-    seed: int = 0
-    device: str = "cpu"
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        self.layers = tuple(int(v) for v in self.layers)
-        if not isinstance(self.image_size, int):
-            self.image_size = image_hw(self.image_size)
-        self._check_bank_fields()
+class PatchCoreConfig(PatchBankConfig):
+    """PatchCore hyperparameters: exactly the shared patch-bank fields of `PatchBankConfig`
+    (backbone, layers, aggregation, projection, coreset, Eq. 10 reweighting, blur); PatchCore has
+    nothing to train, so it adds none.  JSON round trip with to_dict/from_dict."""
 
 
 def build_extractor(cfg: Mapping[str, Any], pretrained: bool | str | None = None) -> PatchFeatureExtractor:

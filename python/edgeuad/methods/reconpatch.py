@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from .common import (load_checkpoint, optimizer_from_flat, optimizer_to_flat, progress_bar, resolve_device,
                      save_checkpoint, seed_everything)
 from .coreset import greedy_coreset
-from .patch_features import (PatchConfigIO, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
+from .patch_features import (PatchBankConfig, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
                              image_hw)
 from .patchcore import build_extractor
 
@@ -73,11 +73,12 @@ _RUN_ONLY_FIELDS = ("device", "batch_size", "checkpoint_every", "sigma", "topk_f
 
 
 @dataclass
-class ReConPatchConfig(PatchConfigIO):
+class ReConPatchConfig(PatchBankConfig):
     """ReConPatch hyperparameters (JSON round trip with to_dict/from_dict).
 
-    Patch features (as PatchCore): backbone, pretrained, image_size, layers, patch_size,
-        pre_dim, out_dim - see `PatchCoreConfig`.
+    Patch features and bank (shared with PatchCore): backbone, pretrained, image_size, layers,
+        patch_size, pre_dim, out_dim, coreset_*, reweight_b (Eq. 10), sigma, topk_frac, seed,
+        device, batch_size - see `PatchBankConfig`.
     repr_dim: output of f, the bank dimension (paper: 512, Table 2's best).
     proj_dim / proj_hidden: g = Linear(repr_dim, proj_hidden) - ReLU - Linear(proj_hidden, proj_dim),
         a SimCLR-style head (the paper does not specify g); hidden = repr_dim by default.
@@ -102,18 +103,9 @@ class ReConPatchConfig(PatchConfigIO):
     feature_dtype: storage of the precomputed training patch features: "float32", "float16"
         or "auto" (float32 up to 1 GiB, else float16: 200 images x 1024 patches x 256 dims
         is 210 MB in float32).  max_patches_per_image: optional random subsample per image.
-    coreset_ratio (paper: 1%), coreset_min_items, coreset_proj_dim, reweight_b (Eq. 10),
-        sigma (map blur), topk_frac: as in PatchCore.
     checkpoint_every: steps between atomic checkpoints when a checkpoint_dir is given.
     """
 
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool | str = True
-    image_size: int | tuple[int, int] = 256
-    layers: tuple[int, ...] = (1, 2)
-    patch_size: int = 3
-    pre_dim: int = 256
-    out_dim: int = 256
     repr_dim: int = 512
     proj_dim: int = 128
     proj_hidden: int | None = None
@@ -129,21 +121,10 @@ class ReConPatchConfig(PatchConfigIO):
     pseudo_l2norm: bool = True
     feature_dtype: str = "auto"
     max_patches_per_image: int | None = None
-    coreset_ratio: float = 0.01
-    coreset_min_items: int = 1000
-    coreset_proj_dim: int = 128
-    reweight_b: int = 9
-    sigma: float = 4.0
-    topk_frac: float = 0.01
-    seed: int = 0
-    device: str = "cpu"
-    batch_size: int = 16
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
-        self.layers = tuple(int(v) for v in self.layers)
-        if not isinstance(self.image_size, int):
-            self.image_size = image_hw(self.image_size)
+        super().__post_init__()
         if self.k < 2:
             raise ValueError(f"k must be >= 2, got {self.k}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -154,7 +135,6 @@ class ReConPatchConfig(PatchConfigIO):
             raise ValueError("batch_patches must exceed k")
         if self.feature_dtype not in ("auto", "float32", "float16"):
             raise ValueError(f"feature_dtype must be auto/float32/float16, got {self.feature_dtype!r}")
-        self._check_bank_fields()
 
 
 # ----------------------------------------------------------------------------- networks
