@@ -407,7 +407,7 @@ map = blur_sigma(sum_l w_l * upsample(1 - cos_c(a_l, b_l), out_size)).)doc");
         "sigma"_a = 4.0, "stream"_a = 0, "CUDA twin of l2_map (map only, asynchronous on `stream`).");
 
   py::class_<MemoryBank>(m, "MemoryBank", "HNSW + exact memory bank of patch features (float32).")
-      .def(py::init<int64_t, int64_t, int64_t, uint64_t>(), "dim"_a, "M"_a = 32, "ef_construction"_a = 400,
+      .def(py::init<int64_t, int64_t, int64_t, uint64_t>(), "dim"_a, "M"_a = edgeuad::kDefaultM, "ef_construction"_a = edgeuad::kDefaultEfConstruction,
            "seed"_a = 0)
       .def(
           "add",

@@ -604,7 +604,7 @@ def _effective_threads(backend: str, threads: int) -> Optional[int]:
 
 
 # One frame step: decoded BGR images -> (number of results, stage timings in ms, in table order).
-FrameStep = Callable[[list], "tuple[int, dict[str, float]]"]
+FrameStep = Callable[[list[np.ndarray]], tuple[int, dict[str, float]]]
 
 
 def _timed_runs(label: str, frames: Sequence[np.ndarray], threads: int, effective: Optional[int],
@@ -639,7 +639,7 @@ def measure_detector(det: Any, frames: Sequence[np.ndarray], backend: str, threa
                      cfg: BenchConfig) -> list[RunStats]:
     """Time det.preprocess / det.infer / det.postprocess for every batch size."""
 
-    def step(imgs: list) -> tuple[int, dict[str, float]]:
+    def step(imgs: list[np.ndarray]) -> tuple[int, dict[str, float]]:
         t0 = time.perf_counter()
         x = det.preprocess(imgs)
         t1 = time.perf_counter()
@@ -660,7 +660,7 @@ def measure_reference(ref: Any, pre_cfg: Any, frames: Sequence[np.ndarray], thre
     """Same loop for the torch reference: decode, the same preprocess, ref.run (model + torch post)."""
     from .preprocess import preprocess
 
-    def step(imgs: list) -> tuple[int, dict[str, float]]:
+    def step(imgs: list[np.ndarray]) -> tuple[int, dict[str, float]]:
         t0 = time.perf_counter()
         x = preprocess(imgs, pre_cfg, color="bgr")
         t1 = time.perf_counter()

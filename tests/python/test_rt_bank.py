@@ -90,6 +90,13 @@ def test_hnsw_recall_on_clustered_data():
     np.testing.assert_allclose(dist[ok, 0], brute_force(q[ok], x).min(1), rtol=1e-4)
 
 
+def test_compiled_bank_defaults_match_bank_config():
+    # BankConfig (Python) and the C++ defaults (bank.hpp, used by the binding) must not drift apart:
+    # a bare _rt.MemoryBank and a Bank built from BankConfig must build the same graph.
+    b = _rt.MemoryBank(8)
+    assert (b.M, b.ef_construction) == (BankConfig.M, BankConfig.ef_construction)
+
+
 def test_hnsw_default_graph_knn_matches_exact():
     # The bank's own base-layer search (hnswlib's, plus whole-vector prefetch): with the default graph
     # (M 32, ef_construction 400) and ef well above k, the 10 nearest neighbours and their distances

@@ -13,11 +13,16 @@
 
 namespace edgeuad {
 
+// HNSW graph defaults, the one C++ definition (the binding's defaults and BankInfo use them; the
+// Python BankConfig repeats them and tests/python/test_rt_bank.py checks that the two agree).
+inline constexpr int64_t kDefaultM = 32;
+inline constexpr int64_t kDefaultEfConstruction = 400;
+
 struct BankInfo {
   int64_t dim = 0;
   int64_t size = 0;
-  int64_t M = 32;
-  int64_t ef_construction = 400;
+  int64_t M = kDefaultM;
+  int64_t ef_construction = kDefaultEfConstruction;
   uint64_t seed = 0;
   int64_t neighbor_b = 0;  // 0: no neighbour table yet
 };
@@ -26,7 +31,7 @@ struct BankInfo {
 // threads; add / build_neighbor_table / save take an exclusive lock.
 class MemoryBank {
  public:
-  MemoryBank(int64_t dim, int64_t M = 32, int64_t ef_construction = 400, uint64_t seed = 0);
+  MemoryBank(int64_t dim, int64_t M = kDefaultM, int64_t ef_construction = kDefaultEfConstruction, uint64_t seed = 0);
   ~MemoryBank();
   MemoryBank(MemoryBank&&) noexcept;
   MemoryBank& operator=(MemoryBank&&) noexcept;
