@@ -23,7 +23,7 @@ from . import data as _data
 from .atomic import atomic_write_bytes
 from .bundle import Bundle, write_manifest
 from .preprocess import PreprocessConfig, preprocess
-from .thresholds import from_labelled, from_normal_scores
+from .thresholds import from_labelled, from_normal_robust, from_normal_scores
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,13 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool) -> tup
 # ----------------------------------------------------------------------------- export
 def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads: int = 0,
            validation: str | os.PathLike | None = None, quantile: float = 0.99, parity_images: int = 4,
-           progress: bool = False) -> Bundle:
-    """Write a verified bundle: ONNX (parity-checked against torch), weights, bank, thresholds."""
+           progress: bool = False, threshold_rule: str = "robust", fpr: float = 0.01) -> Bundle:
+    """Write a verified bundle: ONNX (parity-checked against torch), weights, bank, thresholds.
+
+    threshold_rule: "robust" (median + z(1-fpr) * 1.4826 * MAD of the held-out normal scores) or
+    "quantile" (their `quantile`); a labelled `validation` folder overrides both (F1-optimal)."""
+    if threshold_rule not in ("robust", "quantile"):
+        raise ValueError(f"threshold_rule must be 'robust' or 'quantile', got {threshold_rule!r}")
     from safetensors.torch import load_file
 
     from .export.onnx import check_parity, export_onnx
@@ -212,7 +217,8 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
         scores = _scores(det, vs)
         th = from_labelled(scores, vl)
     else:
-        th = from_normal_scores(normal, quantile=quantile)
+        th = (from_normal_robust(normal, fpr=fpr) if threshold_rule == "robust"
+              else from_normal_scores(normal, quantile=quantile))
     det.close()
     manifest["thresholds"] = th.to_dict()
     manifest = write_manifest(out, manifest)

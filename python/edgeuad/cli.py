@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="training run directory from `edgeuad train`")
     e.add_argument("--out", required=True, help="bundle directory to write")
     e.add_argument("--validation", default=None, help="labelled MVTec-layout folder: F1-optimal threshold on its test split")
-    e.add_argument("--quantile", type=float, default=0.99, help="normal-score quantile used as threshold (default 0.99)")
+    e.add_argument("--threshold-rule", choices=("robust", "quantile"), default="robust",
+                   help="threshold from held-out normal scores: robust = median + z(1-fpr)*1.4826*MAD (default), "
+                        "quantile = the --quantile of the scores")
+    e.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the robust rule (default 0.01)")
+    e.add_argument("--quantile", type=float, default=0.99, help="normal-score quantile of the quantile rule (default 0.99)")
     e.add_argument("--archive", default=None, help="also pack the bundle into this .tar file")
     e.add_argument("--fp16", action="store_true", help="also build a TensorRT FP16 engine (needs tensorrt + a GPU)")
     e.add_argument("--int8", action="store_true", help="also build a TensorRT INT8 engine from explicit Q/DQ")
@@ -158,7 +162,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     if a.int8 and not a.calib:
         raise SystemExit("edgeuad export: --int8 needs --calib DIR (normal images); random calibration is never used")
-    bundle = api.export(a.run, a.out, threads=a.threads, validation=a.validation, quantile=a.quantile)
+    bundle = api.export(a.run, a.out, threads=a.threads, validation=a.validation, quantile=a.quantile,
+                        threshold_rule=a.threshold_rule, fpr=a.fpr)
     sys.stdout.write(f"bundle: {bundle.root}\nthreshold: {bundle.thresholds['threshold']:.6g} "
                      f"({bundle.thresholds['source']})\n")
     if a.fp16 or a.int8:

@@ -1,16 +1,26 @@
 """Decision thresholds and score normalisation, computed from held-out data.
 
-Normal-only data (the usual case on a line): threshold = a high quantile of the normal scores.
+Normal-only data (the usual case on a line), two rules:
+* ``robust`` (default): a Gaussian tail fitted robustly to the normal scores, threshold =
+  median + z(1 - fpr) * 1.4826 * MAD (the modified z-score of ReConPatch Eq. 11 at a target false
+  positive rate).  With the ~20-70 held-out normal images a line usually has, the empirical 0.99
+  quantile is the maximum (or next to it) and moves with the single most unusual good part; the
+  median and MAD do not.
+* ``quantile``: a high empirical quantile of the normal scores (the previous default).
 With labelled validation data: the F1-optimal threshold.  Normalised score maps the raw score
 to [0, 1] with 0.5 exactly at the threshold (anomalib's min-max convention), so operators read
 one number whatever the method or backbone.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 from .metrics import f1_max
 
@@ -20,11 +30,12 @@ class Thresholds:
     threshold: float        # raw image score at or above which a frame is anomalous
     min: float              # score range used for normalisation
     max: float
-    source: str             # "normal_quantile" | "f1_optimal"
+    source: str             # "normal_robust" | "normal_quantile" | "f1_optimal"
     quantile: float | None = None
     n_normal: int = 0
     n_anomalous: int = 0
     pixel_threshold: float | None = None  # raw map value threshold (same rule applied to map values)
+    fpr: float | None = None                # target false-positive rate of the "robust" rule
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -50,14 +61,48 @@ def from_normal_scores(scores: Sequence[float], quantile: float = 0.99, margin: 
     if not 0.5 <= quantile <= 1.0:
         raise ValueError(f"quantile must be in [0.5, 1], got {quantile}")
     t = float(np.quantile(s, quantile))
-    spread = float(s.max() - s.min()) or max(abs(t), 1e-6)
-    t += margin * spread
-    lo = float(s.min())
-    # the normalisation range: normal minimum to a point as far above the threshold as the normal
-    # spread, so typical anomalies land in (0.5, 1] instead of all clipping at 1.
-    hi = max(float(s.max()), t) + spread
+    t += margin * _spread(s, t)
+    lo, hi = _normal_range(s, t)
     pix = float(np.quantile(map_values, quantile)) if map_values is not None else None
     return Thresholds(threshold=t, min=lo, max=hi, source="normal_quantile", quantile=quantile,
+                      n_normal=int(s.size), pixel_threshold=pix)
+
+
+def _spread(s: np.ndarray, t: float) -> float:
+    return float(s.max() - s.min()) or max(abs(t), 1e-6)
+
+
+def _normal_range(s: np.ndarray, t: float) -> tuple[float, float]:
+    """Normalisation range of normal-only rules: the normal minimum to a point as far above the
+    threshold as the normal spread, so typical anomalies land in (0.5, 1] instead of all clipping at 1."""
+    return float(s.min()), max(float(s.max()), t) + _spread(s, t)
+
+
+def robust_tail(values: np.ndarray, fpr: float) -> float:
+    """median + z(1 - fpr) * 1.4826 * MAD of `values`: the (1 - fpr) quantile of a Gaussian fitted with
+    outlier-insensitive estimates (1.4826 * MAD estimates the standard deviation of a normal law)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med)))
+    if mad == 0.0:  # a constant majority (e.g. identical frames): fall back to the plain spread
+        mad = float(v.std()) / 1.4826
+    return med + NormalDist().inv_cdf(1.0 - fpr) * 1.4826 * mad
+
+
+def from_normal_robust(scores: Sequence[float], fpr: float = 0.01,
+                       map_values: np.ndarray | None = None) -> Thresholds:
+    """Threshold from normal data only by the robust Gaussian tail (see the module docstring)."""
+    s = _check(scores, "normal scores")
+    if not 1e-6 <= fpr <= 0.5:
+        raise ValueError(f"fpr must be in [1e-6, 0.5], got {fpr}")
+    if s.size < 2:
+        raise ValueError(f"the robust threshold needs at least 2 held-out normal scores, got {s.size}")
+    if s.size < 10:
+        log.warning("robust threshold from only %d normal scores: hold out more normal images", s.size)
+    t = robust_tail(s, fpr)
+    lo, hi = _normal_range(s, t)
+    pix = robust_tail(map_values, fpr) if map_values is not None else None
+    return Thresholds(threshold=t, min=lo, max=hi, source="normal_robust", fpr=fpr,
                       n_normal=int(s.size), pixel_threshold=pix)
 
 

@@ -43,7 +43,7 @@ def bundle(request: pytest.FixtureRequest, dataset: Path, tmp_path_factory: pyte
 
 def test_bundle_contents(bundle: Path) -> None:
     m = json.loads((bundle / "manifest.json").read_text())
-    assert m["thresholds"]["source"] == "normal_quantile"
+    assert m["thresholds"]["source"] == "normal_robust" and m["thresholds"]["fpr"] == 0.01
     assert m["thresholds"]["max"] > m["thresholds"]["min"]
     assert set(m["files"]) >= {"model.onnx", "weights.safetensors"}
     assert all(v <= 1e-3 for v in m["model"]["parity"]["max_abs"].values())

@@ -38,3 +38,41 @@ def test_bad_inputs() -> None:
         from_normal_scores([1.0, 2.0], quantile=0.1)
     with pytest.raises(ValueError, match="invalid thresholds"):
         Thresholds.from_dict({"threshold": 1.0, "min": 2.0, "max": 2.0, "source": "x"})
+
+
+def test_robust_threshold_is_the_fitted_gaussian_tail() -> None:
+    from statistics import NormalDist
+
+    from edgeuad.thresholds import from_normal_robust
+
+    rng = np.random.default_rng(0)
+    normal = rng.normal(10.0, 2.0, 20001)
+    th = from_normal_robust(normal, fpr=0.01)
+    # large sample: median + z * 1.4826 * MAD -> 10 + 2.326 * 2
+    assert th.threshold == pytest.approx(10.0 + NormalDist().inv_cdf(0.99) * 2.0, abs=0.08)
+    assert th.source == "normal_robust" and th.fpr == 0.01 and th.n_normal == normal.size
+    assert th.normalize(th.threshold) == pytest.approx(0.5)
+
+
+def test_robust_threshold_ignores_one_outlying_normal_image() -> None:
+    from edgeuad.thresholds import from_normal_robust
+
+    normal = np.linspace(1.0, 2.0, 21)
+    spiked = normal.copy()
+    spiked[-1] = 50.0          # one unusual good part among 21
+    a = from_normal_robust(normal).threshold
+    b = from_normal_robust(spiked).threshold
+    assert abs(a - b) < 0.1 * (normal.max() - normal.min())
+    # the 0.99 quantile of 21 scores follows the outlier almost all the way
+    assert from_normal_scores(spiked, 0.99).threshold > 40.0
+
+
+def test_robust_threshold_rejects_bad_input() -> None:
+    from edgeuad.thresholds import from_normal_robust
+
+    with pytest.raises(ValueError, match="at least 2"):
+        from_normal_robust([1.0])
+    with pytest.raises(ValueError, match="fpr"):
+        from_normal_robust([1.0, 2.0, 3.0], fpr=0.9)
+    with pytest.raises(ValueError, match="NaN"):
+        from_normal_robust([1.0, 2.0, float("inf")])
