@@ -250,7 +250,7 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
     from tqdm import tqdm
 
     from .detector import Detector
-    from .metrics import summarize
+    from .metrics import auroc_per_group, summarize
     from . import viz
 
     det = Detector(bundle, backend=backend, threads=threads)
@@ -306,6 +306,9 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
     predicted = np.asarray([r["is_anomaly"] for r in rows])
     y = np.asarray(labels)
     metrics["accuracy_at_threshold"] = float((predicted == (y == 1)).mean())
+    if y.size and (y == 0).any() and (y == 1).any():
+        metrics.update({f"i_auroc/{k}": v for k, v in
+                        auroc_per_group(y, np.asarray(scores), [r["defect"] for r in rows]).items()})
     metrics["n_images"] = float(len(rows))
     metrics["n_skipped"] = float(skipped)
     result = EvalResult(metrics=metrics, per_image=rows, seconds=seconds,
@@ -334,6 +337,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
     names = [("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro", "AUPRO@0.3"), ("f1_max", "F1-max"),
              ("accuracy_at_threshold", "Acc@threshold")]
     rows = [(label, f"{metrics[k]:.4f}") for k, label in names if k in metrics]
+    rows += [(f"I-AUROC {k.split('/', 1)[1]}", f"{v:.4f}") for k, v in sorted(metrics.items())
+             if k.startswith("i_auroc/")]
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 

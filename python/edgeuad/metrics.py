@@ -79,6 +79,21 @@ def auroc(labels: Any, scores: Any) -> float:
     return _auc_from_split(s[~y], s[y])
 
 
+def auroc_per_group(labels: Any, scores: Any, groups: Sequence[str]) -> dict[str, float]:
+    """I-AUROC of each anomalous group (e.g. defect type) against all normal images.
+
+    labels 1 = anomalous; `groups[i]` names image i's group (normal images' groups are ignored).
+    Groups without a normal image to compare with are left out."""
+    y, s = _labels_scores(labels, scores)
+    g = np.asarray(list(groups), dtype=object)
+    if g.shape != y.shape:
+        raise ValueError(f"groups {g.shape} and labels {y.shape} differ in length")
+    neg = s[~y]
+    if neg.size == 0:
+        return {}
+    return {str(name): _auc_from_split(neg, s[y & (g == name)]) for name in sorted(set(g[y]))}
+
+
 def _stack_pixels(masks: MapsLike, maps: MapsLike) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Validate (N,H,W) arrays or sequences of (H,W) arrays, pairwise same shape."""
     if isinstance(masks, np.ndarray) and masks.ndim == 2:

@@ -219,3 +219,16 @@ def test_summarize_keys_and_masks_with_none() -> None:
     assert "p_auroc" not in out
     with pytest.raises(ValueError, match="one mask and one map"):
         summarize(labels, scores, masks[:3], maps)
+
+
+def test_auroc_per_group_compares_each_defect_type_with_all_normals() -> None:
+    from edgeuad.metrics import auroc_per_group
+
+    labels = [0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.9, 0.8, 0.15, 0.25]
+    groups = ["good", "good", "good", "crack", "crack", "fray", "fray"]
+    got = auroc_per_group(labels, scores, groups)
+    assert got == {"crack": 1.0, "fray": pytest.approx((1 + 2) / 6)}
+    assert auroc_per_group(labels, scores, groups)["fray"] == pytest.approx(auroc([0, 0, 0, 1, 1], [0.1, 0.2, 0.3, 0.15, 0.25]))
+    with pytest.raises(ValueError, match="differ"):
+        auroc_per_group(labels, scores, groups[:-1])

@@ -107,6 +107,16 @@ def test_evaluate_writes_report(bundle: Path, dataset: Path, tmp_path: Path) -> 
     assert (tmp_path / "rep" / "overlays.png").stat().st_size > 1000
     rows = (tmp_path / "rep" / "scores.jsonl").read_text().splitlines()
     assert len(rows) == int(res.metrics["n_images"])
+    # per-defect-type I-AUROC: each defect type against all good images, from the written per-image records
+    from sklearn.metrics import roc_auc_score
+
+    recs = [json.loads(r) for r in rows]
+    defects = sorted({r["defect"] for r in recs if r["label"] == 1})
+    assert defects and all(f"i_auroc/{d}" in res.metrics for d in defects)
+    for d in defects:
+        sub = [r for r in recs if r["label"] == 0 or r["defect"] == d]
+        want = roc_auc_score([r["label"] for r in sub], [r["score"] for r in sub])
+        assert res.metrics[f"i_auroc/{d}"] == pytest.approx(want)
 
 
 def test_runtime_never_imports_torch(bundle: Path, dataset: Path) -> None:
