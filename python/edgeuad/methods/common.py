@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..atomic import atomic_write_bytes
@@ -199,3 +200,33 @@ class EpochShuffleSampler:
         epoch, pos = divmod(iteration, self.batches_per_epoch)
         perm = self._perm(epoch)
         return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+
+
+# ----------------------------------------------------------------------------- the torch Gaussian blur
+def _symmetric_index(n: int, r: int, device: torch.device) -> Tensor:
+    """Indices of a length-n axis padded by r on both sides, scipy 'reflect' (half-sample
+    symmetric: d c b a | a b c d | d c b a), valid for any r (repeats the reflection)."""
+    i = torch.arange(-r, n + r, device=device)
+    period = 2 * n
+    j = torch.remainder(i, period)
+    return torch.where(j >= n, period - 1 - j, j)
+
+
+def gaussian_blur_torch(maps: Tensor, sigma: float) -> Tensor:
+    """The torch Gaussian blur of every torch map in edgeuad (ReContrast, the patch methods, the
+    benchmarks' references): separable blur of B x H x W maps with scipy.ndimage.gaussian_filter
+    semantics (truncate 4: kernel 2*int(4*sigma+0.5)+1, mode 'reflect'); sigma 0 returns the input.
+    The taps are runtime.maps.gaussian_kernel1d, the numpy/_rt side's own definition."""
+    if sigma <= 0:
+        return maps
+    from ..runtime.maps import gaussian_kernel1d  # numpy only: no _rt needed
+
+    k = torch.from_numpy(gaussian_kernel1d(float(sigma))).to(device=maps.device, dtype=maps.dtype)
+    r = k.numel() // 2
+    _, h, w = maps.shape
+    out = maps.unsqueeze(1)
+    out = out.index_select(2, _symmetric_index(h, r, maps.device))
+    out = F.conv2d(out, k.view(1, 1, -1, 1))
+    out = out.index_select(3, _symmetric_index(w, r, maps.device))
+    out = F.conv2d(out, k.view(1, 1, 1, -1))
+    return out.squeeze(1)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import BACKBONES, Backbone, build_backbone
-from .common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint, optimizer_from_flat,
+from .common import (EpochShuffleSampler, ImageArrayDataset, gaussian_blur_torch, load_checkpoint, optimizer_from_flat,
                      optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
 
 log = logging.getLogger(__name__)
@@ -515,33 +515,6 @@ def train_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | P
 
 
 # ----------------------------------------------------------- torch post-processing
-def _symmetric_index(n: int, r: int, device: torch.device) -> Tensor:
-    """Indices of a length-n axis padded by r on both sides, scipy 'reflect' (half-sample
-    symmetric: d c b a | a b c d | d c b a), valid for any r (repeats the reflection)."""
-    i = torch.arange(-r, n + r, device=device)
-    period = 2 * n
-    j = torch.remainder(i, period)
-    return torch.where(j >= n, period - 1 - j, j)
-
-
-def gaussian_blur_torch(maps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of B x H x W maps, scipy.ndimage.gaussian_filter semantics
-    (truncate 4: kernel 2*int(4*sigma+0.5)+1, mode 'reflect'); sigma 0 returns the input."""
-    if sigma <= 0:
-        return maps
-    r = int(4.0 * sigma + 0.5)
-    x = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = (k / k.sum()).to(device=maps.device, dtype=maps.dtype)
-    _, h, w = maps.shape
-    out = maps.unsqueeze(1)
-    out = out.index_select(2, _symmetric_index(h, r, maps.device))
-    out = F.conv2d(out, k.view(1, 1, -1, 1))
-    out = out.index_select(3, _symmetric_index(w, r, maps.device))
-    out = F.conv2d(out, k.view(1, 1, 1, -1))
-    return out.squeeze(1)
-
-
 def anomaly_map_torch(enc: Sequence[Tensor], dec: Sequence[Tensor], out_size: int | tuple[int, int],
                       sigma: float = 4.0, align_corners: bool = True, weights: Sequence[float] | None = None,
                       topk_frac: float = 0.01) -> tuple[Tensor, Tensor, Tensor]:
