@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Pipeline benchmark in one command: every available backend vs the eager torch reference.
+"""Pipeline benchmark in one command: the full sweep of `edgeuad bench --full` (every backend, INT8
+included, vs the float32 eager torch, torch.compile and onnxruntime + torch-post references).
 
-    python benchmarks/bench_pipeline.py --bundle bundles/bottle
-    python benchmarks/bench_pipeline.py --make-bundle recontrast          # no bundle at hand
+    python benchmarks/bench_pipeline.py --bundle bundles/bottle --stem pipeline_patchcore_bottle
+    python benchmarks/bench_pipeline.py --make-bundle recontrast --quick   # no bundle at hand; seconds
 
-Writes benchmarks/results/pipeline.{json,md,png} (the .md is a section for RESULTS.md).
+Writes benchmarks/results/<stem>.{json,md,png} (the .md is the section RESULTS.md quotes).
+--quick runs `edgeuad bench`'s quick default instead of the full sweep (to check the command works).
 
 --make-bundle builds a bundle from *untrained* weights (random init, one optimisation step on a
 few synthetic images) through the normal train -> export path: latency and memory depend on the
@@ -23,7 +25,7 @@ from typing import Optional, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))  # run from a checkout without installing
 
-from edgeuad.bench import BenchConfig, run_bench  # noqa: E402
+from edgeuad.bench import FULL, BenchConfig, run_bench  # noqa: E402
 
 log = logging.getLogger("edgeuad.benchmarks")
 
@@ -55,17 +57,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--image-size", type=int, default=256, help="network input size for --make-bundle")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--stem", default="pipeline")
-    ap.add_argument("--batch-sizes", default="1,4,8")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--backends", default="onnxruntime,torch,tensorrt")
-    ap.add_argument("--iterations", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="the quick default of `edgeuad bench` instead of --full")
+    ap.add_argument("--threads", default=None, help="comma-separated thread counts (default: the sweep's 1,2)")
+    ap.add_argument("--repetitions", type=int, default=None, help="interleaved rounds (default: the sweep's)")
     ap.add_argument("--images", default=None, help="folder/glob of frames (default: synthetic 640x480 JPEG)")
+    ap.add_argument("--int8-calib", default=None, help="normal images calibrating the INT8 row (default: the frames)")
     ap.add_argument("--frame-size", default="480x640", help="HxW of synthetic frames")
-    ap.add_argument("--no-reference", action="store_true")
-    ap.add_argument("--paired-iterations", type=int, default=40,
-                    help="frames of the interleaved runtime-vs-reference speed-up measurement (0 = skip)")
-    ap.add_argument("--in-process", action="store_true", help="no subprocess per backend (peak RSS less separable)")
+    ap.add_argument("--in-process", action="store_true", help="no worker process per pipeline (peak RSS shared)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -75,12 +73,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if bundle is None:
             log.info("building an untrained %s bundle (%d px) for timing", a.make_bundle, a.image_size)
             bundle = str(make_timing_bundle(Path(tmp), a.make_bundle, a.image_size))
-        cfg = BenchConfig(bundle=bundle, out_dir=a.out, stem=a.stem,
-                          batch_sizes=[int(x) for x in a.batch_sizes.split(",") if x],
-                          threads=[int(x) for x in a.threads.split(",") if x],
-                          backends=[x for x in a.backends.split(",") if x], iterations=a.iterations,
-                          warmup=a.warmup, images=a.images, frame_size=(fh, fw), reference=not a.no_reference,
-                          isolate=not a.in_process, paired_iterations=a.paired_iterations)
+        kw = {} if a.quick else dict(FULL)
+        if a.threads:
+            kw["threads"] = [int(x) for x in a.threads.split(",") if x]
+        if a.repetitions:
+            kw["repetitions"] = a.repetitions
+        cfg = BenchConfig(bundle=bundle, out_dir=a.out, stem=a.stem, images=a.images, frame_size=(fh, fw),
+                          int8_calib=a.int8_calib, isolate=not a.in_process, progress=True, **kw)
         report = run_bench(cfg)
         if a.make_bundle:
             # say so in every output: these numbers must never be read as a trained model's

@@ -1,5 +1,5 @@
-"""Benchmark: statistics, parity/speed-up math, report writers, and end-to-end runs (fake
-pipelines always; a real tiny bundle when the runtime is complete).  Never checks speed."""
+"""Benchmark: statistics, parity/speed-up math, the interleaved protocol, report writers, and
+end-to-end runs (fake pipelines always; a real tiny bundle in worker processes when the runtime is complete).  Never checks speed."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 from edgeuad import bench
-from edgeuad.bench import (REFERENCE, BenchConfig, BenchReport, PipelineReport, RunStats, compare_parity,
-                           compute_speedups, percentiles, run_bench, summarize_stages, throughput)
+from edgeuad.bench import (FULL, TORCH_EAGER, BenchConfig, BenchReport, compare_parity, compute_speedups,
+                           percentiles, ratio_summary, run_bench, summarize_stages, throughput)
+from edgeuad.bench.pipelines import DetectorPipeline, ReferencePipeline
+
+REFERENCE = TORCH_EAGER
 from edgeuad.preprocess import PreprocessConfig
 
 
@@ -67,30 +70,41 @@ def test_compare_parity():
         compare_parity("x", {"scores": np.zeros(3)}, ref, 1e-4, 1e-3)
 
 
-def _run(name, threads, bs, pipe_ms, fps):
-    st = {"pipeline": percentiles([pipe_ms]), "total": percentiles([pipe_ms + 1])}
-    return RunStats(pipeline=name, threads=threads, effective_threads=threads, batch_size=bs, iterations=1,
-                    throughput_fps=fps, stages=st)
+def test_ratio_summary_is_per_round():
+    r = ratio_summary([40.0, 30.0, 50.0], [10.0, 10.0, 10.0])
+    assert r["per_rep"] == [4.0, 3.0, 5.0] and r["median"] == 4.0 and (r["min"], r["max"]) == (3.0, 5.0)
+    assert r["reps"] == 3
+    with pytest.raises(ValueError):
+        ratio_summary([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError):
+        ratio_summary([1.0], [0.0])
 
 
-def test_compute_speedups_matches_threads_and_batch():
-    pipes = [PipelineReport("onnxruntime", True, runs=[_run("onnxruntime", 1, 1, 10.0, 90.0),
-                                                       _run("onnxruntime", 2, 1, 6.0, 150.0),
-                                                       _run("onnxruntime", 1, 4, 30.0, 120.0)]),
-             PipelineReport(REFERENCE, True, runs=[_run(REFERENCE, 1, 1, 40.0, 24.0), _run(REFERENCE, 2, 1, 24.0, 40.0)]),
-             PipelineReport("tensorrt", False, reason="not installed")]
-    sp = compute_speedups(pipes, 1)
-    assert [(s["backend"], s["threads"]) for s in sp] == [("onnxruntime", 1), ("onnxruntime", 2)]
-    assert sp[0]["speedup_p50"] == pytest.approx(4.0) and sp[1]["speedup_p50"] == pytest.approx(4.0)
-    assert sp[0]["throughput_ratio"] == pytest.approx(90.0 / 24.0)
-    assert compute_speedups(pipes[:1], 1) == []
+def test_compute_speedups_pairs_every_runtime_with_every_reference():
+    cfg = BenchConfig(bundle="b", threads=[1, 2], batch_sizes=[1], backends=["onnxruntime", "tensorrt"],
+                      references=[REFERENCE, "ort+torch-post"])
+    blocks = {("onnxruntime", 1, 1): [10.0, 20.0, 10.0], (REFERENCE, 1, 1): [40.0, 40.0, 50.0],
+              ("ort+torch-post", 1, 1): [20.0, 20.0, 20.0],
+              ("onnxruntime", 2, 1): [5.0], (REFERENCE, 2, 1): [30.0, 30.0]}   # unequal rounds: not paired
+    sp = compute_speedups(cfg, blocks, {("onnxruntime", 1): 1})
+    assert [(s["runtime"], s["reference"], s["threads"]) for s in sp] == [("onnxruntime", REFERENCE, 1),
+                                                                         ("onnxruntime", "ort+torch-post", 1)]
+    assert sp[0]["per_rep"] == [4.0, 2.0, 5.0] and sp[0]["speedup_median"] == 4.0
+    assert (sp[0]["speedup_min"], sp[0]["speedup_max"]) == (2.0, 5.0)
+    assert sp[0]["runtime_ms"] == 10.0 and sp[0]["reference_ms"] == 40.0
+    assert sp[1]["speedup_median"] == 2.0
 
 
 def test_config_validation_and_roundtrip():
     c = BenchConfig(bundle="b", batch_sizes=[8, 1, 4, 4], threads=[1, 2])
     assert c.batch_sizes == [1, 4, 8]
     assert BenchConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
-    for bad in (dict(batch_sizes=[0]), dict(threads=[-1]), dict(iterations=0), dict(backends=["openvino"])):
+    quick = BenchConfig(bundle="b")
+    assert (quick.batch_sizes, quick.threads, quick.backends, quick.references) == ([1], [1], ["onnxruntime"], [REFERENCE])
+    full = BenchConfig(bundle="b", **FULL)
+    assert full.threads == [1, 2] and len(full.references) == 3 and "onnxruntime-int8" in full.backends
+    for bad in (dict(batch_sizes=[0]), dict(threads=[-1]), dict(repetitions=0), dict(block=0),
+                dict(backends=["openvino"]), dict(references=["tf"]), dict(backends=[], references=[])):
         with pytest.raises(ValueError):
             BenchConfig(bundle="b", **bad)
 
@@ -156,7 +170,7 @@ class FakeReference:
     def run(self, x):
         m = _maps(x) + self.offset
         return FakeRefOut(m.reshape(len(m), -1).max(axis=1).astype(np.float64), m,
-                          {"network": 0.2, "distance_map": 0.1})
+                          {"network": 0.2, "torch_post": 0.1})
 
 
 class DroppingDetector(FakeDetector):
@@ -172,24 +186,23 @@ class DroppingReference(FakeReference):
         return FakeRefOut(o.scores[:-1], o.maps[:-1], o.timings)
 
 
-def test_measure_rejects_pipelines_that_drop_frames(tmp_path):
-    cfg = tiny_cfg(tmp_path, batch_sizes=[2])
+def test_timing_loop_rejects_pipelines_that_drop_frames():
     frames = bench.synthetic_frames(3, (48, 64))
-    ok = bench.measure_detector(FakeDetector("onnxruntime", 1), frames, "onnxruntime", 1, cfg)
-    assert [r.batch_size for r in ok] == [2] and ok[0].stages["total"]["n"] == cfg.iterations
-    assert list(ok[0].stages)[:3] == ["decode", "preprocess", "network"]
+    ok = bench.time_block(DetectorPipeline("onnxruntime", FakeDetector("onnxruntime", 1), 1), frames, 0, 3, 2, warm=1)
+    assert len(ok) == 3 and list(ok[0])[:3] == ["decode", "preprocess", "network"]
+    assert all(r["total"] >= r["pipeline"] > 0 for r in ok)
     with pytest.raises(RuntimeError, match="1 results for a batch of 2"):
-        bench.measure_detector(DroppingDetector("onnxruntime", 1), frames, "onnxruntime", 1, cfg)
-    ref = bench.measure_reference(FakeReference(1), PRE, frames, 1, cfg)
-    assert set(ref[0].stages) >= {"decode", "preprocess", "network", "distance_map", "pipeline", "total"}
-    with pytest.raises(RuntimeError, match="reference: 1 results for a batch of 2"):
-        bench.measure_reference(DroppingReference(1), PRE, frames, 1, cfg)
+        bench.time_block(DetectorPipeline("onnxruntime", DroppingDetector("onnxruntime", 1), 1), frames, 0, 1, 2)
+    ref = bench.time_block(ReferencePipeline(REFERENCE, FakeReference(1), 1), frames, 0, 2, 2)
+    assert set(ref[0]) == {"decode", "preprocess", "network", "torch_post", "pipeline", "total"}
+    with pytest.raises(RuntimeError, match="torch-eager: 1 results for a batch of 2"):
+        bench.time_block(ReferencePipeline(REFERENCE, DroppingReference(1), 1), frames, 0, 1, 2)
 
 
 def tiny_cfg(tmp_path, **kw) -> BenchConfig:
     base = dict(bundle=str(tmp_path / "nobundle"), out_dir=str(tmp_path / "out"), batch_sizes=[1, 2], threads=[1],
-                backends=["onnxruntime"], iterations=2, warmup=1, frame_size=(48, 64), n_frames=3, parity_frames=2,
-                paired_iterations=3, paired_block=2)
+                backends=["onnxruntime"], repetitions=3, block=2, warmup=1, frame_size=(48, 64), n_frames=3,
+                parity_frames=2)
     base.update(kw)
     return BenchConfig(**base)
 
@@ -202,46 +215,60 @@ def test_run_bench_fake_pipelines_end_to_end(tmp_path):
         return dets[-1]
 
     cfg = tiny_cfg(tmp_path)
-    rep = run_bench(cfg, detector_factory=make_det, reference_factory=lambda t: FakeReference(t))
+    rep = run_bench(cfg, detector_factory=make_det, reference_factory=lambda n, t: FakeReference(t))
     ort = rep.pipeline("onnxruntime")
     assert ort is not None and ort.available and [r.batch_size for r in ort.runs] == [1, 2]
-    # warm-up + timed iterations per batch size, plus one parity call
-    assert dets[0].calls["infer"] == 2 * (cfg.warmup + cfg.iterations) + 1 and dets[0].closed
+    # one detector for the whole run (the worker keeps it); per batch size and round: 1 re-warm + block
+    # batches, plus cfg.warmup in the first round; plus one parity call
+    per_bs = cfg.repetitions * (1 + cfg.block) + cfg.warmup
+    assert len(dets) == 1 and dets[0].calls["infer"] == 2 * per_bs + 1 and dets[0].closed
     for r in ort.runs:
         assert set(r.stages) >= {"decode", "preprocess", "network", "distance_map", "postprocess", "pipeline", "total"}
-        assert r.stages["total"]["n"] == cfg.iterations
+        assert r.stages["total"]["n"] == r.iterations == cfg.repetitions * cfg.block
         # throughput is exactly frames / summed total time: recompute it from the mean
         assert r.throughput_fps == pytest.approx(r.batch_size / (r.stages["total"]["mean"] / 1000.0))
         assert r.stages["total"]["p50"] >= r.stages["pipeline"]["p50"]
     assert ort.peak_rss_mb is not None and ort.peak_rss_mb > 0
     assert [q.backend for q in rep.parity] == ["onnxruntime"] and rep.parity[0].ok
     assert rep.parity[0].max_abs_score_diff == 0.0 and rep.parity[0].n_frames == 2
-    assert len(rep.speedups) == 1 and rep.speedups[0]["batch_size"] == 1
-    # the interleaved measurement: one more detector per thread count, paired_iterations (+ warm-up) frames
-    # rounds of `block` frames per side, each after one untimed re-warm frame
-    assert len(rep.paired) == 1 and (rep.paired[0]["rounds"], rep.paired[0]["block"]) == (2, 2)
-    pd = rep.paired[0]
-    assert pd["iterations"] == 4 and pd["speedup_p25"] <= pd["speedup_median"] <= pd["speedup_p75"]
-    assert pd["runtime_p50_ms"] > 0 and pd["reference_p50_ms"] > 0
-    assert dets[-1].calls["infer"] == cfg.warmup + 2 * (2 + 1) and dets[-1].closed
+    # speed-ups: per thread count x batch size, one ratio per round
+    assert [(s["batch_size"], s["reps"]) for s in rep.speedups] == [(1, 3), (2, 3)]
+    s0 = rep.speedups[0]
+    assert s0["speedup_min"] <= s0["speedup_median"] <= s0["speedup_max"] and len(s0["per_rep"]) == 3
 
     out = Path(cfg.out_dir)
     d = json.loads((out / "bench.json").read_text())
     again = BenchReport.from_dict(d)
     assert again.to_dict() == rep.to_dict()
-    assert d["machine"]["versions"]["torch"] and d["machine"]["python"]
+    assert d["machine"]["versions"]["torch"] and d["machine"]["python"] and "simd" in d["machine"]
     md = (out / "bench.md").read_text()
     assert md.startswith("## Pipeline benchmark") and "| pipeline | threads | batch |" in md
-    assert "Machine:" in md and "git" in md and "within tolerance" in md and "Paired speed-up" in md
+    assert "Machine:" in md and "git" in md and "within tolerance" in md and "3 rounds" in md
+    assert f"| onnxruntime | {REFERENCE} | 1 | 1 |" in md
     png = cv2.imread(str(out / "bench.png"))
     assert png is not None and png.shape[0] > 100 and png.shape[1] > 100
     assert (png < 250).any(axis=2).mean() > 0.01   # something was drawn
     table = rep.table()
     assert "onnxruntime" in table and REFERENCE in table and "speed-up" in table and "OK" in table
-    assert "paired speed-up" in table
-    no_pair = run_bench(tiny_cfg(tmp_path, out_dir=None, batch_sizes=[1], paired_iterations=0),
-                        detector_factory=make_det, reference_factory=lambda t: FakeReference(t))
-    assert no_pair.paired == [] and no_pair.speedups
+
+
+def test_rounds_interleave_pipelines_in_alternating_order(tmp_path):
+    calls = []
+
+    class Logged(FakeDetector):
+        def infer(self, x):
+            calls.append(self.backend_name)
+            return super().infer(x)
+
+    class LoggedRef(FakeReference):
+        def run(self, x):
+            calls.append("ref")
+            return super().run(x)
+
+    cfg = tiny_cfg(tmp_path, out_dir=None, batch_sizes=[1], parity_frames=0, warmup=0, block=1, repetitions=4)
+    run_bench(cfg, detector_factory=lambda b, t: Logged(b, t), reference_factory=lambda n, t: LoggedRef(t))
+    # each block = 1 re-warm + 1 timed call; rounds alternate A B, B A, A B, B A
+    assert calls == ["onnxruntime"] * 2 + ["ref"] * 4 + ["onnxruntime"] * 4 + ["ref"] * 4 + ["onnxruntime"] * 2
 
 
 def test_run_bench_reports_mismatch_and_failures(tmp_path):
@@ -250,19 +277,20 @@ def test_run_bench_reports_mismatch_and_failures(tmp_path):
 
     cfg = tiny_cfg(tmp_path, out_dir=None, batch_sizes=[1], backends=["onnxruntime"])
     rep = run_bench(cfg, detector_factory=lambda b, t: FakeDetector(b, t),
-                    reference_factory=lambda t: FakeReference(t, offset=0.25))
+                    reference_factory=lambda n, t: FakeReference(t, offset=0.25))
     assert not rep.parity[0].ok and rep.parity[0].max_abs_score_diff == pytest.approx(0.25, rel=1e-5)
     assert "MISMATCH" in rep.table()
-    rep2 = run_bench(cfg, detector_factory=broken, reference_factory=lambda t: FakeReference(t))
+    rep2 = run_bench(cfg, detector_factory=broken, reference_factory=lambda n, t: FakeReference(t))
     ort = rep2.pipeline("onnxruntime")
     assert not ort.available and "no such device" in ort.reason
+    assert rep2.pipeline(REFERENCE).available and rep2.pipeline(REFERENCE).runs
     assert rep2.parity == [] and rep2.speedups == []
     assert not (tmp_path / "out").exists()   # out_dir=None writes nothing
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
 def test_unavailable_backend_is_reported_not_fatal(tmp_path):
-    cfg = tiny_cfg(tmp_path, backends=["tensorrt"], reference=False, isolate=False, batch_sizes=[1])
+    cfg = tiny_cfg(tmp_path, backends=["tensorrt"], references=[], isolate=False, batch_sizes=[1])
     rep = run_bench(cfg)
     trt = rep.pipeline("tensorrt")
     assert trt is not None and not trt.available and "not installed" in trt.reason
@@ -271,7 +299,7 @@ def test_unavailable_backend_is_reported_not_fatal(tmp_path):
 
 
 def test_bench_and_stream_do_not_import_torch():
-    code = ("import sys\nimport edgeuad.bench, edgeuad.stream\n"
+    code = ("import sys\nimport edgeuad.bench, edgeuad.bench.pipelines, edgeuad.bench.protocol, edgeuad.stream\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n")
     import os
 
@@ -320,19 +348,23 @@ def _tiny_recontrast_bundle(root: Path) -> Path:
 def test_real_bundle_one_iteration_subprocess(tmp_path):
     bundle = _tiny_recontrast_bundle(tmp_path / "bundle")
     cfg = BenchConfig(bundle=str(bundle), out_dir=str(tmp_path / "out"), batch_sizes=[1, 2], threads=[1],
-                      backends=["onnxruntime", "tensorrt"], iterations=1, warmup=0, frame_size=(96, 128),
-                      n_frames=2, parity_frames=2, isolate=True, score_atol=2e-3, score_rtol=2e-3,
-                      paired_iterations=2)
+                      backends=["onnxruntime", "onnxruntime-int8", "tensorrt"], references=[REFERENCE, "ort+torch-post"],
+                      repetitions=2, block=1, warmup=0, frame_size=(96, 128), n_frames=2, parity_frames=2,
+                      isolate=True, score_atol=2e-3, score_rtol=2e-3)
     rep = run_bench(cfg)
-    ort, ref = rep.pipeline("onnxruntime"), rep.pipeline(REFERENCE)
-    assert ort.available and ref.available, (ort.reason, ref.reason)
-    assert ort.rss_note == "fresh subprocess" and ort.peak_rss_mb > 0 and ref.peak_rss_mb > 0
+    ort, ref, peer = rep.pipeline("onnxruntime"), rep.pipeline(REFERENCE), rep.pipeline("ort+torch-post")
+    assert ort.available and ref.available and peer.available, (ort.reason, ref.reason, peer.reason)
+    assert ort.rss_note == "its own worker process" and ort.peak_rss_mb > 0 and ref.peak_rss_mb > 0
     assert [r.batch_size for r in ort.runs] == [1, 2] and [r.batch_size for r in ref.runs] == [1, 2]
-    assert {"network", "distance_map"} <= set(ort.runs[0].stages)
-    assert rep.parity and rep.parity[0].ok, rep.parity
-    assert rep.parity[0].max_abs_map_diff is not None
-    assert rep.speedups and rep.speedups[0]["speedup_p50"] > 0
-    assert len(rep.paired) == 1 and rep.paired[0]["speedup_median"] > 0   # its own worker process
+    assert {"network", "distance_map"} <= set(ort.runs[0].stages) and "torch_post" in ref.runs[0].stages
+    par = {q.backend: q for q in rep.parity}
+    assert par["onnxruntime"].ok and par["ort+torch-post"].ok, rep.parity
+    assert par["onnxruntime"].max_abs_map_diff is not None
+    int8 = rep.pipeline("onnxruntime-int8")
+    assert int8.available, int8.reason          # Q/DQ graph built and run in its worker
+    assert "onnxruntime-int8" in par             # its agreement is reported, whatever it is
+    assert {(s["runtime"], s["reference"]) for s in rep.speedups if s["batch_size"] == 1} == {
+        (a, b) for a in ("onnxruntime", "onnxruntime-int8") for b in (REFERENCE, "ort+torch-post")}
     if importlib.util.find_spec("tensorrt") is None:
         assert not rep.pipeline("tensorrt").available
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["bundle"]["method"] == "recontrast"

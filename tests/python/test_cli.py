@@ -56,13 +56,24 @@ def test_bench_flags_reach_the_bench_config(monkeypatch: pytest.MonkeyPatch, tmp
 
     monkeypatch.setattr(bench, "run_bench", fake_run_bench)
     rc = cli.main(["-q", "bench", "--bundle", "b", "--out", str(tmp_path), "--batch-sizes", "1,3", "--threads", "2",
-                   "--backends", "onnxruntime", "--iterations", "7", "--warmup", "2", "--images", "imgs",
-                   "--no-reference", "--paired-iterations", "11"])
+                   "--backends", "onnxruntime,onnxruntime-int8", "--references", "torch-eager,ort+torch-post",
+                   "--repetitions", "5", "--block", "7", "--warmup", "2", "--images", "imgs", "--int8-calib", "cal",
+                   "--no-progress"])
     assert rc == 0
     c = seen[0]
-    assert (c.bundle, c.out_dir, c.batch_sizes, c.threads, c.backends, c.iterations, c.warmup, c.images,
-            c.reference, c.paired_iterations) == ("b", str(tmp_path), [1, 3], [2], ["onnxruntime"], 7, 2, "imgs",
-                                                  False, 11)
+    assert (c.bundle, c.out_dir, c.batch_sizes, c.threads, c.backends, c.references, c.repetitions, c.block,
+            c.warmup, c.images, c.int8_calib, c.progress) == (
+        "b", str(tmp_path), [1, 3], [2], ["onnxruntime", "onnxruntime-int8"], ["torch-eager", "ort+torch-post"],
+        5, 7, 2, "imgs", "cal", False)
+    # the quick default, --full, a flag overriding --full, and --no-reference
+    assert cli.main(["-q", "bench", "--bundle", "b"]) == 0
+    quick = seen[-1]
+    assert (quick.batch_sizes, quick.threads, quick.references, quick.repetitions, quick.out_dir, quick.progress) == (
+        [1], [1], ["torch-eager"], 3, "bench_out", True)
+    assert cli.main(["-q", "bench", "--bundle", "b", "--full", "--threads", "1", "--no-reference"]) == 0
+    full = seen[-1]
+    assert full.batch_sizes == [1, 4, 8] and full.threads == [1] and full.references == [] and full.repetitions == 7
+    assert "onnxruntime-int8" in full.backends
 
 
 def test_patch_flags_reach_config() -> None:

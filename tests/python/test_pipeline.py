@@ -70,6 +70,25 @@ def test_detector_matches_torch_reference(bundle: Path, dataset: Path) -> None:
         assert r.is_anomaly == (r.score >= det.threshold)
 
 
+def test_benchmark_torch_references_match_the_correctness_reference(bundle: Path, dataset: Path) -> None:
+    """bench/torch_ref.py's float32 user-style references (eager torch; onnxruntime + torch post) score
+    like methods/reference.py (the training side's float64 search): the speed-ups compare equal work."""
+    from edgeuad.bench.torch_ref import TorchReference
+    from edgeuad.data import read_image
+    from edgeuad.methods.reference import build_reference
+    from edgeuad.preprocess import preprocess
+
+    want = build_reference(bundle, threads=1)
+    x = preprocess([read_image(p) for p in sorted((dataset / "test").rglob("*.png"))[:3]], want.pre_cfg)
+    w = want.run(x)
+    assert np.ptp(w.scores) > 0          # distinct frames: a constant output would pass trivially
+    for variant in ("torch-eager", "ort+torch-post"):
+        got = TorchReference(bundle, variant, threads=1).run(x)
+        np.testing.assert_allclose(got.scores, w.scores, rtol=2e-3, atol=2e-3, err_msg=variant)
+        np.testing.assert_allclose(got.maps, w.maps, rtol=2e-3, atol=2e-3, err_msg=variant)
+        assert set(got.timings) == {"network", "torch_post"}
+
+
 def test_detector_bad_input(bundle: Path) -> None:
     det = Detector(bundle)
     with pytest.raises(ValueError, match="uint8"):
