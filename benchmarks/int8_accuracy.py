@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Accuracy cost of INT8: evaluate a bundle with its fp32 graph and with the Q/DQ INT8 graph that the
+`onnxruntime-int8` row of the pipeline benchmark times (the same function builds it:
+edgeuad.bench.pipelines.int8_onnx, export/quantize.insert_qdq calibrated on normal training images).
+
+    python benchmarks/int8_accuracy.py --bundle BUNDLE --data ../shared/data/magnetic_tile
+    python benchmarks/int8_accuracy.py --bundle BUNDLE --data DATA --out /tmp/check   # anywhere else
+
+Writes <out>/int8_<dataset>_<method>.json (default out: benchmarks/results) with both metric sets
+(I-AUROC, and P-AUROC/AUPRO where masks exist) and the mean Detector latency of each evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))  # run from a checkout without installing
+
+from edgeuad import api  # noqa: E402
+from edgeuad.atomic import atomic_write_bytes  # noqa: E402
+from edgeuad.bench import BenchConfig, machine_info  # noqa: E402
+from edgeuad.bench.pipelines import int8_onnx  # noqa: E402
+from edgeuad.bundle import Bundle, write_manifest  # noqa: E402
+
+log = logging.getLogger("edgeuad.benchmarks")
+
+
+def int8_bundle(bundle: Bundle, calib: str, work: Path) -> Path:
+    """A copy of `bundle` whose graph is the INT8 Q/DQ one (manifest re-hashed, quantisation recorded)."""
+    q = int8_onnx(BenchConfig(bundle=str(bundle.root), int8_calib=calib), [], work)
+    dst = work / "bundle_int8"
+    shutil.copytree(bundle.root, dst)
+    shutil.copyfile(q, dst / bundle.model["onnx"])
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["quantization"] = {"kind": "qdq_int8", "calibration": calib, "tool": "edgeuad.export.quantize.insert_qdq"}
+    write_manifest(dst, manifest)
+    return dst
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True, help="trained bundle (directory or .tar)")
+    ap.add_argument("--data", required=True, help="MVTec-layout dataset the bundle was trained on")
+    ap.add_argument("--calib", default=None, help="normal images for calibration (default: DATA/train/good)")
+    ap.add_argument("--threads", type=int, default=2, help="Detector threads for both evaluations")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="directory for the JSON result")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    bundle = Bundle.load(a.bundle)
+    data = Path(a.data)
+    calib = a.calib or str(data / "train" / "good")
+    res = {"dataset": data.name, "method": bundle.method, "bundle": str(a.bundle), "calibration": calib,
+           "threads": a.threads, "machine": machine_info()}
+    with tempfile.TemporaryDirectory(prefix="edgeuad-int8-") as tmp:
+        q = int8_bundle(bundle, calib, Path(tmp))
+        for name, b in (("fp32", bundle.root), ("int8", q)):
+            ev = api.evaluate(b, data, None, threads=a.threads, progress=True)
+            res[name] = {k: float(v) for k, v in ev.metrics.items()}
+            res[name]["latency_ms_mean"] = ev.latency_ms_mean
+            log.info("%s: %s", name, api.format_metrics(ev.metrics))
+    out = Path(a.out) / f"int8_{data.name}_{bundle.method}.json"
+    atomic_write_bytes(out, (json.dumps(res, indent=2) + "\n").encode())
+    drop = res["fp32"]["i_auroc"] - res["int8"]["i_auroc"]
+    sys.stdout.write(f"{data.name} {bundle.method}: I-AUROC fp32 {res['fp32']['i_auroc']:.4f}, int8 "
+                     f"{res['int8']['i_auroc']:.4f} (drop {drop:+.4f}); written: {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
