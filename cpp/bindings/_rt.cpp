@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "edgeuad/bank.hpp"
+#include "edgeuad/bank_exact.hpp"
 #include "edgeuad/errors.hpp"
 #include "edgeuad/maps.hpp"
 #include "edgeuad/maps_cuda.hpp"
@@ -377,6 +378,8 @@ PYBIND11_MODULE(_rt, m) {
     }
   });
 
+  m.def("exact_kernel", [] { return std::string(edgeuad::detail::exact_kernel_name()); },
+        "The memory bank's exact-search micro-kernel in this process: 'avx2-6x16' or 'portable-4x8'.");
   m.def("has_cuda", &edgeuad::cuda::has_cuda, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", &edgeuad::cuda::device_count,
         "Visible CUDA devices; 0 without CUDA, driver or device (never raises).");

@@ -152,17 +152,24 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* qrows, co
 // x86 CI tests it too.
 struct Tile {
   TileFn fn;
-  int64_t cols;  // JT: the slice width the panel is packed with
+  int64_t cols;      // JT: the slice width the panel is packed with
+  const char* name;  // reported by exact_kernel_name() (benchmarks, tests)
 };
 
 Tile pick_tile() {
   const char* portable = std::getenv("EDGEUAD_RT_PORTABLE");
-  if (portable && portable[0] == '1') return {tile_generic, 8};
+  if (portable && portable[0] == '1') return {tile_generic, 8, "portable-4x8"};
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return {tile_avx2, Avx2Kernel::kCols};
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return {tile_avx2, Avx2Kernel::kCols, "avx2-6x16"};
 #endif
-  return {tile_generic, 8};
+  return {tile_generic, 8, "portable-4x8"};
+}
+
+const Tile& active_tile() {
+  static const Tile tile = pick_tile();
+  return tile;
 }
 
 // EDGEUAD_RT_PACK_LIMIT=<floats> overrides kSharedPackMaxFloats (0 forces per-block packing, so that
@@ -191,6 +198,8 @@ void pack_tile(const float* x, const float* center, int64_t jb, int64_t nbk, int
 
 }  // namespace
 
+const char* exact_kernel_name() { return active_tile().name; }
+
 void row_sq_norms(const float* x, int64_t n, int64_t d, const float* center, float* out) {
   for (int64_t i = 0; i < n; ++i) {
     const float* r = x + i * d;
@@ -214,7 +223,7 @@ float l2_exact(const float* a, const float* b, int64_t d) {
 
 void exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
                int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx) {
-  static const Tile tile = pick_tile();
+  const Tile& tile = active_tile();
   static const int64_t pack_limit = shared_pack_limit();
   const int nt = threads > 0 ? threads : omp_get_max_threads();
   const int64_t cap = std::min<int64_t>(k + kSpare, n);

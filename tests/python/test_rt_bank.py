@@ -78,10 +78,12 @@ def test_exact_is_precise_for_large_norms():
 
 
 def test_hnsw_recall_on_clustered_data():
+    # seeded, single-threaded build: the graph (and so the recall) is the same on every run; a
+    # multi-threaded build inserts in a timing-dependent order and made this test flaky
     x = clustered(20000, 64, seed=3)
     q = clustered(400, 64, seed=4)
-    bank = _rt.MemoryBank(64, M=16, ef_construction=100)
-    bank.add(x)
+    bank = _rt.MemoryBank(64, M=16, ef_construction=100, seed=0)
+    bank.add(x, threads=1)
     _, exact = bank.search(q, k=1, exact=True)
     dist, approx = bank.search(q, k=1, exact=False, ef=64)
     recall = float((approx[:, 0] == exact[:, 0]).mean())
@@ -306,6 +308,7 @@ def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
     code = (
         "import numpy as np, sys\n"
         "from edgeuad import _rt\n"
+        "print(_rt.exact_kernel())\n"
         "rng = np.random.default_rng(3)\n"
         "for n, d, nq in [(1, 7, 5), (300, 37, 67), (517, 256, 131), (1000, 64, 200)]:\n"
         "    x = rng.standard_normal((n, d)).astype(np.float32)\n"
@@ -321,4 +324,9 @@ def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
     )
     env = dict(os.environ, EDGEUAD_RT_PORTABLE=portable, EDGEUAD_RT_PACK_LIMIT=pack_limit)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.split()[-1] == "ok", r.stderr[-2000:]
+    # the kernel that ran is the one this case means to test (AVX2 where the CPU has it)
+    with open("/proc/cpuinfo") as f:
+        flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    want = "portable-4x8" if portable == "1" or not {"avx2", "fma"} <= set(flags) else "avx2-6x16"
+    assert r.stdout.split()[0] == want
