@@ -7,6 +7,7 @@ Reports build time, RSS growth, queries/s for a batch of queries, recall@1 again
 exact search, and the speed-up over exact.  Prints markdown tables.
 
     python benchmarks/bench_bank.py [--sizes 10000 100000] [--large] [--threads 2]
+    python benchmarks/bench_bank.py --gemm     # exact-search GFLOP/s vs peak and BLAS (bank_gemm.py)
 """
 from __future__ import annotations
 
@@ -72,7 +73,14 @@ def main() -> None:
                     help="HNSW build beam (the Bank default)")
     ap.add_argument("--dim", type=int, default=DIM, help="feature dim (256 = PatchCore default out_dim)")
     ap.add_argument("--efs", type=int, nargs="+", default=[16, 32, 48, 64, 96, 128])
+    ap.add_argument("--gemm", action="store_true",
+                    help="only the exact-search GFLOP/s table (results/bank_gemm.md, see bank_gemm.py)")
     args = ap.parse_args()
+    if args.gemm:
+        from bank_gemm import run
+
+        publish("bank_gemm", run([1, 2]))
+        return
     sizes = args.sizes + ([1_000_000] if args.large else [])
 
     q = clustered(args.queries, seed=12345, d=args.dim)
