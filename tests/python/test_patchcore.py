@@ -68,14 +68,13 @@ def test_extractor_onnx_dynamic_batch_parity(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     ext = PatchFeatureExtractor(build_backbone("efficientnet_lite0", pretrained=False), pre_dim=64, out_dim=64).eval()
-    path = tmp_path / "ext.onnx"
-    torch.onnx.export(ext, (torch.randn(2, 3, SIZE, SIZE),), str(path), input_names=["images"],
-                      output_names=["embeddings"], dynamo=True, opset_version=18,
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=256)}})
+    from edgeuad.export.onnx import INPUT_NAME, export_onnx
+
+    path = export_onnx(ext, tmp_path / "ext.onnx", (SIZE, SIZE), ["embeddings"])   # the product's exporter
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for b in (1, 3):
         x = torch.randn(b, 3, SIZE, SIZE)
-        out = sess.run(None, {"images": x.numpy()})[0]
+        out = sess.run(None, {INPUT_NAME: x.numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(out, ext(x).numpy(), atol=1e-4, rtol=0)
 

@@ -179,12 +179,11 @@ def test_train_reconpatch_end_to_end_resume_export(tmp_path):
     np.testing.assert_allclose(pm2.score_torch(test)[1], scores, rtol=1e-6)
 
     ort = pytest.importorskip("onnxruntime")
-    path = tmp_path / "emb.onnx"
-    torch.onnx.export(pm.embedder, (torch.from_numpy(test[:2]),), str(path), input_names=["images"],
-                      output_names=["embeddings"], dynamo=True, opset_version=18,
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=256)}})
+    from edgeuad.export.onnx import INPUT_NAME, export_onnx
+
+    path = export_onnx(pm.embedder, tmp_path / "emb.onnx", (SIZE, SIZE), ["embeddings"])   # the product's exporter
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"images": test[:3]})[0]
+    out = sess.run(None, {INPUT_NAME: test[:3]})[0]
     np.testing.assert_allclose(out, pm.embed(test[:3]), atol=1e-4, rtol=0)
 
 

@@ -293,8 +293,9 @@ def test_anomaly_map_reference() -> None:
 
 
 # ------------------------------------------------------------------------ export
-@pytest.mark.parametrize("exporter", [pytest.param("dynamo", marks=pytest.mark.slow), "torchscript"])
-def test_onnx_export_dynamic_batch(tmp_path: Path, exporter: str) -> None:
+def test_onnx_export_dynamic_batch(tmp_path: Path) -> None:
+    # the TorchScript exporter (dynamo=False) is the one export/onnx.py ships; the dynamo exporter is not
+    # used by the product, so it is not tested here (it took ~80 s of the suite)
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = build_model(_cfg()).eval()
@@ -303,13 +304,8 @@ def test_onnx_export_dynamic_batch(tmp_path: Path, exporter: str) -> None:
     outputs = [f"enc_{n}" for n in names] + [f"dec_{n}" for n in names]
     path = tmp_path / "recontrast.onnx"
     x0 = (torch.randn(2, 3, SIZE, SIZE),)
-    if exporter == "dynamo":
-        torch.onnx.export(model, x0, str(path), input_names=["image"], output_names=outputs,
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},),
-                          external_data=False)
-    else:
-        torch.onnx.export(model, x0, str(path), input_names=["image"], output_names=outputs, dynamo=False,
-                          dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
+    torch.onnx.export(model, x0, str(path), input_names=["image"], output_names=outputs, dynamo=False,
+                      dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 3):
         x = torch.randn(n, 3, SIZE, SIZE)
