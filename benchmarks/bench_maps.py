@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from edgeuad import _rt
 from _results import publish  # benchmarks/_results.py (scripts run from anywhere: python puts their dir on sys.path)
-from edgeuad.runtime.maps import cos_map_reference, gaussian_kernel1d
+from edgeuad.runtime.maps import cos_map_reference
+from edgeuad.methods.common import gaussian_blur_torch
 
 LEVELS = [(24, 64, 64), (40, 32, 32), (112, 16, 16)]
 OUT = (256, 256)
@@ -38,25 +39,17 @@ def make_pairs(batch: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]
     return pairs
 
 
-def torch_blur(m: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable conv2d blur of (B, 1, H, W) with half-sample symmetric padding."""
-    k = torch.from_numpy(gaussian_kernel1d(sigma)).float()
-    r = k.numel() // 2
-    for dim, weight in ((3, k.view(1, 1, 1, -1)), (2, k.view(1, 1, -1, 1))):
-        n = m.shape[dim]
-        idx = torch.arange(-r, n + r) % (2 * n)
-        idx = torch.where(idx < n, idx, 2 * n - 1 - idx)
-        m = F.conv2d(m.index_select(dim, idx), weight)
-    return m
-
-
 def torch_eager(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    total = None
+    """What a torch user writes: pairs at the same resolution summed before upsampling (bilinear
+    upsampling is linear), one interpolation per resolution, then the blur."""
+    by_size: dict[tuple[int, int], torch.Tensor] = {}
     for a, b in pairs:
         d = 1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-8)
-        up = F.interpolate(d.unsqueeze(1), size=OUT, mode="bilinear", align_corners=True)
-        total = up if total is None else total + up
-    m = torch_blur(total, SIGMA)[:, 0]
+        hw = tuple(d.shape[-2:])
+        by_size[hw] = d if hw not in by_size else by_size[hw] + d
+    total = sum(F.interpolate(d.unsqueeze(1), size=OUT, mode="bilinear", align_corners=True)[:, 0]
+                for d in by_size.values())
+    m = gaussian_blur_torch(total, SIGMA)   # the one torch blur (methods/common.py)
     flat = m.flatten(1)
     k = max(1, int(0.01 * flat.shape[1]))
     return m, flat.max(1).values, flat.topk(k, dim=1).values.mean(1)

@@ -31,20 +31,10 @@ def max_err(x, y) -> float:
 
 # ---------------------------------------------------------------------------- torch reference
 def torch_blur(m, sigma: float):
-    """Separable conv2d blur of (B, 1, H, W), half-sample symmetric padding (also for r > size)."""
-    import torch
-    import torch.nn.functional as F
+    """The one torch blur (methods/common.gaussian_blur_torch) on (B, 1, H, W)."""
+    from edgeuad.methods.common import gaussian_blur_torch
 
-    k = torch.from_numpy(maps.gaussian_kernel1d(sigma))
-    r = k.numel() // 2
-    if r == 0:
-        return m
-    for dim, weight in ((3, k.view(1, 1, 1, -1)), (2, k.view(1, 1, -1, 1))):
-        n = m.shape[dim]
-        idx = torch.arange(-r, n + r) % (2 * n)
-        idx = torch.where(idx < n, idx, 2 * n - 1 - idx)
-        m = F.conv2d(m.index_select(dim, idx), weight.to(m.dtype))
-    return m
+    return gaussian_blur_torch(m[:, 0], sigma)[:, None]
 
 
 def torch_scores(m, topk_frac: float):
