@@ -185,21 +185,11 @@ def extract_patch_features(module: nn.Module, images: np.ndarray | Tensor, batch
 # ----------------------------------------------------------------------------- scoring reference
 def gaussian_blur_reflect(maps: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of (N, H, W) maps exactly as scipy.ndimage.gaussian_filter
-    (truncate 4, mode 'reflect' = half-sample symmetric); sigma <= 0 returns the input."""
-    if sigma <= 0:
-        return maps
-    r = int(4.0 * sigma + 0.5)
-    xs = torch.arange(-r, r + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (xs / sigma) ** 2)
-    k = (k / k.sum()).to(maps.dtype).to(maps.device)
-    out = maps
-    for dim in (-1, -2):
-        n = out.shape[dim]
-        idx = torch.arange(-r, n + r) % (2 * n)      # periodic extension of the symmetric mirror,
-        idx = torch.where(idx < n, idx, 2 * n - 1 - idx).to(maps.device)  # valid even for r > n
-        win = out.index_select(dim, idx).unfold(dim, 2 * r + 1, 1)   # (N, H, W, K)
-        out = (win * k).sum(-1)
-    return out
+    (truncate 4, mode 'reflect' = half-sample symmetric); sigma <= 0 returns the input.
+    The one torch blur: methods.common.gaussian_blur_torch."""
+    from .common import gaussian_blur_torch
+
+    return gaussian_blur_torch(maps, sigma)
 
 
 @torch.no_grad()
