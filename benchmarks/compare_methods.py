@@ -28,6 +28,8 @@ OUT = HERE / "results" / "methods"
 
 def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> dict:
     ov: dict = {"image_size": args.image_size, "seed": args.seed}
+    if args.backbone:
+        ov["backbone"] = args.backbone
     if method == "recontrast":
         ov.update(iterations=args.iterations, batch_size=args.batch_size)
     elif method == "reconpatch":
@@ -60,15 +62,15 @@ def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| dataset | method | I-AUROC | P-AUROC | AUPRO@0.3 | F1-max | train s | ms/frame | settings | commit, date |\n"
-            "|---|---|---:|---:|---:|---:|---:|---:|---|---|\n")
+    head = ("| dataset | method | I-AUROC | P-AUROC | AUPRO@0.3 | F1-max | Acc@thr | train s | ms/frame | settings "
+            "| commit, date |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
     lines = []
     for r in rows:
         m = r["metrics"]
         f = lambda k: f"{m[k]:.4f}" if k in m else "n/a (no masks)"  # noqa: E731
         settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
         lines.append(f"| {r['dataset']} | {r['method']} | {f('i_auroc')} | {f('p_auroc')} | {f('aupro')} | "
-                     f"{f('f1_max')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} | "
+                     f"{f('f1_max')} | {f('accuracy_at_threshold')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} | "
                      f"{r.get('commit', '?')}, {r.get('date', '?')} |")
     return head + "\n".join(lines) + "\n"
 
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", required=True, type=Path)
     ap.add_argument("--methods", nargs="+", default=["patchcore", "recontrast", "reconpatch"])
     ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--backbone", default=None, help="backbone override (default: each method's default)")
     ap.add_argument("--iterations", type=int, default=500, help="ReContrast iterations (paper: 2000)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=500, help="ReConPatch steps")
@@ -104,6 +107,9 @@ def main() -> None:
             r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
             r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                          text=True, cwd=HERE).stdout.strip()
+            if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                              text=True, cwd=HERE).stdout.strip():
+                r["commit"] += " (dirty tree)"
             r["date"] = time.strftime("%Y-%m-%d")
             f.write_text(json.dumps(r, indent=2) + "\n")
             logging.info("%s/%s: %s", data.name, method, r["metrics"])

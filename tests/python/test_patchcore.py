@@ -64,6 +64,24 @@ def test_extractor_matches_two_step_pipeline_and_grid():
     assert not ext.backbone.training  # BN statistics of the frozen backbone never move
 
 
+def test_extractor_default_is_the_raw_concatenation():
+    """out_dim=0 (the default): stride-8 and upsampled stride-16 averages concatenated, 40 + 112 dims."""
+    torch.manual_seed(0)
+    bb = build_backbone("efficientnet_lite0", pretrained=False)
+    ext = PatchFeatureExtractor(bb, layers=(1, 2)).eval()
+    assert ext.dim == 152 and not ext.project
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        f = bb(x)
+        a = F.avg_pool2d(f[1], 3, 1, 1, count_include_pad=ext.count_include_pad)
+        b = F.interpolate(F.avg_pool2d(f[2], 3, 1, 1, count_include_pad=ext.count_include_pad),
+                          size=a.shape[-2:], mode="bilinear", align_corners=False)
+        ref = torch.cat([a, b], 1).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(ext(x), ref)
+    with pytest.raises(ValueError, match="both"):
+        PatchFeatureExtractor(bb, pre_dim=64, out_dim=0)
+
+
 def test_extractor_onnx_dynamic_batch_parity(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

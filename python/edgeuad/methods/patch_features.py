@@ -8,12 +8,16 @@ export to plain ONNX ops with a dynamic batch):
    per stage at its own resolution (PatchCore's 3x3 "patchify"; averaging instead of
    unfold + pooling keeps the exported graph small);
 3. coarser stages bilinearly upsampled to the grid of the first listed stage;
-4. per-stage channel projection to `pre_dim` and a final projection of the
-   concatenation to `out_dim`, both "adaptive average pooling over channels"
-   (PatchCore's MeanMapper / Aggregator).  Both are fixed matrices, so they are
-   folded into ONE (out_dim, sum C) buffer applied as a single MatMul: same
-   result as the two-step form, one op in ONNX, and no adaptive_avg_pool1d
-   over channels in the exported graph (which exports poorly).
+4. either the raw concatenation (``out_dim=0``, the default: sum C dims) or a per-stage
+   channel projection to `pre_dim` and a final projection of the concatenation to
+   `out_dim`, both "adaptive average pooling over channels" (PatchCore's MeanMapper /
+   Aggregator).  Both are fixed matrices, so they are folded into ONE (out_dim, sum C)
+   buffer applied as a single MatMul: same result as the two-step form, one op in ONNX,
+   and no adaptive_avg_pool1d over channels in the exported graph (which exports poorly).
+   On a thin backbone the projection *replicates* channels (Lite0's 40 stride-8 channels
+   become ~128 of 256 dims) and so weights the stride-8 level ~3x more than the stride-16
+   one in the Euclidean distance; the raw concatenation scored higher on magnetic_tile
+   (benchmarks/RESULTS.md, PatchCore ablation).
 
 `PatchModel` is what `train_patchcore` / `train_reconpatch` return and what the export,
 the bundle and the torch reference scorer consume.  The torch scorer defines the
@@ -79,11 +83,12 @@ class PatchFeatureExtractor(nn.Module):
     backbone: an `edgeuad.backbones.Backbone` (frozen and kept in eval mode here).
     layers: indices into the backbone's three stages; the first is the output grid.
     patch_size: neighbourhood of the local average (odd; 1 disables).
-    pre_dim: per-stage dimension before concatenation; out_dim: final dimension.
+    pre_dim: per-stage dimension before concatenation; out_dim: final dimension;
+    out_dim = 0: no projection, the raw concatenation (dim = sum of the stages' channels).
     """
 
     def __init__(self, backbone: nn.Module, layers: Sequence[int] = (1, 2), patch_size: int = 3,
-                 pre_dim: int = 256, out_dim: int = 256) -> None:
+                 pre_dim: int = 0, out_dim: int = 0, count_include_pad: bool = False) -> None:
         super().__init__()
         layers = tuple(int(v) for v in layers)
         chans = tuple(int(c) for c in getattr(backbone, "channels"))
@@ -96,14 +101,20 @@ class PatchFeatureExtractor(nn.Module):
         self.backbone.eval()
         self.layers = layers
         self.patch_size = int(patch_size)
-        self.pre_dim = int(pre_dim)
-        self.out_dim = int(out_dim)
+        self.count_include_pad = bool(count_include_pad)
         in_chans = [chans[l] for l in layers]
-        # Fold the per-stage MeanMappers (block diagonal) and the Aggregator into one matrix.
-        blocks = torch.block_diag(*[adaptive_avg_matrix(c, self.pre_dim) for c in in_chans])
-        proj = adaptive_avg_matrix(self.pre_dim * len(layers), self.out_dim) @ blocks
-        # Non-persistent: derived from the config, rebuilt identically on load.
-        self.register_buffer("proj", proj.to(torch.float32), persistent=False)
+        if out_dim < 0 or pre_dim < 0 or (out_dim > 0) != (pre_dim > 0):
+            raise ValueError(f"pre_dim/out_dim must both be positive (projection) or both 0 (raw concatenation), "
+                             f"got {pre_dim}/{out_dim}")
+        self.pre_dim = int(pre_dim)
+        self.out_dim = int(out_dim) if out_dim > 0 else sum(in_chans)
+        self.project = out_dim > 0
+        if self.project:
+            # Fold the per-stage MeanMappers (block diagonal) and the Aggregator into one matrix.
+            blocks = torch.block_diag(*[adaptive_avg_matrix(c, self.pre_dim) for c in in_chans])
+            proj = adaptive_avg_matrix(self.pre_dim * len(layers), self.out_dim) @ blocks
+            # Non-persistent: derived from the config, rebuilt identically on load.
+            self.register_buffer("proj", proj.to(torch.float32), persistent=False)
         self._grid_cache: dict[tuple[int, int], tuple[int, int]] = {}
 
     @property
@@ -122,9 +133,11 @@ class PatchFeatureExtractor(nn.Module):
         sel = [feats[l] for l in self.layers]
         if self.patch_size > 1:
             p = self.patch_size
-            # count_include_pad=False: border patches average their real neighbours instead of
-            # being shrunk towards zero (which would make every border patch look unusual).
-            sel = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=False) for f in sel]
+            # count_include_pad=False: border patches average their real neighbours; True (PatchCore's
+            # unfold + pool with zero padding): border patches shrink towards zero, identically in
+            # training and test, so they are compared with border patches of the bank.
+            sel = [F.avg_pool2d(f, p, stride=1, padding=p // 2, count_include_pad=self.count_include_pad)
+                   for f in sel]
         h, w = sel[0].shape[-2:]
         out = [sel[0]]
         for f in sel[1:]:
@@ -135,7 +148,9 @@ class PatchFeatureExtractor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         m = self.feature_maps(x)
         b, c = m.shape[0], m.shape[1]
-        y = torch.matmul(self.proj, m.reshape(b, c, -1))   # (B, D, h*w)
+        y = m.reshape(b, c, -1)
+        if self.project:
+            y = torch.matmul(self.proj, y)                 # (B, D, h*w)
         return y.transpose(1, 2).contiguous()              # (B, h*w, D)
 
     @torch.no_grad()
@@ -381,10 +396,12 @@ class PatchBankConfig:
     backbone/pretrained: `edgeuad.backbones.build_backbone` arguments (pretrained may be a path).
     image_size: network input (int or (H, W)); must equal the preprocessed images' size.
     layers: backbone stages used (1, 2 = strides 8 and 16, PatchCore's "layer2 + layer3").
-    patch_size: local aggregation neighbourhood (3 as in PatchCore).
-    pre_dim/out_dim: per-stage and final feature dimension (PatchCore uses 1024/1024 for
-        WideResNet-50; 256/256 here since efficientnet_lite0 only has 40 + 112 channels:
-        a larger D would replicate channels and slow the NN search without adding information).
+    patch_size: local aggregation neighbourhood (3 as in PatchCore); count_include_pad: whether the
+        zero padding of the border counts in the local average (PatchCore's zero-padded unfold: True).
+    pre_dim/out_dim: per-stage and final feature dimension of PatchCore's channel projection
+        (1024/1024 for WideResNet-50); 0/0 (default) = no projection, the raw concatenation
+        (Lite0: 40 + 112 = 152 dims), which keeps each channel's own weight in the distance (see
+        PatchFeatureExtractor) and makes the NN search cheaper.
     coreset_ratio: fraction of training patches kept (PatchCore: 0.1 or 0.01; ReConPatch: 0.01);
         coreset_min_items floors it so small training sets keep a usable bank.
     coreset_proj_dim: random-projection dimension used by the greedy selection.
@@ -399,8 +416,9 @@ class PatchBankConfig:
     image_size: int | tuple[int, int] = 256
     layers: tuple[int, ...] = (1, 2)
     patch_size: int = 3
-    pre_dim: int = 256
-    out_dim: int = 256
+    count_include_pad: bool = False
+    pre_dim: int = 0
+    out_dim: int = 0
     coreset_ratio: float = 0.01  # the same 1% for both methods, so the baseline comparison is fair
     coreset_min_items: int = 1000
     coreset_proj_dim: int = 128

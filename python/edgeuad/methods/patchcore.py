@@ -37,7 +37,8 @@ def build_extractor(cfg: Mapping[str, Any], pretrained: bool | str | None = None
     pre = cfg.get("pretrained", True) if pretrained is None else pretrained
     bb = build_backbone(str(cfg.get("backbone", "efficientnet_lite0")), pretrained=pre)
     return PatchFeatureExtractor(bb, layers=tuple(cfg.get("layers", (1, 2))), patch_size=int(cfg.get("patch_size", 3)),
-                                 pre_dim=int(cfg.get("pre_dim", 256)), out_dim=int(cfg.get("out_dim", 256)))
+                                 pre_dim=int(cfg.get("pre_dim", 0)), out_dim=int(cfg.get("out_dim", 0)),
+                                 count_include_pad=bool(cfg.get("count_include_pad", False)))
 
 
 def build_embedder(config: Mapping[str, Any]) -> PatchFeatureExtractor:
