@@ -174,7 +174,6 @@ def test_killed_replica_loses_no_request(served: Any, bundles: dict[str, Any], r
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     runner.join(300)
     results, errors = out["results"], out["errors"]
-    print("RETRIED", sum(r.attempts > 1 for r in results.values()), "REPLICAS", sorted({r.replica for r in results.values()}))
     assert errors == [], errors[:3]
     assert sorted(results) == sorted(rid for rid, _ in jobs)
     for i in range(150):

@@ -262,6 +262,17 @@ def test_serve_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path:
         (2, "127.0.0.2", 8123, 4, 2.5, "127.0.0.1:6379", 6, 0.5, "onnxruntime", 1, 3.0, 1000, "c.yaml", False)
 
 
+def test_serve_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "usage: edgeuad serve" in out
+    for default in ("(default: 1)", "(default: 127.0.0.1)", "(default: 8000)", "(default: 8)", "(default: 5.0)",
+                    "(default: 32.0)"):
+        assert default in out
+
+
 def test_bench_serve_flags_reach_the_load_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from edgeuad.serve import loadgen
 
