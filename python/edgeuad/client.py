@@ -177,7 +177,11 @@ class Client:
     def _request(self, method: str, path: str, body: Optional[bytes],
                  headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, int]:
         last: Optional[ServeError] = None
-        for attempt in range(1, self.retries + 2):
+        stale_retry = True
+        attempt = 0
+        while attempt <= self.retries:
+            attempt += 1
+            reused = self._conn is not None
             try:
                 conn = self._connection()
                 conn.request(method, path, body=body, headers=headers)
@@ -188,6 +192,12 @@ class Client:
                     self.close()
             except (OSError, http.client.HTTPException) as e:  # refused, reset, timeout, half-closed keep-alive
                 self.close()
+                if reused and stale_retry and isinstance(e, (http.client.RemoteDisconnected, ConnectionResetError,
+                                                             BrokenPipeError)):
+                    # the server closed an idle keep-alive connection: one fresh try, outside the retry budget
+                    stale_retry = False
+                    attempt -= 1
+                    continue
                 last = ServeError(0, "connection", f"{method} {self.host}:{self.port}{path}: {type(e).__name__}: {e}")
             else:
                 if resp.status < 400:

@@ -314,3 +314,90 @@ def test_client_side_imports_neither_torch_nor_ray() -> None:
             "sys.exit(', '.join(bad) or 0)\n")
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+class _FakeServe:
+    """A loopback HTTP/1.1 server answering POSTs from a script of (status, body-or-None); None = echo a
+    valid score answer for the request's id.  close_after: drop the connection after each answer
+    (a keep-alive connection the server closed while idle)."""
+
+    def __init__(self, script: list[tuple[int, Any]], close_after: bool = False) -> None:
+        import http.server
+        import json as _json
+        import threading
+
+        script = list(script)
+        seen: list[str] = []
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers["Content-Length"]))
+                rid = self.headers.get(P.REQUEST_ID_HEADER)
+                seen.append(rid)
+                status, body = script.pop(0) if script else (200, None)
+                if body is None:
+                    body = {"score": 1.0, "normalized": 0.5, "is_anomaly": True, "threshold": 1.0, "bundle": "b",
+                            "digest": "d", "replica": "r", "request_id": rid, "batch_size": 1,
+                            "frame_shape": [8, 8], "latency_ms": {}}
+                data = _json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", P.JSON_TYPE)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+                if close_after:
+                    self.close_connection = True
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/b"
+        self.seen = seen
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def __enter__(self) -> "_FakeServe":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_client_retries_server_faults_not_client_errors() -> None:
+    from edgeuad.client import Client
+
+    frame = _rgb(8, 8)
+    err = {"error": {"status": 503, "type": "unavailable", "message": "restarting"}}
+    with _FakeServe([(503, err), (500, {"error": {"type": "internal", "message": "x"}})]) as srv:
+        with Client(srv.url, retries=2, backoff_s=0.01) as c:
+            r = c.score(frame, request_id="abc")
+        assert r.attempts == 3 and r.request_id == "abc" and srv.seen == ["abc"] * 3   # same id on every try
+    with _FakeServe([(400, {"error": {"type": "undecodable", "message": "bad"}})]) as srv:
+        with Client(srv.url, retries=5, backoff_s=0.01) as c, pytest.raises(ServeError) as e:
+            c.score(frame)
+        assert (e.value.status, e.value.kind, len(srv.seen)) == (400, "undecodable", 1)      # never retried
+    with _FakeServe([(503, err)] * 3) as srv:
+        with Client(srv.url, retries=1, backoff_s=0.01) as c, pytest.raises(ServeError) as e:
+            c.score(frame)
+        assert e.value.status == 503 and len(srv.seen) == 2
+    other = {"score": 1.0, "normalized": 0.5, "is_anomaly": True, "threshold": 1.0, "bundle": "b", "digest": "d",
+             "replica": "r", "request_id": "someone-else", "batch_size": 1, "frame_shape": [8, 8], "latency_ms": {}}
+    with _FakeServe([(200, other)]) as srv:
+        with Client(srv.url, retries=0) as c, pytest.raises(ServeError, match="request_id_mismatch"):
+            c.score(frame)
+
+
+def test_client_reconnects_once_when_an_idle_keep_alive_was_closed() -> None:
+    from edgeuad.client import Client
+
+    with _FakeServe([], close_after=True) as srv:
+        with Client(srv.url, retries=0) as c:   # no retry budget: only the stale-connection rule applies
+            assert [c.score(_rgb(8, 8)).attempts for _ in range(3)] == [1, 1, 1]
+        assert len(srv.seen) == 3
+    with Client("http://127.0.0.1:9/b", retries=1, backoff_s=0.01) as c, pytest.raises(ServeError) as e:
+        c.score(_rgb(8, 8))   # nothing listens on port 9: a connection error after the retries
+    assert e.value.status == 0 and e.value.retryable

@@ -157,8 +157,8 @@ def run_level(cfg: LoadConfig, frames: list[Any], clients: int) -> LevelResult:
             for i in range(cfg.warmup_requests):
                 try:
                     c.score(frames[(k + i) % len(frames)])
-                except ServeError:
-                    pass  # counted in the timed part if it persists
+                except Exception:  # noqa: BLE001 - counted in the timed part if it persists
+                    pass
             try:
                 ready.wait(cfg.timeout_s * (cfg.warmup_requests + 1))
             except threading.BrokenBarrierError:
@@ -173,6 +173,10 @@ def run_level(cfg: LoadConfig, frames: list[Any], clients: int) -> LevelResult:
                 except ServeError as e:
                     with lock:
                         errors[f"{e.status} {e.kind}"] += 1
+                    continue
+                except Exception as e:  # noqa: BLE001 - e.g. an unparsable answer: counted, never fatal
+                    with lock:
+                        errors[type(e).__name__] += 1
                     continue
                 finally:
                     i += clients

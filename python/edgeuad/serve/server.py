@@ -128,6 +128,11 @@ def run_server(cfg: ServeConfig, stop: Optional[threading.Event] = None,
     if not cfg.bundles:
         raise ValueError("edgeuad serve: give at least one --bundle PATH or NAME=PATH")
     stop = stop or threading.Event()
+    cameras = None
+    if cfg.cameras:  # a bad cameras.yaml fails before a cluster is started
+        from .cameras import CamerasConfig
+
+        cameras = CamerasConfig.from_yaml(cfg.cameras, default_bundle=cfg.bundles[0].name)
     started = start_cluster(cfg)
     fleet = None
     deployed: list[str] = []
@@ -144,10 +149,10 @@ def run_server(cfg: ServeConfig, stop: Optional[threading.Event] = None,
 
         write(f"ray address: {ray.get_runtime_context().gcs_address} (hot swap: edgeuad serve --address ADDR "
               f"--bundle NAME=NEW_BUNDLE --detach)\n")
-        if cfg.cameras:
+        if cameras is not None:
             from .cameras import CameraFleet
 
-            fleet = CameraFleet.from_yaml(cfg.cameras, default_bundle=cfg.bundles[0].name)
+            fleet = CameraFleet(cameras)
             fleet.start()
             write(f"cameras: {', '.join(fleet.names)} -> {fleet.out_dir}\n")
         _wait_for_signal(stop, fleet)
