@@ -6,12 +6,12 @@ HNSW_H ?= /usr/include/hnswlib/hnswlib.h
 
 .PHONY: setup sysdeps demo test test-fast bench clean
 
-## setup: system headers (hnswlib) + .venv with torch==2.13.0 (CPU) + edgeuad[train,dev] (builds edgeuad._rt)
+## setup: system headers (hnswlib) + .venv with torch==2.13.0 (CPU) + edgeuad[train,serve,dev] (builds edgeuad._rt)
 setup: sysdeps
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,serve,dev]'
 	$(BIN)/edgeuad info
 
 sysdeps:

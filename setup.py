@@ -104,6 +104,8 @@ setup(
         ],
         "tensorrt": ["tensorrt>=10", "pycuda>=2022.2", "onnx>=1.15"],
         "plot": ["matplotlib>=3.5"],
+        # `edgeuad serve`: Ray Serve replicas, camera actors; cameras.yaml is YAML.
+        "serve": ["ray[serve]>=2.40", "pyyaml>=6"],
         "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7"],
     },
     entry_points={"console_scripts": ["edgeuad=edgeuad.cli:main"]},

@@ -1,4 +1,4 @@
-"""edgeuad command line: train | export | eval | predict | bench | demo | info.
+"""edgeuad command line: train | export | eval | predict | bench | serve | demo | info.
 
 Every flag maps to one named field of a config or one argument of the API function it calls;
 `tests/python/test_cli.py` checks that they arrive there.
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run (batch 1, 1 thread, onnxruntime vs eager torch, 3 rounds of 8 frames); "
                                    "--full runs batch 1,4,8 x threads 1,2 x every backend (INT8 included) and "
                                    "reference, 7 rounds of 12 batches.")
-    b.add_argument("--bundle", required=True, help="bundle directory or .tar")
+    b.add_argument("--bundle", default=None, help="bundle directory or .tar (required unless --serve)")
     b.add_argument("--out", default="bench_out", help="directory for bench.json, bench.md, bench.png "
                                                       "(bench_out/ is git-ignored) (default: bench_out)")
     b.add_argument("--full", action="store_true", help="the full sweep (see above) instead of the quick run")
@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--int8-calib", default=None, help="folder of normal images calibrating the INT8 graph "
                                                       "(default: the benchmark frames, timing only)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--serve", default=None, metavar="URL",
+                   help="instead: closed-loop load on a served bundle, e.g. http://127.0.0.1:8000/bottle (loopback only)")
+    b.add_argument("--concurrency", default="1,2,4,8,16,32", help="--serve: comma-separated client counts (default 1,2,4,8,16,32)")
+    b.add_argument("--duration", type=float, default=5.0, help="--serve: seconds per client count (default 5)")
+    b.add_argument("--max-requests", type=int, default=2000, help="--serve: most answers per client count (default 2000)")
 
     d = sub.add_parser("demo", help="make synthetic data, train, export, detect and report (CPU, a few minutes)",
                        description="The whole flow on its own data: write a small synthetic MVTec-layout dataset "
@@ -144,6 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", choices=METHODS, default="recontrast", help="anomaly detection method")
     d.add_argument("--iterations", type=int, default=None, help="override training iterations/steps")
     d.add_argument("--seed", type=int, default=0)
+
+    sv = sub.add_parser("serve", help="serve bundles over HTTP on Ray Serve (replicas, batching, cameras, hot swap)",
+                        description="Serve bundles on a Ray Serve cluster (a local one unless --address): each bundle "
+                                    "NAME at http://HOST:PORT/NAME with POST /v1/score, GET /v1/health, GET /v1/info. "
+                                    "Deploying a NAME that is already served swaps its bundle with no failed request. "
+                                    "Needs the `serve` extra: pip install 'edgeuad[serve]'.",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sv.add_argument("--bundle", dest="bundles", action="append", required=True, metavar="[NAME=]PATH",
+                    help="bundle to serve (repeatable); NAME defaults to the folder's name")
+    sv.add_argument("--replicas", type=int, default=1, help="replicas per bundle (each holds a Detector)")
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP address (0.0.0.0 exposes it to the network)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port")
+    sv.add_argument("--max-batch", type=int, default=8, help="most requests per batch (@serve.batch)")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    sv.add_argument("--address", default=None, help="join this Ray cluster (e.g. 10.0.0.2:6379) instead of starting one")
+    sv.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of a local cluster (None: the machine's, or twice what the replicas reserve if more)")
+    sv.add_argument("--replica-cpus", type=float, default=1.0, help="logical CPUs each replica reserves")
+    sv.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch", "tensorrt"),
+                    help="inference backend of every replica")
+    sv.add_argument("--threads", type=int, default=0, help="CPU threads per replica (0 = library default)")
+    sv.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body (413 above)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest decoded frame, H*W (413 above)")
+    sv.add_argument("--cameras", default=None, metavar="YAML", help="cameras.yaml: one Ray actor per camera, JSONL + overlays")
+    sv.add_argument("--detach", action="store_true",
+                    help="deploy/update and exit, leaving the apps on the cluster (needs --address; the hot swap)")
 
     i = sub.add_parser("info", help="versions, compiled runtime (_rt, CUDA), backends; a bundle's manifest")
     i.add_argument("--bundle", default=None, help="also verify this bundle and print its manifest")
@@ -209,6 +239,17 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.serve:
+        from .serve.loadgen import LoadConfig, run_load
+
+        rep = run_load(LoadConfig(url=a.serve, concurrency=[int(x) for x in a.concurrency.split(",") if x],
+                                  duration_s=a.duration, max_requests=a.max_requests, warmup_requests=a.warmup,
+                                  images=a.images))
+        rep.write(a.out)
+        sys.stdout.write(rep.table() + "\n")
+        return 0
+    if not a.bundle:
+        raise SystemExit("edgeuad bench: --bundle is required (or --serve URL)")
     from .bench import FULL, BenchConfig, run_bench
 
     kw: dict[str, Any] = dict(FULL) if a.full else {}
@@ -228,6 +269,16 @@ def cmd_bench(a: argparse.Namespace) -> int:
     sys.stdout.write(report.table() + "\n")
     sys.stdout.write(f"written: {Path(a.out) / 'bench.json'}, bench.md, bench.png\n")
     return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve.server import ServeConfig, parse_bundles, run_server
+
+    return run_server(ServeConfig(
+        bundles=parse_bundles(a.bundles), replicas=a.replicas, host=a.host, port=a.port, max_batch=a.max_batch,
+        batch_wait_ms=a.batch_wait_ms, address=a.address, num_cpus=a.num_cpus, replica_cpus=a.replica_cpus,
+        backend=a.backend, threads=a.threads, max_body_mb=a.max_body_mb, max_pixels=a.max_pixels,
+        cameras=a.cameras, detach=a.detach))
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -269,7 +320,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "predict": cmd_predict,
-            "bench": cmd_bench, "demo": cmd_demo, "info": cmd_info}
+            "bench": cmd_bench, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -172,14 +172,18 @@ def _decode(path: Path, flags: int) -> np.ndarray:
         buf = np.fromfile(str(path), dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise ImageReadError(f"{path}: cannot read file ({e})") from e
+    return _imdecode(buf, flags, str(path))
+
+
+def _imdecode(buf: np.ndarray, flags: int, name: str) -> np.ndarray:
     if buf.size == 0:
-        raise ImageReadError(f"{path}: file is empty")
+        raise ImageReadError(f"{name}: file is empty")
     try:
         img = cv2.imdecode(buf, flags)
     except cv2.error as e:
-        raise ImageReadError(f"{path}: decoder error ({e})") from e
+        raise ImageReadError(f"{name}: decoder error ({e})") from e
     if img is None or img.size == 0:
-        raise ImageReadError(f"{path}: not a decodable image (corrupt, truncated or unsupported format)")
+        raise ImageReadError(f"{name}: not a decodable image (corrupt, truncated or unsupported format)")
     return img
 
 
@@ -209,7 +213,18 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     # ANYDEPTH|ANYCOLOR keeps 16-bit and gray as stored (no silent 8-bit
     # truncation by the decoder) and drops alpha; EXIF orientation is applied.
-    img = _to_uint8(_decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR), path)
+    return _to_rgb(_to_uint8(_decode(path, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR), path), path)
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes (PNG, JPEG, ...) exactly as `read_image` reads a file: HxWx3
+    uint8 RGB, or ImageReadError naming `name`."""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    img = _imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR, name)
+    return _to_rgb(_to_uint8(img, Path(name)), Path(name))
+
+
+def _to_rgb(img: np.ndarray, path: Path) -> np.ndarray:
     if img.ndim == 2:
         return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
     if img.ndim == 3 and img.shape[2] == 1:

@@ -179,22 +179,28 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"write_png: {path} does not end in .png")
+    buf = encode_png(rgb, name=f"write_png: {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf.tofile(str(path))  # raises OSError (permission, disk full, ...)
+    return path
+
+
+def encode_png(rgb: np.ndarray, name: str = "encode_png") -> np.ndarray:
+    """PNG bytes (1-D uint8 array) of an RGB or gray uint8/uint16 image; ValueError for a bad array."""
     if not isinstance(rgb, np.ndarray) or rgb.dtype not in (np.uint8, np.uint16):
-        raise ValueError("write_png: expected a uint8 (or uint16) numpy array")
+        raise ValueError(f"{name}: expected a uint8 (or uint16) numpy array")
     if rgb.size == 0:
-        raise ValueError("write_png: empty image")
+        raise ValueError(f"{name}: empty image")
     if rgb.ndim == 3 and rgb.shape[2] == 3:
         data = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     elif rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 1):
         data = rgb
     else:
-        raise ValueError(f"write_png: expected HxW or HxWx3, got shape {rgb.shape}")
+        raise ValueError(f"{name}: expected HxW or HxWx3, got shape {rgb.shape}")
     ok, buf = cv2.imencode(".png", data)
     if not ok:
-        raise OSError(f"write_png: PNG encoding failed for {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))  # raises OSError (permission, disk full, ...)
-    return path
+        raise OSError(f"{name}: PNG encoding failed")
+    return buf.reshape(-1)
 
 
 def _fmt(v: float) -> str:

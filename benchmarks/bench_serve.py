@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""`edgeuad serve` vs the in-process Detector: throughput and p50/p99 vs closed-loop clients.
+
+    python benchmarks/bench_serve.py --make-bundle recontrast             # untrained 256 px bundle
+    python benchmarks/bench_serve.py --bundle bundles/bottle --concurrency 1,2,4,8,16,32 --duration 5
+
+Writes benchmarks/results/serve.{md,json}:
+  * in process: JPEG decode + `Detector.score` (batch 1) latency and decode + `score_batch(max_batch)`
+    throughput, with the replicas' thread count and twice it;
+  * served, on a local Ray cluster on this machine, loopback: a closed-loop sweep of clients for 1 and
+    for 2 replicas (batching on: --max-batch / --batch-wait-ms);
+  * the goals of issue #17, measured in alternating rounds because a shared machine's load drifts more
+    than the effect: added p50 at batch 1 (1 client, a replica with max batch 1, vs in process; goal
+    <= 3 ms) and served throughput at saturation with batching vs in-process `score_batch` with the
+    same threads (goal >= 85 %).
+The load generator's client threads run on the same cores as the server; the report says so.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _results import RESULTS, publish  # noqa: E402
+from bench_pipeline import make_timing_bundle  # noqa: E402
+
+from edgeuad.bench import percentiles, synthetic_frames  # noqa: E402
+from edgeuad.detector import Detector  # noqa: E402
+from edgeuad.serve.config import BundleSpec, ServeConfig  # noqa: E402
+from edgeuad.serve.loadgen import LoadConfig, LoadReport, run_load  # noqa: E402
+
+log = logging.getLogger("edgeuad.benchmarks")
+
+
+class InProcess:
+    """The baseline: JPEG decode + `Detector.score` / `score_batch` in this process (what serving adds to)."""
+
+    def __init__(self, bundle: str, threads: int, frames: Sequence[np.ndarray]) -> None:
+        self.det = Detector(bundle, threads=threads, color="bgr")  # cv2 decodes to BGR
+        self.threads = threads
+        self.frames = frames
+        self.i = 0
+        for b in frames[:2]:
+            self.det.score(cv2.imdecode(b, cv2.IMREAD_COLOR))
+
+    def latencies(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.det.score(cv2.imdecode(self.frames[self.i % len(self.frames)], cv2.IMREAD_COLOR), return_map=False)
+            out.append((time.perf_counter() - t0) * 1e3)
+            self.i += 1
+        return out
+
+    def throughput(self, batch: int, seconds: float) -> float:
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds or n < 2 * batch:
+            self.det.score_batch([cv2.imdecode(self.frames[(n + k) % len(self.frames)], cv2.IMREAD_COLOR)
+                                  for k in range(batch)], return_map=False)
+            n += batch
+        return n / (time.perf_counter() - t0)
+
+
+def paired_overhead(local: InProcess, url: str, frames: Sequence[bytes], rounds: int, n: int) -> dict[str, Any]:
+    """Added latency at batch 1, robust to a shared machine's drifting load: in-process and served blocks
+    of n frames alternate (ABBA); per round p50(served) - p50(in process).  Also, per request, what the
+    server did besides the in-process work: round trip - (decode + the replica's batch time)."""
+    from edgeuad.client import Client
+
+    diffs, direct, lat_local, lat_served = [], [], [], []
+    with Client(url, retries=0) as c:
+        c.score(frames[0])
+        for r in range(rounds):
+            order = ("local", "served") if r % 2 == 0 else ("served", "local")
+            got: dict[str, list[float]] = {}
+            for side in order:
+                if side == "local":
+                    got[side] = local.latencies(n)
+                else:
+                    ms = []
+                    for k in range(n):
+                        res = c.score(frames[(r * n + k) % len(frames)])
+                        ms.append(res.round_trip_ms)
+                        direct.append(res.round_trip_ms - res.latency_ms["batch"] - res.latency_ms["decode"])
+                    got[side] = ms
+            diffs.append(float(np.median(got["served"]) - np.median(got["local"])))
+            lat_local += got["local"]
+            lat_served += got["served"]
+    return {"rounds": rounds, "frames_per_block": n, "added_p50_ms_median": float(np.median(diffs)),
+            "added_p50_ms_rounds": diffs, "direct_overhead_ms": percentiles(direct, (50, 99)),
+            "in_process_ms": percentiles(lat_local, (50, 99)), "served_ms": percentiles(lat_served, (50, 99))}
+
+
+def paired_throughput(local: InProcess, load: LoadConfig, clients: int, batch: int, rounds: int,
+                      seconds: float) -> dict[str, Any]:
+    """In-process score_batch(batch) and the server at `clients` closed-loop clients, alternating."""
+    from edgeuad.serve.loadgen import make_frames, run_level
+
+    frames = make_frames(load)
+    lcfg = dataclasses.replace(load, duration_s=seconds, concurrency=[clients])
+    ratios, loc, srv = [], [], []
+    for r in range(rounds):
+        order = ("local", "served") if r % 2 == 0 else ("served", "local")
+        got = {}
+        for side in order:
+            got[side] = local.throughput(batch, seconds) if side == "local" else \
+                run_level(lcfg, frames, clients).throughput
+        ratios.append(got["served"] / got["local"])
+        loc.append(got["local"])
+        srv.append(got["served"])
+    return {"rounds": rounds, "seconds": seconds, "clients": clients, "in_process_fps": loc, "served_fps": srv,
+            "ratio_median": float(np.median(ratios)), "ratios": ratios}
+
+
+def served(cfg: ServeConfig, name: str, bundle: str) -> str:
+    from edgeuad.serve.server import deploy_bundle
+
+    return deploy_bundle(BundleSpec(name, bundle), cfg)
+
+
+def fmt_rows(label: str, rep: LoadReport) -> list[str]:
+    out = []
+    for lv in rep.levels:
+        lat = lv.latency_ms
+        out.append(f"| {label} | {lv.clients} | {lv.throughput:.1f} | {lat.get('p50', float('nan')):.1f} | "
+                   f"{lat.get('p99', float('nan')):.1f} | {lv.server_ms.get('p50', float('nan')):.1f} | "
+                   f"{lv.mean_batch:.2f} | {lv.requests} | {lv.errors} |")
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", help="bundle directory or .tar")
+    src.add_argument("--make-bundle", choices=("recontrast", "patchcore", "reconpatch"),
+                     help="build an untrained bundle of this method (timing only)")
+    ap.add_argument("--image-size", type=int, default=256, help="network input size for --make-bundle")
+    ap.add_argument("--concurrency", default="1,2,4,8,16,32")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per client count")
+    ap.add_argument("--max-requests", type=int, default=2000, help="answers per client count")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per replica and in process")
+    ap.add_argument("--latency-frames", type=int, default=20, help="in-process batch-1 frames per thread count")
+    ap.add_argument("--rounds", type=int, default=6, help="alternating rounds of the paired measurements")
+    ap.add_argument("--round-frames", type=int, default=8, help="frames per side per round (added latency)")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--stem", default="serve")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    levels = [int(x) for x in a.concurrency.split(",") if x]
+
+    with tempfile.TemporaryDirectory(prefix="edgeuad-bench-serve-") as tmp:
+        bundle = a.bundle
+        if bundle is None:
+            log.info("building an untrained %s bundle (%d px) for timing", a.make_bundle, a.image_size)
+            bundle = str(make_timing_bundle(Path(tmp), a.make_bundle, a.image_size))
+        frames = synthetic_frames(8, (480, 640))
+        local = {t: InProcess(bundle, t, frames) for t in (a.threads, 2 * a.threads)}
+        inproc = {t: {"latency_ms": percentiles(d.latencies(a.latency_frames), (50, 99)),
+                      "throughput": d.throughput(a.max_batch, a.duration)} for t, d in local.items()}
+        log.info("in process: %s", inproc)
+
+        from edgeuad.serve.server import shutdown, start_cluster, start_http
+
+        cfg = ServeConfig(port=a.port, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, threads=a.threads,
+                          num_cpus=8, replica_cpus=1.0)
+        started = start_cluster(cfg)
+        try:
+            start_http(cfg)
+            urls = {"b1": served(dataclasses.replace(cfg, max_batch=1), "b1", bundle),
+                    "r1": served(cfg, "r1", bundle), "r2": served(dataclasses.replace(cfg, replicas=2), "r2", bundle)}
+            load = LoadConfig(url=urls["r1"], concurrency=levels, duration_s=a.duration,
+                              max_requests=a.max_requests, encoding="jpeg", warmup_requests=1)
+            sweeps = {"1 replica": run_load(load),
+                      "2 replicas": run_load(dataclasses.replace(load, url=urls["r2"]))}
+            enc = [bytes(b) for b in frames]
+            overhead = paired_overhead(local[a.threads], urls["b1"], enc, a.rounds, a.round_frames)
+            tput = paired_throughput(local[a.threads], load, max(levels), a.max_batch, a.rounds // 2 * 2 or 2,
+                                     a.duration)
+        finally:
+            shutdown(started)
+            for d in local.values():
+                d.det.close()
+
+    info = sweeps["1 replica"].server
+    added = overhead["added_p50_ms_median"]
+    ratio = tput["ratio_median"]
+    bundle_desc = (f"untrained {a.make_bundle} ({a.image_size} px, timing only)" if a.make_bundle
+                   else f"{info['bundle']['method']} {info['bundle']['input_size']} ({bundle})")
+    t1, t2 = a.threads, 2 * a.threads
+    body = [
+        f"\n`edgeuad serve` on a local Ray {info['server']['ray']} cluster, loopback HTTP, {bundle_desc}, "
+        f"640x480 JPEG frames decoded by the server; {t1} intra-op thread(s) per replica; max batch "
+        f"{a.max_batch}, batch wait {a.batch_wait_ms} ms; closed loop, {a.duration:g} s or {a.max_requests} "
+        f"answers per client count. Client threads, Ray (proxy, controller, raylet) and the replicas share the "
+        f"machine's cores; load average at the end: {os.getloadavg()[0]:.1f} (a shared machine: other jobs ran).\n",
+        f"In process (decode + `Detector.score`): {t1} thread(s) p50 {inproc[t1]['latency_ms']['p50']:.1f} ms / "
+        f"decode + `score_batch({a.max_batch})` {inproc[t1]['throughput']:.1f} frames/s; {t2} threads p50 "
+        f"{inproc[t2]['latency_ms']['p50']:.1f} ms / {inproc[t2]['throughput']:.1f} frames/s.\n",
+        "| server | clients | frames/s | p50 ms | p99 ms | server p50 ms | mean batch | answers | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k, r in sweeps.items():
+        body += fmt_rows(k, r)
+    body += [
+        "",
+        f"- Added latency at batch 1 (1 client, 1 replica with max batch 1 vs in process with {t1} thread(s), "
+        f"{overhead['rounds']} alternating rounds of {overhead['frames_per_block']} frames, median of per-round p50 "
+        f"differences): **{added:.1f} ms** (rounds: {', '.join(f'{d:.1f}' for d in overhead['added_p50_ms_rounds'])}); "
+        f"per request, round trip minus the replica's decode and Detector time: p50 "
+        f"{overhead['direct_overhead_ms']['p50']:.1f} ms, p99 {overhead['direct_overhead_ms']['p99']:.1f} ms. "
+        f"Goal <= 3 ms: **{'met' if added <= 3.0 else 'NOT met'}**.",
+        f"- Throughput at saturation with batching (1 replica, {tput['clients']} clients, vs in-process "
+        f"`score_batch({a.max_batch})` with the same {t1} thread(s), {tput['rounds']} alternating rounds of "
+        f"{tput['seconds']:g} s): served {', '.join(f'{v:.1f}' for v in tput['served_fps'])} vs in process "
+        f"{', '.join(f'{v:.1f}' for v in tput['in_process_fps'])} frames/s = **{100 * ratio:.0f} %** (median "
+        f"ratio). Goal >= 85 %: **{'met' if ratio >= 0.85 else 'NOT met'}**.",
+        "",
+    ]
+    publish(a.stem, "\n".join(body))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{a.stem}.json").write_text(json.dumps(
+        {"bundle": bundle_desc, "in_process": inproc, "served": {k: r.to_dict() for k, r in sweeps.items()},
+         "paired_overhead": overhead, "paired_throughput": tput}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""`edgeuad serve`: start or join a Ray cluster, serve each bundle as one application, swap bundles live.
+
+One Ray Serve application per bundle, named after it and routed at `/<name>` (protocol.py lists the
+API under it).  Deploying a bundle under a name that is already served is the hot swap: Ray Serve
+rolls the application's replicas over to the new bundle, starting new replicas while the old ones
+finish their requests, so no request fails (tests/python/test_serve.py checks it under load).
+
+Local clusters listen for HTTP on 127.0.0.1 by default.  Ray's own control ports (GCS, raylet,
+object manager) bind every interface and cannot be limited to loopback (Ray refuses 127.0.0.1 as a
+node address); Ray (2.60 here) guards them with token authentication by default.  Use a firewall on a
+shared network.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any, Callable, Optional
+
+from ..bundle import Bundle
+from . import protocol as P
+from .config import BundleSpec, ServeConfig, parse_bundles
+
+__all__ = ["BundleSpec", "ServeConfig", "ServeError", "deploy_bundle", "parse_bundles", "run_server", "shutdown",
+           "start_cluster", "start_http", "undeploy"]
+
+log = logging.getLogger(__name__)
+
+# Serve logs every request at INFO by default: on a camera line that is a log line per frame.
+QUIET_LOGS = {"log_level": "WARNING", "enable_access_log": False}
+
+
+class ServeError(RuntimeError):
+    """The cluster or an application could not be started, joined or updated."""
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster and HTTP
+# ---------------------------------------------------------------------------------------------
+def start_cluster(cfg: ServeConfig) -> bool:
+    """Join `cfg.address` or start a local cluster (no dashboard, no usage stats).  Returns True when
+    this process started the cluster (and so must shut it down)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError as e:
+        raise ServeError(f"edgeuad serve needs Ray Serve: pip install 'edgeuad[serve]' ({e})") from e
+
+    if ray.is_initialized():
+        return False
+    try:
+        if cfg.address:
+            ray.init(address=cfg.address, logging_level=logging.WARNING)
+            return False
+        ray.init(num_cpus=cfg.num_cpus or cfg.logical_cpus(), include_dashboard=False,
+                 logging_level=logging.WARNING)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ServeError(f"cannot {'join Ray at ' + cfg.address if cfg.address else 'start a local Ray cluster'}: {e}") from e
+
+
+def start_http(cfg: ServeConfig) -> None:
+    """Start Serve's HTTP proxy on host:port (a no-op, with Ray's note, when Serve already runs there)."""
+    from ray import serve
+
+    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+                logging_config=QUIET_LOGS)
+
+
+def base_url(cfg: ServeConfig, name: str) -> str:
+    """The application's URL as this config names the proxy (a joined cluster keeps the host and port
+    its Serve was first started with: pass the same --host/--port)."""
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+    return f"http://{host}:{cfg.port}/{name}"
+
+
+def deploy_bundle(spec: BundleSpec, cfg: ServeConfig) -> str:
+    """Serve `spec` under /<name>, or swap the bundle of the running application of that name.
+    Returns the application's base URL once every replica of the new version is up."""
+    from ray import serve
+
+    from .replica import BundleScorer
+
+    Bundle.load(spec.path)  # a missing or corrupt bundle fails here, not as a crash loop of replicas
+    rc = cfg.replica_config(spec)
+    app = BundleScorer.options(
+        name="BundleScorer", num_replicas=cfg.replicas, ray_actor_options={"num_cpus": cfg.replica_cpus},
+        # room for max_batch requests in the batch being computed, the next batch, and decoding
+        max_ongoing_requests=max(64, 4 * cfg.max_batch),
+        # a swap starts every new replica before an old one stops: old ones serve until then
+        max_surge_percent=100).bind(rc.to_dict())
+    try:
+        serve.run(app, name=spec.name, route_prefix=f"/{spec.name}", logging_config=QUIET_LOGS)
+    except RuntimeError as e:
+        raise ServeError(f"deploying {spec.name} ({spec.path}) failed: {e}") from e
+    url = base_url(cfg, spec.name)
+    log.info("serving %s at %s (%s, %d replica(s))", spec.name, url, spec.path, cfg.replicas)
+    return url
+
+
+def undeploy(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)
+
+
+def shutdown(started_cluster: bool) -> None:
+    import ray
+    from ray import serve
+
+    if started_cluster:
+        serve.shutdown()
+        ray.shutdown()
+    elif ray.is_initialized():
+        ray.shutdown()  # disconnect this driver; the cluster and detached apps stay
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI's loop
+# ---------------------------------------------------------------------------------------------
+def run_server(cfg: ServeConfig, stop: Optional[threading.Event] = None,
+               write: Optional[Callable[[str], Any]] = None) -> int:
+    """Start/join, deploy every bundle, run the cameras, then serve until SIGINT/SIGTERM (or `stop`)."""
+    import sys
+
+    write = write or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if not cfg.bundles:
+        raise ValueError("edgeuad serve: give at least one --bundle PATH or NAME=PATH")
+    stop = stop or threading.Event()
+    cameras = None
+    if cfg.cameras:  # a bad cameras.yaml fails before a cluster is started
+        from .cameras import CamerasConfig
+
+        cameras = CamerasConfig.from_yaml(cfg.cameras, default_bundle=cfg.bundles[0].name)
+    started = start_cluster(cfg)
+    fleet = None
+    deployed: list[str] = []
+    try:
+        start_http(cfg)
+        for spec in cfg.bundles:
+            url = deploy_bundle(spec, cfg)
+            deployed.append(spec.name)
+            write(f"serving {spec.name} at {url} ({cfg.replicas} replica(s)); POST {url}{P.SCORE_PATH}\n")
+        if cfg.detach:
+            write("deployed; detached (the applications stay on the cluster)\n")
+            return 0
+        import ray
+
+        write(f"ray address: {ray.get_runtime_context().gcs_address} (hot swap: edgeuad serve --address ADDR "
+              f"--bundle NAME=NEW_BUNDLE --detach)\n")
+        if cameras is not None:
+            from .cameras import CameraFleet
+
+            fleet = CameraFleet(cameras)
+            fleet.start()
+            write(f"cameras: {', '.join(fleet.names)} -> {fleet.out_dir}\n")
+        _wait_for_signal(stop, fleet)
+        return 0
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        if not cfg.detach and not started:
+            for name in deployed:  # a foreground run on a shared cluster takes its apps with it
+                try:
+                    undeploy(name)
+                except Exception:  # noqa: BLE001 - best effort on the way out
+                    log.exception("could not delete application %s", name)
+        shutdown(started)
+
+
+def _wait_for_signal(stop: threading.Event, fleet: Any, poll_s: float = 2.0) -> None:
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(poll_s):
+            if fleet is not None:
+                fleet.poll()
+    except KeyboardInterrupt:
+        log.info("interrupted: shutting down")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
