@@ -3,7 +3,8 @@
 `pip install -e .` (or a wheel build) runs CMake with the Python and pybind11 of the build
 environment.  Options come from the environment so that pip needs no extra flags:
   EDGEUAD_CUDA=AUTO|ON|OFF        build the CUDA kernels (AUTO: when nvcc is found)
-  EDGEUAD_CUDA_ARCHS="80;86;87;89;90"  CUDA architectures
+  EDGEUAD_CUDA_ARCHS="80;86;87;89;90"  CUDA architectures (default: derived from nvcc's version,
+                                  cmake/EdgeuadCudaArchs.cmake; JetPack 5's CUDA 11.4 gets 72;80;86;87)
   EDGEUAD_BUILD_DIR=path          persistent CMake build dir (cached builds for CI)
   EDGEUAD_BUILD_TYPE=Release
 """

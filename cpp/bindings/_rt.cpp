@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -403,6 +404,55 @@ void l2_map_cuda_py(py::handle dist, py::handle out, py::handle out_size, bool a
                             o.out, o.max_out, o.topk_out, s, producers);
 }
 
+// A float32/float16 array in CUDA device memory (cudaMalloc), for tests and tools that have
+// no torch/cupy/pycuda: exposes __cuda_array_interface__ v3 (stream None: copies are synchronous).
+class DeviceArray {
+ public:
+  DeviceArray(std::vector<int64_t> shape, DType t) : shape_(std::move(shape)), dtype_(t) {
+    size_t n = 1;
+    for (int64_t d : shape_) {
+      if (d < 0) throw ShapeError("DeviceArray: negative dimension");
+      n *= static_cast<size_t>(d);
+    }
+    bytes_ = n * (t == DType::F32 ? 4 : 2);
+    ptr_ = edgeuad::cuda::device_alloc(bytes_);
+  }
+  ~DeviceArray() { edgeuad::cuda::device_free(ptr_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  static std::unique_ptr<DeviceArray> from_host(py::handle obj) {
+    py::array a = as_ndarray(obj, "array");
+    auto d = std::make_unique<DeviceArray>(shape_of(a), float_dtype(a, "array"));
+    edgeuad::cuda::copy_to_device(d->ptr_, a.data(), d->bytes_);
+    return d;
+  }
+  static std::unique_ptr<DeviceArray> empty(const std::vector<int64_t>& shape, const std::string& dtype) {
+    if (dtype != "float32" && dtype != "float16") throw DTypeError("dtype must be 'float32' or 'float16'");
+    return std::make_unique<DeviceArray>(shape, dtype == "float32" ? DType::F32 : DType::F16);
+  }
+  py::array to_host() const {
+    py::array out(dtype_ == DType::F32 ? py::dtype("float32") : py::dtype("float16"), shape_);
+    edgeuad::cuda::copy_to_host(out.mutable_data(), ptr_, bytes_);
+    return out;
+  }
+  py::dict cai() const {
+    py::tuple shape(shape_.size());
+    for (size_t i = 0; i < shape_.size(); ++i) shape[i] = py::int_(shape_[i]);
+    return py::dict("shape"_a = shape, "typestr"_a = dtype_ == DType::F32 ? "<f4" : "<f2",
+                    "data"_a = py::make_tuple(reinterpret_cast<uintptr_t>(ptr_), false), "version"_a = 3,
+                    "strides"_a = py::none(), "stream"_a = py::none());
+  }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  uintptr_t ptr() const { return reinterpret_cast<uintptr_t>(ptr_); }
+
+ private:
+  std::vector<int64_t> shape_;
+  DType dtype_;
+  size_t bytes_ = 0;
+  void* ptr_ = nullptr;
+};
+
 // ---- memory bank ----
 
 using edgeuad::MemoryBank;
@@ -610,6 +660,17 @@ stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
   m.def("emulate_cuda_l2_map", &emulate_l2_map_py, "dist"_a, "out_size"_a, "align_corners"_a = true,
         "sigma"_a = 4.0, "topk_frac"_a = 0.01, "CPU emulation of l2_map_cuda's kernels (tests).");
   add_pixel_module(m);
+
+  py::class_<DeviceArray>(m, "DeviceArray",
+                          "float32/float16 array in CUDA device memory (cudaMalloc) exposing "
+                          "__cuda_array_interface__; synchronous copies. For tests and tools without torch/cupy.")
+      .def_static("from_host", &DeviceArray::from_host, "array"_a, "Copy a C-contiguous numpy array to the device.")
+      .def_static("empty", &DeviceArray::empty, "shape"_a, "dtype"_a = "float32")
+      .def("to_host", &DeviceArray::to_host, "Copy back to a new numpy array (synchronous).")
+      .def_property_readonly("__cuda_array_interface__", &DeviceArray::cai)
+      .def_property_readonly("shape", [](const DeviceArray& a) { return a.shape(); })
+      .def_property_readonly("ptr", &DeviceArray::ptr);
+  m.def("cuda_synchronize", &edgeuad::cuda::device_synchronize, "cudaDeviceSynchronize (CUDA builds).");
 
   py::class_<MemoryBank>(m, "MemoryBank", "HNSW + exact memory bank of patch features (float32).")
       .def(py::init<int64_t, int64_t, int64_t, uint64_t>(), "dim"_a, "M"_a = edgeuad::kDefaultM, "ef_construction"_a = edgeuad::kDefaultEfConstruction,

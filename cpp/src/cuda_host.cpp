@@ -181,6 +181,23 @@ int device_count() noexcept {
   return n;
 }
 
+void* device_alloc(size_t bytes) {
+  require_device("DeviceArray");
+  void* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
+  return p;
+}
+void device_free(void* p) noexcept {
+  if (p) (void)cudaFree(p);
+}
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void device_synchronize() { CUDA_CHECK(cudaDeviceSynchronize()); }
+
 void run_cos_map(const std::vector<MapLevel>& levels, int64_t batch, const MapParams& p, float* out, float* max_out,
                  float* topk_out, uintptr_t stream, const std::vector<uintptr_t>& producer_streams) {
   kern::Plan P;

@@ -32,6 +32,11 @@ void run_l2_map(const void*, DType, int64_t, int64_t, int64_t, const MapParams&,
                 const std::vector<uintptr_t>&) {
   not_built();
 }
+void* device_alloc(size_t) { not_built(); }
+void device_free(void*) noexcept {}
+void copy_to_device(void*, const void*, size_t) { not_built(); }
+void copy_to_host(void*, const void*, size_t) { not_built(); }
+void device_synchronize() { not_built(); }
 void launch_map(const kern::Plan&, const kern::Taps&, stream_t) { not_built(); }
 
 }  // namespace cuda

@@ -61,6 +61,14 @@ void run_cos_map(const std::vector<MapLevel>& levels, int64_t batch, const MapPa
 void run_l2_map(const void* dist, DType dtype, int64_t batch, int64_t h, int64_t w, const MapParams& p, float* out,
                 float* max_out, float* topk_out, uintptr_t stream, const std::vector<uintptr_t>& producer_streams);
 
+// Plain device memory for tests and tools (DeviceArray in the bindings): synchronous
+// copies on the legacy default stream, CudaError on failure.
+void* device_alloc(size_t bytes);
+void device_free(void* p) noexcept;
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+void device_synchronize();
+
 // Launch a bound plan (maps_kernels.hpp) on a stream (maps_cuda.cu).
 void launch_map(const kern::Plan& P, const kern::Taps& T, stream_t stream);
 
