@@ -65,6 +65,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -628,7 +629,11 @@ def fp16_onnx(onnx_path: PathLike, out_dir: PathLike) -> Path:
     out = Path(out_dir) / f"{src.stem}.{sha256_file(src)[:16]}.fp16.onnx"
     if out.is_file():
         return out
-    half = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    with warnings.catch_warnings(record=True) as caught:  # one warning per tiny weight clamped to +-1e-7
+        warnings.simplefilter("always")
+        half = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    if caught:
+        log.info("fp16 ONNX: %d values outside float16's range were clamped by onnxconverter-common", len(caught))
     _rewire_output_consumers(half)
     onnx.shape_inference.infer_shapes(half, strict_mode=True)  # a type mismatch is an error here, not in TensorRT
     atomic_write_bytes(out, half.SerializeToString())
