@@ -453,6 +453,88 @@ class DeviceArray {
   void* ptr_ = nullptr;
 };
 
+// Bank features (and the Eq. 10 neighbour table) copied to the GPU once, for exact patch scores
+// on the device (nn_kernels.hpp).
+class DeviceBank {
+ public:
+  DeviceBank(py::handle features, py::handle table) {
+    py::array f = as_ndarray(features, "features");
+    require_float32(f, "features");
+    if (f.ndim() != 2 || f.shape(0) == 0 || f.shape(1) == 0)
+      throw ShapeError("features must be a non-empty (N, D) float32 array, got " + shape_str(shape_of(f)));
+    n_ = f.shape(0);
+    dim_ = f.shape(1);
+    if (!table.is_none()) {
+      py::array t = as_ndarray(table, "neighbor_table");
+      if (!(t.dtype().kind() == 'i' && t.dtype().itemsize() == 4))
+        throw DTypeError("neighbor_table must be int32");
+      if (t.ndim() != 2 || t.shape(0) != n_ || t.shape(1) < 2)
+        throw ShapeError("neighbor_table must be (N, b) with b >= 2, got " + shape_str(shape_of(t)));
+      const int32_t* tp = static_cast<const int32_t*>(t.data());
+      for (py::ssize_t i = 0; i < t.size(); ++i)
+        if (tp[i] < 0 || tp[i] >= n_) throw ShapeError("neighbor_table holds an index outside the bank");
+      b_ = t.shape(1);
+      table_ = DeviceArray::from_host(t.attr("view")("float32"));  // raw 32-bit words on the device
+    }
+    feats_ = DeviceArray::from_host(f);
+  }
+
+  void patch_scores(py::handle queries, py::handle out, int64_t b, py::handle stream) {
+    CudaArray q = parse_cai(queries, "queries");
+    CudaArray o = parse_cai(out, "out");
+    if (q.dtype != DType::F32 || q.shape.empty() || q.shape.back() != dim_)
+      throw ShapeError("queries must be float32 (..., " + std::to_string(dim_) + "), got " + shape_str(q.shape));
+    int64_t nq = 1;
+    for (size_t i = 0; i + 1 < q.shape.size(); ++i) nq *= q.shape[i];
+    int64_t no = 1;
+    for (int64_t d : o.shape) no *= d;
+    if (o.dtype != DType::F32 || o.readonly || no != nq)
+      throw ShapeError("out must be writable float32 with one value per query (" + std::to_string(nq) + "), got " +
+                       shape_str(o.shape));
+    if (b >= 2 && b != b_)
+      throw ShapeError("b = " + std::to_string(b) + " but the neighbour table has " + std::to_string(b_) + " columns");
+    const uintptr_t s = parse_stream(stream);
+    std::vector<uintptr_t> producers{q.stream, o.stream};
+    py::gil_scoped_release release;
+    edgeuad::cuda::run_patch_scores(reinterpret_cast<const float*>(q.ptr), nq,
+                                    reinterpret_cast<const float*>(feats_->ptr()),
+                                    table_ ? reinterpret_cast<const int32_t*>(table_->ptr()) : nullptr, n_, dim_, b,
+                                    reinterpret_cast<float*>(o.ptr), s, producers);
+  }
+  int64_t n() const { return n_; }
+  int64_t dim() const { return dim_; }
+  int64_t b() const { return b_; }
+
+ private:
+  std::unique_ptr<DeviceArray> feats_, table_;
+  int64_t n_ = 0, dim_ = 0, b_ = 0;
+};
+
+py::array_t<float> emulate_patch_scores_py(py::handle features, py::handle table, py::handle queries, int64_t b) {
+  py::array f = as_ndarray(features, "features");
+  require_float32(f, "features");
+  py::array q = as_ndarray(queries, "queries");
+  require_float32(q, "queries");
+  if (f.ndim() != 2 || q.ndim() != 2 || q.shape(1) != f.shape(1))
+    throw ShapeError("features (N, D) and queries (Q, D) must agree on D");
+  const int32_t* tp = nullptr;
+  py::array t;
+  if (!table.is_none()) {
+    t = as_ndarray(table, "neighbor_table");
+    if (!(t.dtype().kind() == 'i' && t.dtype().itemsize() == 4) || t.ndim() != 2 || t.shape(0) != f.shape(0) ||
+        (b >= 2 && t.shape(1) != b))
+      throw ShapeError("neighbor_table must be (N, b) int32");
+    tp = static_cast<const int32_t*>(t.data());
+  }
+  edgeuad::cuda::check_patch_scores(q.shape(0), f.shape(0), f.shape(1), b, tp != nullptr);
+  py::array_t<float> out(q.shape(0));
+  float* op = out.mutable_data();
+  py::gil_scoped_release release;
+  edgeuad::cuda::emulate_patch_scores(static_cast<const float*>(q.data()), q.shape(0),
+                                      static_cast<const float*>(f.data()), tp, f.shape(0), f.shape(1), b, op);
+  return out;
+}
+
 // ---- memory bank ----
 
 using edgeuad::MemoryBank;
@@ -671,6 +753,17 @@ stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
       .def_property_readonly("shape", [](const DeviceArray& a) { return a.shape(); })
       .def_property_readonly("ptr", &DeviceArray::ptr);
   m.def("cuda_synchronize", &edgeuad::cuda::device_synchronize, "cudaDeviceSynchronize (CUDA builds).");
+  py::class_<DeviceBank>(m, "DeviceBank",
+                         "Memory-bank features (and the Eq. 10 neighbour table) on the GPU for exact patch scores.")
+      .def(py::init<py::handle, py::handle>(), "features"_a, "neighbor_table"_a = py::none())
+      .def("patch_scores", &DeviceBank::patch_scores, "queries"_a, "out"_a, "b"_a = 0, "stream"_a = 0,
+           "Exact patch scores of device queries (..., D) float32 into device out (one float per query), "
+           "asynchronous on `stream`: b=0 nearest distance, b>=2 Eq. 10 reweighted (as Bank.search_patch_scores).")
+      .def_property_readonly("size", &DeviceBank::n)
+      .def_property_readonly("dim", &DeviceBank::dim)
+      .def_property_readonly("neighbor_b", &DeviceBank::b);
+  m.def("emulate_cuda_patch_scores", &emulate_patch_scores_py, "features"_a, "neighbor_table"_a, "queries"_a,
+        "b"_a = 0, "The GPU patch-score kernels run on the CPU (tests): (Q,) float32.");
 
   py::class_<MemoryBank>(m, "MemoryBank", "HNSW + exact memory bank of patch features (float32).")
       .def(py::init<int64_t, int64_t, int64_t, uint64_t>(), "dim"_a, "M"_a = edgeuad::kDefaultM, "ef_construction"_a = edgeuad::kDefaultEfConstruction,

@@ -13,6 +13,7 @@
 #include "edgeuad/errors.hpp"
 #include "edgeuad/maps_cuda.hpp"
 #include "edgeuad/maps_kernels.hpp"
+#include "edgeuad/nn_kernels.hpp"
 
 namespace edgeuad {
 namespace cuda {
@@ -221,6 +222,24 @@ void run_l2_map(const void* dist, DType dtype, int64_t batch, int64_t h, int64_t
   require_device_pointer(dist, "dist");
   check_outputs(out, max_out, topk_out);
   launch(P, T, n, out, max_out, topk_out, stream, producer_streams);
+}
+
+void run_patch_scores(const float* queries, int64_t nq, const float* bank, const int32_t* table, int64_t n,
+                      int64_t dim, int64_t b, float* scores, uintptr_t stream,
+                      const std::vector<uintptr_t>& producer_streams) {
+  check_patch_scores(nq, n, dim, b, table != nullptr);
+  require_device("patch_scores");
+  require_device_pointer(queries, "queries");
+  require_device_pointer(bank, "bank");
+  if (b >= 2) require_device_pointer(table, "neighbour table");
+  require_device_pointer(scores, "scores");
+  wait_for_producers(producer_streams, stream);
+  // best squared distance (float) and index (int32) per query, from the pool
+  Scratch scratch(2 * static_cast<size_t>(nq), to_stream(stream));
+  nnk::NNParams P{queries, bank, b >= 2 ? table : nullptr, static_cast<int>(nq), static_cast<int>(n),
+                  static_cast<int>(dim), static_cast<int>(b), scratch.get(),
+                  reinterpret_cast<int32_t*>(scratch.get() + nq), scores};
+  launch_nn(P, reinterpret_cast<stream_t>(to_stream(stream)));
 }
 
 }  // namespace cuda

@@ -37,6 +37,11 @@ void device_free(void*) noexcept {}
 void copy_to_device(void*, const void*, size_t) { not_built(); }
 void copy_to_host(void*, const void*, size_t) { not_built(); }
 void device_synchronize() { not_built(); }
+void run_patch_scores(const float*, int64_t, const float*, const int32_t*, int64_t, int64_t, int64_t, float*,
+                      uintptr_t, const std::vector<uintptr_t>&) {
+  not_built();
+}
+void launch_nn(const nnk::NNParams&, stream_t) { not_built(); }
 void launch_map(const kern::Plan&, const kern::Taps&, stream_t) { not_built(); }
 
 }  // namespace cuda

@@ -6,6 +6,7 @@
 #include "edgeuad/cuda_check.hpp"
 #include "edgeuad/maps_cuda.hpp"
 #include "edgeuad/maps_kernels.hpp"
+#include "edgeuad/nn_kernels.hpp"
 
 namespace edgeuad {
 namespace cuda {
@@ -89,7 +90,33 @@ struct DevExec {
   }
 };
 
+__global__ void __launch_bounds__(nnk::kThreads) k_nn(nnk::NNParams P) {
+  __shared__ nnk::NNShared sh;
+  nnk::nn_body(this_block(), P, sh);
+}
+
+__global__ void __launch_bounds__(nnk::kScoreThreads) k_nn_score(nnk::NNParams P) {
+  nnk::score_body(this_block(), P);
+}
+
+struct NNExec {
+  cudaStream_t s;
+  void nn(int grid, const nnk::NNParams& P) {
+    k_nn<<<grid, nnk::kThreads, 0, s>>>(P);
+    CUDA_CHECK(cudaGetLastError());
+  }
+  void score(int grid, const nnk::NNParams& P) {
+    k_nn_score<<<grid, nnk::kScoreThreads, 0, s>>>(P);
+    CUDA_CHECK(cudaGetLastError());
+  }
+};
+
 }  // namespace
+
+void launch_nn(const nnk::NNParams& P, stream_t stream) {
+  NNExec ex{reinterpret_cast<cudaStream_t>(stream)};
+  nnk::run_nn(ex, P);
+}
 
 void launch_map(const Plan& P, const Taps& T, stream_t stream) {
   DevExec ex{reinterpret_cast<cudaStream_t>(stream)};

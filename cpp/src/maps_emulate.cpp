@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <limits>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "edgeuad/maps_cuda.hpp"
+#include "edgeuad/errors.hpp"
 #include "edgeuad/maps_kernels.hpp"
+#include "edgeuad/nn_kernels.hpp"
 
 namespace edgeuad {
 namespace cuda {
@@ -63,7 +66,39 @@ void run(Plan& P, const Taps& T, size_t scratch_floats, int64_t out_floats, floa
   run_pipeline(ex, P, T);
 }
 
+struct HostNNExec {
+  void nn(int grid, const nnk::NNParams& P) {
+    auto sh = std::make_unique<nnk::NNShared>();
+    for (int b = 0; b < grid; ++b) nnk::nn_body(HostBlock{b, nnk::kThreads}, P, *sh);
+  }
+  void score(int grid, const nnk::NNParams& P) {
+    for (int b = 0; b < grid; ++b) nnk::score_body(HostBlock{b, nnk::kScoreThreads}, P);
+  }
+};
+
 }  // namespace
+
+void check_patch_scores(int64_t nq, int64_t n, int64_t dim, int64_t b, bool has_table) {
+  if (nq <= 0 || n <= 0 || dim <= 0) throw ShapeError("patch scores: queries, bank and dim must be non-empty");
+  if (nq > pixel::kMaxIndex || n > pixel::kMaxIndex || dim > pixel::kMaxIndex)
+    throw ShapeError("patch scores: sizes must be < 2^31");
+  if (b == 1 || b < 0) throw ShapeError("b must be 0 (off) or >= 2, got " + std::to_string(b));
+  if (b > n) throw ShapeError("b must be <= the bank size " + std::to_string(n) + ", got " + std::to_string(b));
+  if (b >= 2 && !has_table) throw ShapeError("b >= 2 needs the bank's neighbour table (N x b int32)");
+}
+
+void emulate_patch_scores(const float* queries, int64_t nq, const float* bank, const int32_t* table, int64_t n,
+                          int64_t dim, int64_t b, float* scores) {
+  check_patch_scores(nq, n, dim, b, table != nullptr);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> best(static_cast<size_t>(nq), nan);
+  std::vector<int32_t> arg(static_cast<size_t>(nq), -1);
+  nnk::NNParams P{queries, bank, b >= 2 ? table : nullptr, static_cast<int>(nq), static_cast<int>(n),
+                  static_cast<int>(dim), static_cast<int>(b), best.data(), arg.data(), scores};
+  std::fill(scores, scores + nq, nan);
+  HostNNExec ex;
+  nnk::run_nn(ex, P);
+}
 
 void emulate_cos_map(const MapLevel* levels, int num_levels, int64_t batch, const MapParams& p, float* map,
                      float* max_out, float* topk_out) {

@@ -509,3 +509,29 @@ class FakeRt:
                          out, max_out, topk_out)
 
         self.gpu.stream(int(stream)).enqueue(run)
+
+
+class FakeDeviceBank:
+    """`_rt.DeviceBank` on fake memory: the CPU emulation of the GPU patch-score kernels."""
+
+    def __init__(self, rt: Any, gpu: FakeGpu, calls: list, features: np.ndarray, table: Any = None) -> None:
+        self.rt, self.gpu, self.calls = rt, gpu, calls
+        self.features = np.ascontiguousarray(features, np.float32)
+        self.table = None if table is None else np.ascontiguousarray(table, np.int32)
+
+    def patch_scores(self, queries: Any, out: Any, b: int = 0, stream: int = 0) -> None:
+        self.calls.append(("patch_scores", {"stream": stream, "b": b}))
+
+        def run() -> None:
+            q = self.gpu.cai_array(queries)
+            q = np.ascontiguousarray(q.reshape(-1, q.shape[-1]))
+            self.gpu.cai_array(out).reshape(-1)[...] = self.rt.emulate_cuda_patch_scores(self.features, self.table, q, b)
+
+        self.gpu.stream(int(stream)).enqueue(run)
+
+
+def _device_bank(self: "FakeRt", features: np.ndarray, neighbor_table: Any = None) -> FakeDeviceBank:
+    return FakeDeviceBank(self._rt, self.gpu, self.calls, features, neighbor_table)
+
+
+FakeRt.DeviceBank = _device_bank  # type: ignore[attr-defined]

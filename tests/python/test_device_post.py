@@ -77,9 +77,14 @@ def test_device_detector_matches_cpu_detector(bundle, dataset, tmp_path, monkeyp
         score_key = "max_out" if det.post["score"] == "max" else "topk_out"
         # a second batch of another size: new buffers; a batch of one without the map
         one = det.score(frames[0], return_map=False)
-    name = "cos_map_cuda" if kind == "cos_pairs" else "l2_map_cuda"
-    assert [c[0] for c in st.rt.calls] == [name, name]
-    for _, kw in st.rt.calls:
+    if kind == "cos_pairs":
+        assert [c[0] for c in st.rt.calls] == ["cos_map_cuda"] * 2
+    else:  # tiny bank: exact search on the GPU, nothing comes back before the map
+        assert [c[0] for c in st.rt.calls] == ["patch_scores", "l2_map_cuda"] * 2
+    for name, kw in st.rt.calls:
+        if name == "patch_scores":
+            assert kw["b"] == det.post["reweight_b"] and kw["stream"] != 0
+            continue
         assert kw[score_key] and not kw["max_out" if score_key == "topk_out" else "topk_out"]  # only the used score
         assert kw["stream"] != 0  # the engine's stream, not the default one
     # fp16 on 11.x is an fp16 graph (fake engine then runs float32 ORT on it), fp32-close either way
@@ -98,6 +103,19 @@ def test_device_detector_chunks_batches_above_max_batch(bundle, dataset, tmp_pat
     with Detector(bundle, backend="tensorrt") as det:
         monkeypatch.setattr(type(det.backend), "max_batch", property(lambda self: 2))
         got = det.score_batch(frames)
+    assert [g.score for g in got] == pytest.approx([c.score for c in cpu], rel=1e-5, abs=1e-6)
+
+
+def test_hnsw_banks_search_on_the_host_through_pinned_copies(bundle, dataset, tmp_path, monkeypatch):
+    if json.loads((bundle / "manifest.json").read_text())["postprocess"]["kind"] != "nn_l2":
+        pytest.skip("patch methods only")
+    frames = _frames(dataset, 2)
+    cpu = Detector(bundle, exact_search=False).score_batch(frames)
+    st = FakeStack(monkeypatch, tmp_path)
+    with Detector(bundle, backend="tensorrt", exact_search=False) as det:
+        assert det.device_post.device_bank is None
+        got = det.score_batch(frames)
+    assert [c[0] for c in st.rt.calls] == ["l2_map_cuda"]
     assert [g.score for g in got] == pytest.approx([c.score for c in cpu], rel=1e-5, abs=1e-6)
 
 

@@ -21,6 +21,9 @@ namespace kern {
 struct Plan;
 struct Taps;
 }  // namespace kern
+namespace nnk {
+struct NNParams;
+}  // namespace nnk
 
 namespace cuda {
 
@@ -71,6 +74,18 @@ void device_synchronize();
 
 // Launch a bound plan (maps_kernels.hpp) on a stream (maps_cuda.cu).
 void launch_map(const kern::Plan& P, const kern::Taps& T, stream_t stream);
+
+// Exact patch scores (nn_kernels.hpp): queries (nq x dim), bank (n x dim) and the neighbour table
+// (n x b int32; null when b == 0) in device memory; scores (nq) written on `stream`.  b == 0: the plain
+// nearest-neighbour distance; b >= 2: the Eq. 10 reweighted score.  ShapeError on bad sizes.
+void check_patch_scores(int64_t nq, int64_t n, int64_t dim, int64_t b, bool has_table);
+void run_patch_scores(const float* queries, int64_t nq, const float* bank, const int32_t* table, int64_t n,
+                      int64_t dim, int64_t b, float* scores, uintptr_t stream,
+                      const std::vector<uintptr_t>& producer_streams);
+void launch_nn(const nnk::NNParams& P, stream_t stream);
+// The same kernels on the CPU (tests), host pointers.
+void emulate_patch_scores(const float* queries, int64_t nq, const float* bank, const int32_t* table, int64_t n,
+                          int64_t dim, int64_t b, float* scores);
 
 // The CUDA kernels run on the CPU (maps_emulate.cpp): host pointers, same plan, same
 // kernel bodies, same launch sequence.  For tests; available in every build.

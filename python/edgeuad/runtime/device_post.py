@@ -3,13 +3,14 @@
 the maps come back to the host.
 
     cos_pairs (ReContrast):     engine -> cos_map_cuda(pairs, out, max/topk) -> scores [+ map] to host
-    nn_l2 (PatchCore, ReConPatch): engine -> embeddings to pinned host memory -> memory-bank search on the
-                                host (exact or HNSW, as on the CPU path) -> distances to the device
+    nn_l2 (PatchCore, ReConPatch), exact banks (below the bank's exact_threshold, the CPU path's rule):
+                                engine -> _rt.DeviceBank.patch_scores (exact NN + Eq. 10 on the GPU)
                                 -> l2_map_cuda -> scores [+ map] to host
+    nn_l2, HNSW banks:          engine -> embeddings to pinned host memory -> HNSW search on the host
+                                -> distances to the device -> l2_map_cuda -> scores [+ map] to host
 
-The bank search stays on the host for every bank size: an exact GPU search (a CUDA kernel or cuBLAS
-GEMM) for small banks is not implemented.  The copies go through page-locked buffers allocated once
-per batch size, so they are truly asynchronous.
+The copies go through page-locked buffers allocated once per batch size, so they are truly
+asynchronous.
 
 NOT RUN ON A GPU: no GPU was available to this project.  The host-side logic (buffers, argument
 wiring, stream use, copies, score selection, chunking) is tested with a fake pycuda/TensorRT and
@@ -70,6 +71,7 @@ class _Buffers:
     score: Any      # device (B,)
     host_score: np.ndarray
     host_map: np.ndarray
+    emb_shape: Optional[tuple[int, ...]] = None
     dist: Any = None            # nn_l2: device (B, gh, gw)
     host_emb: Optional[np.ndarray] = None
     host_dist: Optional[np.ndarray] = None
@@ -98,10 +100,24 @@ class DevicePostprocess:
         self.exact_search = exact_search
         self.threads = threads
         self._buffers: dict[int, _Buffers] = {}
+        self.device_bank = None
+        if self.kind == "nn_l2" and bank.use_exact(exact_search):
+            self.device_bank = self._upload_bank(int(self.post["reweight_b"]))
 
-    def _alloc(self, b: int, emb_shape: Optional[tuple[int, ...]] = None) -> _Buffers:
+    def _upload_bank(self, b: int) -> Any:
+        """Exact search on the GPU: the bank's features and (b >= 2) its Eq. 10 neighbour table, once."""
+        table = None
+        if b >= 2:
+            rt_bank = self.bank.rt
+            if rt_bank.neighbor_b != b:  # the CPU path builds it lazily the same way
+                rt_bank.build_neighbor_table(b, exact=True, threads=self.threads)
+            table = rt_bank.neighbor_table()
+        log.info("memory bank (%d x %d) uploaded for exact search on the GPU", len(self.bank), self.bank.dim)
+        return self.rt.DeviceBank(self.bank.features(), table)
+
+    def _alloc(self, b: int, emb_shape: Optional[tuple[int, ...]] = None, host_bank: bool = True) -> _Buffers:
         buf = self._buffers.get(b)
-        if buf is not None and (emb_shape is None or buf.host_emb is not None and buf.host_emb.shape == emb_shape):
+        if buf is not None and (emb_shape is None or buf.emb_shape == emb_shape):
             return buf
         be = self.backend
         h, w = self.size
@@ -109,9 +125,11 @@ class DevicePostprocess:
                        host_score=be.pinned_empty((b,)), host_map=be.pinned_empty((b, h, w)))
         if emb_shape is not None:
             gh, gw = self.post["grid"]
+            buf.emb_shape = emb_shape
             buf.dist = be.device_empty((b, gh, gw))
-            buf.host_emb = be.pinned_empty(emb_shape)
-            buf.host_dist = be.pinned_empty((b, gh, gw))
+            if host_bank:  # HNSW on the host: embeddings out, distances in, through pinned memory
+                buf.host_emb = be.pinned_empty(emb_shape)
+                buf.host_dist = be.pinned_empty((b, gh, gw))
         self._buffers[b] = buf
         return buf
 
@@ -149,7 +167,12 @@ class DevicePostprocess:
             shape = tuple(int(d) for d in emb.shape)
             if len(shape) != 3 or shape[1] != gh * gw:
                 raise RuntimeError(f"embedding output has shape {shape}, expected (B, {gh * gw}, D)")
-            buf = self._alloc(b, shape)
+            buf = self._alloc(b, shape, host_bank=self.device_bank is None)
+            if self.device_bank is not None:  # exact: everything stays on the GPU
+                self.device_bank.patch_scores(emb, buf.dist, b=int(p["reweight_b"]), stream=be.stream_handle)
+                rt.l2_map_cuda(buf.dist, buf.out, self.size, align_corners=bool(p["align_corners"]),
+                               sigma=float(p["sigma"]), stream=be.stream_handle, **self._score_kwargs(buf))
+                return self._finish(buf, return_map, t0, "network+memory_bank+distance_map", timings)
             be.copy_to_host_async(buf.host_emb, emb)
             be.synchronize()
             t1 = time.perf_counter()
@@ -162,12 +185,16 @@ class DevicePostprocess:
             be.copy_to_device_async(buf.dist, buf.host_dist)
             rt.l2_map_cuda(buf.dist, buf.out, self.size, align_corners=bool(p["align_corners"]),
                            sigma=float(p["sigma"]), stream=be.stream_handle, **self._score_kwargs(buf))
-            t0 = t2
+            return self._finish(buf, return_map, t2, "distance_map", timings)
+        return self._finish(buf, return_map, t0, "network+distance_map", timings)
+
+    def _finish(self, buf: _Buffers, return_map: bool, t0: float, key: str,
+                timings: dict[str, float]) -> DeviceOutput:
+        be = self.backend
         be.copy_to_host_async(buf.host_score, buf.score)
         if return_map:
             be.copy_to_host_async(buf.host_map, buf.out)
         be.synchronize()
-        key = "network+distance_map" if self.kind == "cos_pairs" else "distance_map"
         timings[key] = (time.perf_counter() - t0) * 1e3
         # Pinned staging buffers are reused by the next call: hand out copies.
         return DeviceOutput(buf.host_score.copy(), buf.host_map.copy() if return_map else None, timings)
