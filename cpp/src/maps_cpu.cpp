@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -22,6 +23,7 @@
 
 #include "edgeuad/errors.hpp"
 #include "edgeuad/half.hpp"
+#include "edgeuad/maps_pixel.hpp"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -31,18 +33,33 @@ namespace edgeuad {
 
 const char* dtype_name(DType t) { return t == DType::F16 ? "float16" : "float32"; }
 
+namespace {
+std::string fmt(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.6g", v);
+  return buf;
+}
+}  // namespace
+
+void check_sigma(double sigma) {
+  if (!std::isfinite(sigma) || sigma < 0.0 || sigma > pixel::kMaxSigma)
+    throw ShapeError("sigma must be finite and in [0, " + std::to_string(static_cast<int>(pixel::kMaxSigma)) +
+                     "] (blur radius int(4*sigma + 0.5) <= " + std::to_string(pixel::kMaxRadius) + "), got " + fmt(sigma));
+}
+
 int gaussian_radius(double sigma) {
-  if (sigma <= 0.0) return 0;
-  return static_cast<int>(4.0 * sigma + 0.5);
+  check_sigma(sigma);
+  const int64_t r = pixel::gaussian_radius64(sigma);  // 64-bit, then bounded by check_sigma
+  return static_cast<int>(r);
 }
 
 std::vector<double> gaussian_kernel1d(double sigma) {
   const int r = gaussian_radius(sigma);
-  std::vector<double> k(2 * r + 1, 1.0);
+  std::vector<double> k(2 * static_cast<size_t>(r) + 1, 1.0);
   if (r == 0) return k;
   double sum = 0.0;
   for (int i = -r; i <= r; ++i) {
-    k[i + r] = std::exp(-0.5 * (i / sigma) * (i / sigma));
+    k[i + r] = pixel::gaussian_weight(i, sigma);
     sum += k[i + r];
   }
   for (double& v : k) v /= sum;
@@ -55,27 +72,41 @@ int64_t topk_count(double frac, int64_t n) {
 }
 
 void validate_map_params(const MapParams& p) {
-  if (p.out_h <= 0 || p.out_w <= 0)
-    throw ShapeError("out_size must be two positive ints, got (" + std::to_string(p.out_h) + ", " +
-                     std::to_string(p.out_w) + ")");
-  if (!std::isfinite(p.sigma) || p.sigma < 0.0)
-    throw ShapeError("sigma must be finite and >= 0, got " + std::to_string(p.sigma));
+  if (p.out_h <= 0 || p.out_w <= 0 || p.out_h > pixel::kMaxSide || p.out_w > pixel::kMaxSide)
+    throw ShapeError("out_size must be two ints in [1, " + std::to_string(pixel::kMaxSide) + "], got (" +
+                     std::to_string(p.out_h) + ", " + std::to_string(p.out_w) + ")");
+  check_sigma(p.sigma);
   if (!std::isfinite(p.topk_frac) || p.topk_frac < 0.0 || p.topk_frac > 1.0)
-    throw ShapeError("topk_frac must be in [0, 1], got " + std::to_string(p.topk_frac));
+    throw ShapeError("topk_frac must be in [0, 1], got " + fmt(p.topk_frac));
   if (p.threads < 0) throw ShapeError("threads must be >= 0");
 }
+
+namespace {
+// C, H, W of one image of a level: each >= 1 and C*H*W < 2^31 (32-bit indices on the GPU).
+void check_level_sizes(const std::string& what, int64_t C, int64_t H, int64_t W) {
+  if (C <= 0 || H <= 0 || W <= 0) throw ShapeError(what + ": C, H, W must be > 0");
+  if (C > pixel::kMaxIndex || H > pixel::kMaxIndex || W > pixel::kMaxIndex ||
+      C * H > pixel::kMaxIndex / W)
+    throw ShapeError(what + ": C*H*W = " + std::to_string(C) + "*" + std::to_string(H) + "*" + std::to_string(W) +
+                     " must be < 2^31 per image");
+}
+}  // namespace
 
 void validate_levels(const MapLevel* levels, int num_levels, int64_t batch) {
   if (num_levels <= 0) throw ShapeError("pairs is empty: need at least one (a, b) feature pair");
   if (batch <= 0) throw ShapeError("batch size must be > 0");
   for (int l = 0; l < num_levels; ++l) {
     const MapLevel& lv = levels[l];
-    if (lv.C <= 0 || lv.H <= 0 || lv.W <= 0)
-      throw ShapeError("level " + std::to_string(l) + ": C, H, W must be > 0");
+    check_level_sizes("level " + std::to_string(l), lv.C, lv.H, lv.W);
     if (!lv.a || !lv.b) throw ShapeError("level " + std::to_string(l) + ": null data pointer");
     if (!std::isfinite(lv.weight))
       throw ShapeError("level " + std::to_string(l) + ": weight is not finite");
   }
+}
+
+void validate_dist(int64_t batch, int64_t h, int64_t w) {
+  if (batch <= 0) throw ShapeError("dist must be B x h x w with all sizes > 0");
+  check_level_sizes("dist", 1, h, w);
 }
 
 namespace {
@@ -91,36 +122,17 @@ AxisTable make_axis(int64_t in, int64_t out, bool align_corners) {
   t.i0.resize(out);
   t.i1.resize(out);
   t.l1.resize(out);
-  float scale;
-  if (align_corners)
-    scale = out > 1 ? static_cast<float>(in - 1) / static_cast<float>(out - 1) : 0.0f;
-  else
-    scale = static_cast<float>(in) / static_cast<float>(out);
   for (int64_t d = 0; d < out; ++d) {
-    if (in == out) {  // torch copies in this case
-      t.i0[d] = t.i1[d] = static_cast<int32_t>(d);
-      t.l1[d] = 0.0f;
-      continue;
-    }
-    float src = align_corners ? scale * static_cast<float>(d)
-                              : std::max(scale * (static_cast<float>(d) + 0.5f) - 0.5f, 0.0f);
-    int64_t i0 = std::min<int64_t>(static_cast<int64_t>(std::floor(src)), in - 1);
-    float lam = std::min(std::max(src - static_cast<float>(i0), 0.0f), 1.0f);
-    t.i0[d] = static_cast<int32_t>(i0);
-    t.i1[d] = static_cast<int32_t>(i0 + (i0 < in - 1 ? 1 : 0));
-    t.l1[d] = lam;
+    const pixel::AxisTap tap = pixel::bilinear_source(static_cast<int>(d), static_cast<int>(in),
+                                                      static_cast<int>(out), align_corners);
+    t.i0[d] = tap.i0;
+    t.i1[d] = tap.i1;
+    t.l1[d] = tap.l1;
   }
   return t;
 }
 
-// scipy.ndimage 'reflect' (half-sample symmetric) for any offset, including
-// offsets beyond one period (kernel radius larger than the image).
-inline int64_t reflect_index(int64_t i, int64_t n) {
-  const int64_t period = 2 * n;
-  i %= period;
-  if (i < 0) i += period;
-  return i < n ? i : period - 1 - i;
-}
+using pixel::reflect_index;  // H, W <= kMaxSide: int is enough
 
 // A small map at one resolution that gets upsampled into the output.
 struct SmallMap {
@@ -220,18 +232,11 @@ void cosine_small_maps(const MapLevel* levels, const std::vector<std::vector<int
           const int64_t off = (tk.b * lv.C + c) * hw + tk.p0;
           const float* __restrict ra = load_row(lv.a, lv.a_dtype, off, n, bufa);
           const float* __restrict rb = load_row(lv.b, lv.b_dtype, off, n, bufb);
-          for (int64_t p = 0; p < n; ++p) {
-            dot[p] += ra[p] * rb[p];
-            na[p] += ra[p] * ra[p];
-            nb[p] += rb[p] * rb[p];
-          }
+          for (int64_t p = 0; p < n; ++p) pixel::cos_accumulate(ra[p], rb[p], dot[p], na[p], nb[p]);
         }
         float* __restrict o = out + tk.b * hw + tk.p0;
         const float w = lv.weight;
-        for (int64_t p = 0; p < n; ++p) {
-          const float den = std::max(std::sqrt(na[p]), 1e-8f) * std::max(std::sqrt(nb[p]), 1e-8f);
-          o[p] += w * (1.0f - dot[p] / den);
-        }
+        for (int64_t p = 0; p < n; ++p) o[p] += w * pixel::cos_distance(dot[p], na[p], nb[p]);
       }
     }
   }
@@ -267,17 +272,17 @@ void upsample_blur_score(const std::vector<SmallMap>& maps, int64_t batch, const
     for (const SmallMap& m : maps) {
       const float* s0 = m.data + (b * m.h + m.ty.i0[y]) * m.w;
       const float* s1 = m.data + (b * m.h + m.ty.i1[y]) * m.w;
-      const float ly1 = m.ty.l1[y], ly0 = 1.0f - ly1;
+      const float ly1 = m.ty.l1[y];
       float* __restrict tmp = sc.tmp.data();
-      for (int64_t x = 0; x < m.w; ++x) tmp[x] = ly0 * s0[x] + ly1 * s1[x];
+      for (int64_t x = 0; x < m.w; ++x) tmp[x] = pixel::lerp(s0[x], s1[x], ly1);
       const int32_t* xi0 = m.tx.i0.data();
       const int32_t* xi1 = m.tx.i1.data();
       const float* xl1 = m.tx.l1.data();
-      for (int64_t x = 0; x < W; ++x) o[x] += (1.0f - xl1[x]) * tmp[xi0[x]] + xl1[x] * tmp[xi1[x]];
+      for (int64_t x = 0; x < W; ++x) o[x] += pixel::lerp(tmp[xi0[x]], tmp[xi1[x]], xl1[x]);
     }
     if (r == 0) return;
     float* __restrict pd = sc.pad.data();
-    for (int64_t i = 0; i < W + 2 * r; ++i) pd[i] = o[reflect_index(i - r, W)];
+    for (int64_t i = 0; i < W + 2 * r; ++i) pd[i] = o[reflect_index(static_cast<int>(i - r), static_cast<int>(W))];
     const float gc = g[r];
     for (int64_t x = 0; x < W; ++x) o[x] = gc * pd[x + r];
     for (int kk = 1; kk <= r; ++kk) {
@@ -296,7 +301,8 @@ void upsample_blur_score(const std::vector<SmallMap>& maps, int64_t batch, const
     if (r > 0) {
       float* colbuf = sc.colbuf.data();
       for (int64_t i = 0; i < H + 2 * r; ++i)
-        std::memcpy(colbuf + i * kStrip, base + reflect_index(i - r, H) * W, sw * sizeof(float));
+        std::memcpy(colbuf + i * kStrip, base + reflect_index(static_cast<int>(i - r), static_cast<int>(H)) * W,
+                    sw * sizeof(float));
       const float gc = g[r];
       for (int64_t y = 0; y < H; ++y) {
         float* __restrict o = base + y * W;
@@ -422,7 +428,7 @@ void cos_map_cpu(const MapLevel* levels, int num_levels, int64_t batch, const Ma
 void l2_map_cpu(const void* dist, DType dtype, int64_t batch, int64_t h, int64_t w,
                 const MapParams& p, float* map, float* max_out, float* topk_out) {
   validate_map_params(p);
-  if (batch <= 0 || h <= 0 || w <= 0) throw ShapeError("dist must be B x h x w with all sizes > 0");
+  validate_dist(batch, h, w);
   if (!dist) throw ShapeError("dist: null data pointer");
   const int nt = resolve_threads(p.threads);
   std::vector<float> converted;

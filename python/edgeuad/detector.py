@@ -48,7 +48,8 @@ class Detector:
     """Scores frames with an exported bundle (directory or .tar) or a TensorRT engine inside one."""
 
     def __init__(self, bundle_or_engine: str | os.PathLike, backend: str = "auto", threads: int = 0,
-                 color: str = "rgb", exact_search: bool | None = None) -> None:
+                 color: str = "rgb", exact_search: bool | None = None,
+                 device_postprocess: bool | None = None) -> None:
         path = Path(bundle_or_engine)
         engine_path: Path | None = None
         if path.suffix in ENGINE_SUFFIXES:
@@ -76,7 +77,23 @@ class Detector:
             self.exact_search = exact_search
         elif self.post["kind"] != "cos_pairs":
             raise BundleError(f"unknown post-processing kind {self.post['kind']!r} in {path}")
+        self.device_post = self._make_device_post(device_postprocess, exact_search)
         log.info("Detector: %s/%s bundle %s on %s", self.method, self.bundle.backbone, path, self.backend_name)
+
+    def _make_device_post(self, wanted: bool | None, exact_search: bool | None) -> Any:
+        """TensorRT backend: maps on the GPU (runtime/device_post.py) unless wanted is False; None = when usable."""
+        if wanted is False or (wanted is None and self.backend_name != "tensorrt"):
+            return None
+        from .runtime.device_post import DevicePostprocess, device_postprocess_available
+
+        ok, why = device_postprocess_available(self.backend)
+        if not ok:
+            if wanted:
+                raise RuntimeError(f"device_postprocess=True but {why}")
+            log.info("TensorRT outputs are post-processed on the CPU: %s", why)
+            return None
+        return DevicePostprocess(self.backend, self.post, self.pre_cfg.size, bank=self.bank,
+                                 exact_search=exact_search, threads=self.threads)
 
     # --- properties ------------------------------------------------------------
     @property
@@ -120,8 +137,13 @@ class Detector:
             amap, smax, stopk = _maps.l2_map(dist, (h, w), align_corners=p["align_corners"], sigma=p["sigma"],
                                              topk_frac=p["topk_frac"], threads=self.threads)
             timings["distance_map"] = (time.perf_counter() - t1) * 1e3
-        t2 = time.perf_counter()
         scores = smax if p["score"] == "max" else stopk
+        return self._results(scores, amap, frame_sizes, return_map, timings)
+
+    def _results(self, scores: np.ndarray, amap: np.ndarray | None, frame_sizes: Sequence[tuple[int, int]],
+                 return_map: bool, timings: dict[str, float]) -> list[Result]:
+        h, w = self.pre_cfg.size
+        t2 = time.perf_counter()
         results = []
         for i, (fh, fw) in enumerate(frame_sizes):
             s = float(scores[i])
@@ -150,6 +172,8 @@ class Detector:
         checked = [validate_frame(f, name=f"frame[{i}]") for i, f in enumerate(frames)]
         x = self.preprocess(checked)
         t1 = time.perf_counter()
+        if self.device_post is not None:
+            return self._score_on_device(x, checked, return_map, t0, t1)
         out = self.infer(x)
         t2 = time.perf_counter()
         for name, v in out.items():
@@ -160,6 +184,18 @@ class Detector:
         for r in results:
             r.timings["preprocess"] = (t1 - t0) * 1e3
             r.timings["network"] = (t2 - t1) * 1e3
+            r.latency_ms = total
+        return results
+
+    def _score_on_device(self, x: np.ndarray, frames: Sequence[np.ndarray], return_map: bool, t0: float,
+                         t1: float) -> list[Result]:
+        d = self.device_post.run(x, return_map=return_map)
+        if not np.all(np.isfinite(d.scores)):  # the outputs never reach the host: check what comes back
+            raise FloatingPointError(f"backend {self.backend_name} produced non-finite scores {d.scores.tolist()}")
+        results = self._results(d.scores, d.maps, [f.shape[:2] for f in frames], return_map, dict(d.timings))
+        total = (time.perf_counter() - t0) * 1e3
+        for r in results:
+            r.timings["preprocess"] = (t1 - t0) * 1e3
             r.latency_ms = total
         return results
 

@@ -117,8 +117,8 @@ def test_sm_capabilities(sm, caps):
 
 
 # ------------------------------------------------------------------------------------------ cache key
-BASE = dict(onnx_sha256="ab" * 32, trt_version="10.3.0", gpu_name="Orin", sm=(8, 7), precision="fp16",
-            min_batch=1, opt_batch=1, max_batch=4, workspace_mb=1024)
+BASE = dict(onnx_sha256="ab" * 32, trt_version="10.3.0", gpu_name="Orin", sm=(8, 7), sm_count=16,
+            driver_version=12060, precision="fp16", min_batch=1, opt_batch=1, max_batch=4, workspace_mb=1024)
 
 
 def test_cache_key_is_deterministic_and_normalised():
@@ -129,6 +129,7 @@ def test_cache_key_is_deterministic_and_normalised():
 
 @pytest.mark.parametrize("field,value", [
     ("onnx_sha256", "cd" * 32), ("trt_version", "10.4.0"), ("gpu_name", "NVIDIA H100"), ("sm", (8, 6)),
+    ("sm_count", 8), ("driver_version", 12080),
     ("sm", (7, 2)), ("precision", "fp32"), ("precision", "int8"), ("opt_batch", 2), ("max_batch", 8),
     ("workspace_mb", 2048),
 ])
@@ -145,6 +146,10 @@ def test_cache_key_rejects_unresolved_or_bad_fields():
         engine_cache_key(**dict(BASE, opt_batch=8, max_batch=4))
     with pytest.raises(ValueError, match="sm"):
         engine_cache_key(**dict(BASE, sm=(8,)))
+    with pytest.raises(ValueError, match="sm_count"):
+        engine_cache_key(**dict(BASE, sm_count=0))
+    with pytest.raises(ValueError, match="driver_version"):
+        engine_cache_key(**dict(BASE, driver_version=0))
 
 
 def test_sidecar_write_and_validation(tmp_path):

@@ -35,16 +35,26 @@ struct MapParams {
   int threads = 0;          // 0: OpenMP default
 };
 
+// Bounds of every size-like parameter (the constants live in maps_pixel.hpp):
+//   sigma finite, 0 <= sigma <= 64 (radius <= 256); 1 <= out_h, out_w <= 16384;
+//   per level 1 <= C, H, W and C*H*W < 2^31; weights finite.
+// Throws ShapeError (-> ValueError) naming the bad value.
+void check_sigma(double sigma);
 // Gaussian radius int(4*sigma + 0.5) (scipy.ndimage truncate=4); 0 when sigma == 0.
+// Validates sigma first (ShapeError), so the result is always in [0, 256].
 int gaussian_radius(double sigma);
-// Normalised taps, length 2*radius+1 (a single 1 when sigma == 0).
+// Normalised taps, length 2*radius+1 (a single 1 when sigma == 0).  The CUDA
+// kernels get these same taps (computed here, on the host).
 std::vector<double> gaussian_kernel1d(double sigma);
 // max(1, int(frac * n)) clamped to n.
 int64_t topk_count(double frac, int64_t n);
-// Throws ShapeError on out_size <= 0, negative/non-finite sigma, frac outside [0, 1].
+// Throws ShapeError on out_size outside [1, 16384], sigma outside [0, 64] or not
+// finite, frac outside [0, 1], threads < 0.
 void validate_map_params(const MapParams& p);
-// Throws ShapeError naming the level when shapes disagree.
+// Throws ShapeError naming the level when sizes are out of bounds or a weight is not finite.
 void validate_levels(const MapLevel* levels, int num_levels, int64_t batch);
+// Throws ShapeError when a (B, h, w) distance map is out of bounds.
+void validate_dist(int64_t batch, int64_t h, int64_t w);
 
 // map: B*out_h*out_w floats; max_out/topk_out: B floats each (nullptr skips scores).
 void cos_map_cpu(const MapLevel* levels, int num_levels, int64_t batch, const MapParams& p,

@@ -25,26 +25,32 @@ which would shadow the real package).  Syntax is kept Python 3.8 compatible (Jet
 
 Verification status -- read this
 --------------------------------
-The TensorRT and pycuda code paths (`build_engine` past the pre-checks, `TrtEngine`,
-`query_gpu` on a machine with a driver) were written against the TensorRT 8.6 / 10.x Python API
-documentation and have NOT been executed in this project's CI, which has no GPU and no TensorRT.
-What the tests do execute: precision parsing/resolution, the cache key, the cache sidecar
-read/write/validation, the Q/DQ scan and the INT8 guard, and the "tensorrt missing" errors.
+No TensorRT, pycuda or GPU has been available to this project: nothing here has built or run a
+real engine.  What the tests execute: precision parsing/resolution, the cache key and sidecar, the
+Q/DQ scan and INT8 guard, the fp16 ONNX conversion (checked with onnxruntime), the "tensorrt
+missing/unsupported" errors, and -- against fake `tensorrt` modules that expose exactly the enum
+members and methods of the real 8.6.1, 10.3.0 and 11.1 bindings (tests/python/trt_api_lists.py,
+extracted from TensorRT's pybind11 sources) and a fake pycuda -- the build and runtime code paths,
+including the version dispatch below and the double-buffered pinned input.
 
-TensorRT version notes
-----------------------
-* 8.6 / 10.x: named I/O tensors (`num_io_tensors`, `get_tensor_name`, `set_input_shape`,
-  `set_tensor_address`, `execute_async_v3`), `set_memory_pool_limit(MemoryPoolType.WORKSPACE)`,
-  `build_serialized_network`.  Before 10.0 an explicit-batch network needs the EXPLICIT_BATCH
-  creation flag; from 10.0 explicit batch is the only mode and the flag is deprecated, so it is
-  only passed to TensorRT < 10.
-* Explicit INT8 (Q/DQ graphs) needs `BuilderFlag.INT8` on weakly typed 8.x/10.x networks; FP16 is
-  also enabled (when the GPU has fast fp16) so the layers left unquantised do not fall back to fp32.
-  The deprecated implicit-quantisation calibrator is never used.
-* TensorRT 11 removed the weak-typing flags (FP16/INT8): there, fp32 and Q/DQ INT8 graphs are built
-  as strongly typed networks and fp16 is refused with an explanation (convert the ONNX to fp16
-  first).  `platform_has_fast_fp16/int8` are deprecated since 10.5, so the capability table below
-  (derived from the compute capability) is used instead on every version.
+TensorRT versions (SUPPORTED_TRT)
+---------------------------------
+* 8.6 (JetPack 6.0) and 10.x (JetPack 6.1/6.2 ship 10.3; desktop wheels): weakly typed networks.
+  fp16 sets `BuilderFlag.FP16`; explicit INT8 (Q/DQ graphs) sets `BuilderFlag.INT8` plus FP16 for
+  the unquantised layers when the GPU has fast fp16.  Before 10.0 ONNX networks need the
+  EXPLICIT_BATCH creation flag (deprecated and implied from 10.0).
+* 11.x: strongly typed only (BuilderFlag.FP16/INT8/BF16/FP8/INT4/FP4 removed).  Precision comes
+  from the graph: fp32 builds the ONNX as is, int8 builds the Q/DQ ONNX, and fp16 builds an fp16
+  copy of the ONNX made here with onnxconverter-common (inputs and outputs stay float32) -- the
+  equivalent of NVIDIA's ModelOpt AutoCast recommendation.  STRONGLY_TYPED is passed (accepted
+  and ignored by 11.x).  JetPack does not ship 11.x.
+* Anything else (7.x, 8.0-8.5, 9.x, 12+) raises `TensorRTUnsupportedError` naming the versions
+  that work.  `platform_has_fast_fp16/int8` (deprecated in 10.5, removed in 11) are never used:
+  the capability table `sm_capabilities` decides.
+* Runtime (all versions): named I/O tensors (`num_io_tensors`, `get_tensor_name`,
+  `set_input_shape`, `set_tensor_address`, `execute_async_v3`).
+* The builder runs on `device`: its primary CUDA context is made current (driver API) for the
+  build, so TensorRT's runtime calls target that GPU.
 """
 from __future__ import annotations
 
@@ -59,6 +65,7 @@ import os
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -70,8 +77,11 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 #: Bumped whenever the build recipe below changes in a way that changes the produced engine, so
 #: caches written by an older recipe are rebuilt rather than trusted.
-BUILD_RECIPE_VERSION = 1
-CACHE_SCHEMA = "edgeuad.trt-engine-cache/1"
+BUILD_RECIPE_VERSION = 2  # 2: strongly typed 11.x builds, fp16 ONNX conversion, SM count + driver in the key
+CACHE_SCHEMA = "edgeuad.trt-engine-cache/2"
+#: Versions this module builds and runs engines with: (major, minimum minor).
+SUPPORTED_TRT: Tuple[Tuple[int, int], ...] = ((8, 6), (10, 0), (11, 0))
+SUPPORTED_TRT_TEXT = "8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2 ship 10.3) or 11.x (desktop; strongly typed)"
 ENV_CACHE_DIR = "EDGEUAD_TRT_CACHE"
 
 TENSORRT_INSTALL_HINT = (
@@ -90,6 +100,10 @@ QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 # --------------------------------------------------------------------------------------------
 class TensorRTUnavailableError(RuntimeError):
     """tensorrt, pycuda or the CUDA driver is missing: the message says what to install."""
+
+
+class TensorRTUnsupportedError(TensorRTUnavailableError):
+    """The installed TensorRT version is not one of SUPPORTED_TRT."""
 
 
 class Int8RequiresQdqError(ValueError):
@@ -136,8 +150,24 @@ def tensorrt_available() -> bool:
     return True
 
 
-def _trt_major(trt: Any) -> int:
-    return int(str(trt.__version__).split(".")[0])
+def check_trt_version(version: str) -> int:
+    """Major version of a supported TensorRT, else `TensorRTUnsupportedError` saying what works."""
+    try:
+        major, minor = (int(p) for p in str(version).split(".")[:2])
+    except ValueError as e:
+        raise TensorRTUnsupportedError(f"cannot parse the TensorRT version {version!r}; edgeuad supports "
+                                       f"{SUPPORTED_TRT_TEXT}") from e
+    for smaj, smin in SUPPORTED_TRT:
+        if major == smaj and minor >= smin:
+            return major
+    raise TensorRTUnsupportedError(
+        f"TensorRT {version} is not supported: edgeuad builds and runs engines with TensorRT {SUPPORTED_TRT_TEXT}. "
+        "Install one of those (pip install 'edgeuad[tensorrt]' pins tensorrt>=10,<12; JetPack brings its own).")
+
+
+def strongly_typed(major: int) -> bool:
+    """TensorRT 11 builds only strongly typed networks (precision from the graph, no FP16/INT8 flags)."""
+    return major >= 11
 
 
 def _check(result: Any, call: str, hint: str = "") -> Any:
@@ -302,12 +332,15 @@ class GpuInfo:
     index: int
     name: str
     sm: Tuple[int, int]
+    sm_count: int = 0
+    driver_version: int = 0  # cuDriverGetVersion: 1000*major + 10*minor
 
     @property
     def sm_str(self) -> str:
         return f"{self.sm[0]}.{self.sm[1]}"
 
 
+_CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 _driver_lock = threading.Lock()
@@ -344,24 +377,68 @@ def _cu(lib: ctypes.CDLL, rc: int, call: str) -> None:
 
 
 def query_gpu(device: int = 0) -> GpuInfo:
-    """Name and compute capability of CUDA device `device`, read through the driver API."""
+    """Name, compute capability, SM count and driver version of CUDA device `device` (driver API)."""
     lib = _cuda_driver()
     dev = ctypes.c_int()
     _cu(lib, lib.cuDeviceGet(ctypes.byref(dev), int(device)), f"cuDeviceGet({device})")
     name = ctypes.create_string_buffer(256)
     _cu(lib, lib.cuDeviceGetName(name, 256, dev), "cuDeviceGetName")
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    _cu(lib, lib.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
-        "cuDeviceGetAttribute(major)")
-    _cu(lib, lib.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
-        "cuDeviceGetAttribute(minor)")
-    return GpuInfo(int(device), name.value.decode(errors="replace").strip(), (major.value, minor.value))
+    attrs = {}
+    for key, attr in (("major", _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                      ("minor", _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+                      ("sms", _CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)):
+        v = ctypes.c_int()
+        _cu(lib, lib.cuDeviceGetAttribute(ctypes.byref(v), attr, dev), f"cuDeviceGetAttribute({key})")
+        attrs[key] = v.value
+    drv = ctypes.c_int()
+    _cu(lib, lib.cuDriverGetVersion(ctypes.byref(drv)), "cuDriverGetVersion")
+    return GpuInfo(int(device), name.value.decode(errors="replace").strip(), (attrs["major"], attrs["minor"]),
+                   attrs["sms"], drv.value)
 
 
-def _sync_foreign_stream(handle: int) -> None:
-    # A device input produced on another stream must be complete before our copy reads it.
+@contextlib.contextmanager
+def device_context(device: int) -> Iterator[None]:
+    """Make `device`'s primary CUDA context current on this thread (driver API) for the block: the CUDA
+    runtime, which TensorRT's builder uses, adopts the current context, so the build targets `device`."""
     lib = _cuda_driver()
-    _cu(lib, lib.cuStreamSynchronize(ctypes.c_void_p(handle)), "cuStreamSynchronize")
+    dev = ctypes.c_int()
+    _cu(lib, lib.cuDeviceGet(ctypes.byref(dev), int(device)), f"cuDeviceGet({device})")
+    ctx = ctypes.c_void_p()
+    _cu(lib, lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), "cuDevicePrimaryCtxRetain")
+    try:
+        _cu(lib, lib.cuCtxPushCurrent_v2(ctx), "cuCtxPushCurrent")
+        try:
+            yield
+        finally:
+            popped = ctypes.c_void_p()
+            lib.cuCtxPopCurrent_v2(ctypes.byref(popped))
+    finally:
+        lib.cuDevicePrimaryCtxRelease_v2(dev)
+
+
+class _StreamWaiter:
+    """Orders work on a consumer stream after a producer stream (__cuda_array_interface__ v3
+    'stream'): an event recorded on the producer and waited for on the consumer -- the GPU waits,
+    the host does not.  Handles 1 and 2 are the legacy and per-thread default streams in the driver
+    API too.  One event, reused (a wait captures the record it follows)."""
+
+    def __init__(self) -> None:
+        self._event = ctypes.c_void_p()
+
+    def wait(self, producer: int, consumer: int) -> None:
+        if producer == consumer:
+            return
+        lib = _cuda_driver()
+        if not self._event.value:
+            _cu(lib, lib.cuEventCreate(ctypes.byref(self._event), 0x2), "cuEventCreate")  # DISABLE_TIMING
+        _cu(lib, lib.cuEventRecord(self._event, ctypes.c_void_p(producer)), "cuEventRecord")
+        _cu(lib, lib.cuStreamWaitEvent(ctypes.c_void_p(consumer), self._event, 0), "cuStreamWaitEvent")
+
+    def close(self) -> None:
+        if self._event.value:
+            with contextlib.suppress(Exception):
+                _cuda_driver().cuEventDestroy_v2(self._event)
+            self._event = ctypes.c_void_p()
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,9 +452,9 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def engine_cache_fields(*, onnx_sha256: str, trt_version: str, gpu_name: str, sm: Sequence[int],
-                        precision: Union[str, Precision], min_batch: int, opt_batch: int, max_batch: int,
-                        workspace_mb: int) -> Dict[str, Any]:
+def engine_cache_fields(*, onnx_sha256: str, trt_version: str, gpu_name: str, sm: Sequence[int], sm_count: int,
+                        driver_version: int, precision: Union[str, Precision], min_batch: int, opt_batch: int,
+                        max_batch: int, workspace_mb: int) -> Dict[str, Any]:
     """The fields an engine depends on, validated and normalised (the sidecar stores these)."""
     p = Precision.from_string(precision)
     if p is Precision.AUTO:
@@ -387,6 +464,10 @@ def engine_cache_fields(*, onnx_sha256: str, trt_version: str, gpu_name: str, sm
     sm_t = tuple(int(v) for v in sm)
     if len(sm_t) != 2:
         raise ValueError(f"sm must be (major, minor), got {sm!r}")
+    if int(sm_count) <= 0:
+        raise ValueError(f"sm_count must be positive, got {sm_count}")
+    if int(driver_version) <= 0:
+        raise ValueError(f"driver_version must be positive (cuDriverGetVersion), got {driver_version}")
     if not 1 <= int(min_batch) <= int(opt_batch) <= int(max_batch):
         raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}/{opt_batch}/{max_batch}")
     if int(workspace_mb) <= 0:
@@ -398,6 +479,8 @@ def engine_cache_fields(*, onnx_sha256: str, trt_version: str, gpu_name: str, sm
         "trt_version": str(trt_version),
         "gpu_name": str(gpu_name),
         "sm": f"{sm_t[0]}.{sm_t[1]}",
+        "sm_count": int(sm_count),
+        "driver_version": int(driver_version),
         "precision": p.value,
         "batch_profile": [int(min_batch), int(opt_batch), int(max_batch)],
         "workspace_mb": int(workspace_mb),
@@ -407,8 +490,8 @@ def engine_cache_fields(*, onnx_sha256: str, trt_version: str, gpu_name: str, sm
 def engine_cache_key(**fields: Any) -> str:
     """sha256 over the canonical JSON of `engine_cache_fields(**fields)`.
 
-    Keyword arguments: onnx_sha256, trt_version, gpu_name, sm, precision, min_batch, opt_batch,
-    max_batch, workspace_mb.  The ONNX enters through its sha256 (hashing the digest is as
+    Keyword arguments: onnx_sha256, trt_version, gpu_name, sm, sm_count, driver_version, precision,
+    min_batch, opt_batch, max_batch, workspace_mb.  The ONNX enters through its sha256 (hashing the digest is as
     collision-resistant as hashing the bytes and avoids reading the model twice).
     """
     return _key_from_fields(engine_cache_fields(**fields))
@@ -424,26 +507,26 @@ def sidecar_path(engine_path: PathLike) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write via a temp file in the same directory + fsync + os.replace: readers see the old file
-    or the complete new one, never a torn engine.  Same contract as `edgeuad.atomic` (kept here
-    because this file must also run copied alone onto a target, see export/build_engine.py)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the engine from other service users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+try:  # the package's one atomic writer (temp file in the same directory + fsync + os.replace)
+    from ..atomic import atomic_write_bytes
+except ImportError:  # this file copied alone next to export/build_engine.py: same contract, minimal copy
+    def atomic_write_bytes(path: PathLike, data: bytes) -> None:  # type: ignore[misc]
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def write_cached_engine(engine_path: PathLike, engine_bytes: bytes, fields: Mapping[str, Any],
@@ -481,7 +564,8 @@ def cached_engine_is_valid(engine_path: PathLike, key: str) -> Tuple[bool, str]:
     if meta is None:
         return False, "no sidecar"
     if meta.get("key") != key:
-        return False, "key differs (other ONNX, GPU, SM, TensorRT version, precision, profile or workspace)"
+        return False, ("key differs (other ONNX, GPU, SM, SM count, driver, TensorRT version, precision, profile or "
+                       "workspace)")
     if not engine_path.is_file():
         return False, "engine file missing"
     if sha256_file(engine_path) != meta.get("engine_sha256"):
@@ -529,16 +613,89 @@ def _network_has_qdq_layers(trt: Any, network: Any) -> bool:
     return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
+def fp16_onnx(onnx_path: PathLike, out_dir: PathLike) -> Path:
+    """An fp16 copy of `onnx_path` for strongly typed TensorRT (11.x has no BuilderFlag.FP16): float
+    initializers and compute in float16, graph inputs/outputs kept float32 (Cast nodes at the edges,
+    onnxconverter-common's keep_io_types), so callers feed and read float32 as with any engine.
+    Cached in `out_dir` by the source's sha256, written atomically."""
+    try:
+        import onnx  # noqa: PLC0415
+        from onnxconverter_common import float16  # noqa: PLC0415
+    except ImportError as e:
+        raise TensorRTUnavailableError(
+            f"fp16 engines on TensorRT 11 are built from an fp16 ONNX, which needs `onnx` and `onnxconverter-common` "
+            f"(pip install 'edgeuad[tensorrt]'): {e}") from e
+    src = Path(onnx_path)
+    out = Path(out_dir) / f"{src.stem}.{sha256_file(src)[:16]}.fp16.onnx"
+    if out.is_file():
+        return out
+    with warnings.catch_warnings(record=True) as caught:  # one warning per tiny weight clamped to +-1e-7
+        warnings.simplefilter("always")
+        half = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    if caught:
+        log.info("fp16 ONNX: %d values outside float16's range were clamped by onnxconverter-common", len(caught))
+    _rewire_output_consumers(half)
+    onnx.shape_inference.infer_shapes(half, strict_mode=True)  # a type mismatch is an error here, not in TensorRT
+    atomic_write_bytes(out, half.SerializeToString())
+    log.info("fp16 ONNX for strongly typed TensorRT written to %s", out)
+    return out
+
+
+def _rewire_output_consumers(model: Any) -> None:
+    """onnxconverter-common (1.16) renames the producer of a graph output `y` to `_cast_to_y` and adds
+    `Cast(_cast_to_y) -> y` (float32), but leaves other nodes that read `y` reading the float32 copy:
+    their fp16 inputs then mix with float32 ones and the graph no longer type-checks.  Point those
+    consumers at the fp16 tensor again (the Cast stays the graph output's only producer)."""
+    outputs = {o.name for o in model.graph.output}
+    fp16_of: Dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type == "Cast" and len(node.output) == 1 and node.output[0] in outputs:
+            to = next((a.i for a in node.attribute if a.name == "to"), None)
+            if to == 1:  # TensorProto.FLOAT
+                fp16_of[node.output[0]] = node.input[0]
+    for node in model.graph.node:
+        if node.op_type == "Cast" and node.output and node.output[0] in fp16_of:
+            continue
+        for i, name in enumerate(node.input):
+            if name in fp16_of:
+                node.input[i] = fp16_of[name]
+
+
+def _network_flags(trt: Any, major: int) -> int:
+    flags = 0
+    if major < 10:
+        # Explicit batch is required for ONNX networks before 10.0 (deprecated and implied from 10.0).
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if strongly_typed(major) and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # 11.x: accepted, always on
+    return flags
+
+
+def _precision_flags(trt: Any, major: int, resolved: Precision, fast_fp16: bool) -> List[str]:
+    """BuilderFlag names for a weakly typed build (8.6 / 10.x); none for 11.x, where the graph decides."""
+    if strongly_typed(major):
+        return []
+    if not hasattr(trt.BuilderFlag, "FP16"):
+        raise TensorRTUnsupportedError(f"TensorRT {trt.__version__} has no BuilderFlag.FP16 although it is < 11")
+    if resolved is Precision.FP16:
+        return ["FP16"]
+    if resolved is Precision.INT8:
+        # Layers outside Q/DQ pairs may then run in fp16 instead of fp32.
+        return ["INT8", "FP16"] if fast_fp16 else ["INT8"]
+    return []
+
+
 def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None,
                  precision: Union[str, Precision] = Precision.AUTO, max_batch: int = 8, opt_batch: int = 1,
                  workspace_mb: int = 1024, cache_dir: Optional[PathLike] = None, device: int = 0,
                  force: bool = False, verbose: bool = False) -> Path:
-    """Build (or reuse from cache) a TensorRT engine for `onnx_path` and return its path.
+    """Build (or reuse from cache) a TensorRT engine for `onnx_path` on GPU `device`; returns its path.
 
     engine_path: where to put the engine; default `cache_dir/<stem>.<precision>.b<max>.<key16>.engine`
     (cache_dir defaults to $EDGEUAD_TRT_CACHE or ~/.cache/edgeuad/trt).  An existing engine is
     reused only when its sidecar carries the same cache key and its sha256 matches; `force`
-    rebuilds regardless.
+    rebuilds regardless.  The key covers the ONNX's sha256, TensorRT version, GPU name, SM, SM count,
+    driver version, precision, batch profile, workspace and this recipe's version.
     """
     onnx_path = Path(onnx_path)
     requested = Precision.from_string(precision)
@@ -561,26 +718,46 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None,
         log.info("onnx is not installed: the Q/DQ check runs on the parsed TensorRT network instead")
 
     trt = _import_tensorrt()
+    major = check_trt_version(trt.__version__)
+    if strongly_typed(major) and scan is None:
+        raise TensorRTUnavailableError(f"TensorRT {trt.__version__} builds strongly typed networks, whose precision "
+                                       "comes from the ONNX graph: install `onnx` (pip install 'edgeuad[tensorrt]')")
     gpu = query_gpu(device)
     fast_fp16, fast_int8 = sm_capabilities(gpu.sm)
-    trt_major = _trt_major(trt)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    with device_context(device):
+        return _build(trt, major, gpu, onnx_path, engine_path, root, requested, scan, fast_fp16, fast_int8,
+                      int(max_batch), int(opt_batch), int(workspace_mb), force, verbose)
 
+
+def _build(trt: Any, major: int, gpu: GpuInfo, onnx_path: Path, engine_path: Optional[PathLike], root: Path,
+           requested: Precision, scan: Optional[QdqScan], fast_fp16: bool, fast_int8: bool, max_batch: int,
+           opt_batch: int, workspace_mb: int, force: bool, verbose: bool) -> Path:
     logger = _make_logger(trt, verbose)
     builder = _check(trt.Builder(logger), "trt.Builder")
-    flags = 0
-    if trt_major < 10:
-        # Explicit batch is required for ONNX networks before 10.0 (deprecated and implied from 10.0).
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = _check(builder.create_network(flags), "Builder.create_network")
-    parser = _check(trt.OnnxParser(network, logger), "trt.OnnxParser")
-    # parse_from_file resolves external-data weights relative to the model file.
-    if not parser.parse_from_file(str(onnx_path)):
-        errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineBuildError(f"TensorRT could not parse {onnx_path} ({len(errs)} error(s)):\n  "
-                               + "\n  ".join(errs or logger.errors or ["(no parser error recorded)"]))
+    strong = strongly_typed(major)
 
-    has_qdq = scan.has_qdq if scan is not None else _network_has_qdq_layers(trt, network)
-    resolved = resolve_precision(requested, fast_fp16, fast_int8, has_qdq)
+    def parse(path: Path) -> Any:
+        network = _check(builder.create_network(_network_flags(trt, major)), "Builder.create_network")
+        parser = _check(trt.OnnxParser(network, logger), "trt.OnnxParser")
+        # parse_from_file resolves external-data weights relative to the model file.
+        if not parser.parse_from_file(str(path)):
+            errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise EngineBuildError(f"TensorRT could not parse {path} ({len(errs)} error(s)):\n  "
+                                   + "\n  ".join(errs or logger.errors or ["(no parser error recorded)"]))
+        return network, parser
+
+    # Strongly typed (11.x): the precision is decided before parsing, from the Q/DQ scan.
+    if strong:
+        has_qdq = scan.has_qdq  # type: ignore[union-attr]  (scan is required for 11.x)
+        resolved = resolve_precision(requested, fast_fp16, fast_int8, has_qdq)
+        graph = fp16_onnx(onnx_path, root / "onnx") if resolved is Precision.FP16 else onnx_path
+        network, _parser = parse(graph)
+    else:
+        graph = onnx_path
+        network, _parser = parse(graph)
+        has_qdq = scan.has_qdq if scan is not None else _network_has_qdq_layers(trt, network)
+        resolved = resolve_precision(requested, fast_fp16, fast_int8, has_qdq)
 
     if network.num_inputs != 1:
         names = [network.get_input(i).name for i in range(network.num_inputs)]
@@ -595,14 +772,14 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None,
                     inp.name, shape[0], max_batch)
         min_b = opt_b = max_b = shape[0]
     else:
-        min_b, opt_b, max_b = 1, int(opt_batch), int(max_batch)
+        min_b, opt_b, max_b = 1, opt_batch, max_batch
 
     fields = engine_cache_fields(onnx_sha256=sha256_file(onnx_path), trt_version=trt.__version__,
-                                 gpu_name=gpu.name, sm=gpu.sm, precision=resolved, min_batch=min_b,
+                                 gpu_name=gpu.name, sm=gpu.sm, sm_count=gpu.sm_count,
+                                 driver_version=gpu.driver_version, precision=resolved, min_batch=min_b,
                                  opt_batch=opt_b, max_batch=max_b, workspace_mb=workspace_mb)
     key = _key_from_fields(fields)
     if engine_path is None:
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         engine_path = root / f"{onnx_path.stem}.{resolved}.b{max_b}.{key[:16]}.engine"
     engine_path = Path(engine_path)
     if not force:
@@ -614,33 +791,21 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None,
             log.info("rebuilding %s: %s", engine_path, reason)
 
     config = _check(builder.create_builder_config(), "Builder.create_builder_config")
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     profile = _check(builder.create_optimization_profile(), "Builder.create_optimization_profile")
     rest = shape[1:]
     profile.set_shape(inp.name, (min_b,) + rest, (opt_b,) + rest, (max_b,) + rest)
     if config.add_optimization_profile(profile) < 0:
         raise TensorRTCallError(f"IBuilderConfig.add_optimization_profile rejected the profile "
                                 f"{min_b}/{opt_b}/{max_b} x {rest} for input {inp.name!r}")
+    set_flags = _precision_flags(trt, major, resolved, fast_fp16)
+    for name in set_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
 
-    set_flags: List[str] = []
-    weak_typing = hasattr(trt.BuilderFlag, "FP16")  # removed in TensorRT 11 (strong typing only)
-    if resolved is Precision.FP16:
-        if not weak_typing:
-            raise EngineBuildError(f"TensorRT {trt.__version__} removed BuilderFlag.FP16: convert the ONNX to fp16 "
-                                   "first (NVIDIA ModelOpt AutoCast) and build it as fp32, or use TensorRT 10.x")
-        config.set_flag(trt.BuilderFlag.FP16)
-        set_flags.append("FP16")
-    elif resolved is Precision.INT8 and weak_typing:
-        config.set_flag(trt.BuilderFlag.INT8)
-        set_flags.append("INT8")
-        if fast_fp16:
-            # Layers outside Q/DQ pairs may then run in fp16 instead of fp32.
-            config.set_flag(trt.BuilderFlag.FP16)
-            set_flags.append("FP16")
-    # (TensorRT 11 + INT8: the network is strongly typed and the Q/DQ nodes alone fix the types.)
-
-    log.info("building TensorRT %s engine for %s on %s (SM %s, TensorRT %s), batch %d/%d/%d, workspace %d MiB",
-             resolved, onnx_path.name, gpu.name, gpu.sm_str, trt.__version__, min_b, opt_b, max_b, workspace_mb)
+    log.info("building TensorRT %s engine for %s on %s (SM %s, %d SMs, TensorRT %s, %s), batch %d/%d/%d, "
+             "workspace %d MiB", resolved, graph.name, gpu.name, gpu.sm_str, gpu.sm_count, trt.__version__,
+             "strongly typed" if strong else "flags " + ("+".join(set_flags) or "none"), min_b, opt_b, max_b,
+             workspace_mb)
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -649,9 +814,10 @@ def build_engine(onnx_path: PathLike, engine_path: Optional[PathLike] = None,
     data = memoryview(serialized).tobytes()
     build_s = time.perf_counter() - t0
     write_cached_engine(engine_path, data, fields,
-                        extra={"builder_flags": set_flags, "input": inp.name, "input_shape": list(shape),
-                               "requested_precision": requested.value, "build_seconds": round(build_s, 2),
-                               "onnx_file": onnx_path.name, "has_qdq": bool(has_qdq)})
+                        extra={"builder_flags": set_flags, "strongly_typed": strong, "input": inp.name,
+                               "input_shape": list(shape), "requested_precision": requested.value,
+                               "build_seconds": round(build_s, 2), "onnx_file": onnx_path.name,
+                               "built_from": graph.name, "has_qdq": bool(has_qdq), "device": gpu.index})
     log.info("TensorRT engine written to %s (%.1f MiB, %.1f s)", engine_path, len(data) / 2**20, build_s)
     return engine_path
 
@@ -675,11 +841,16 @@ class TrtEngine:
     into max-batch chunks.  Calls are serialised by a lock (an execution context is not
     re-entrant) and push the device's primary CUDA context (the one TensorRT's runtime API uses),
     so they may come from any thread.
+
+    Host inputs of `infer_device` go through two page-locked staging buffers used in turn, each
+    guarded by an event recorded after its host-to-device copy: a call waits for that event before
+    overwriting the buffer, so an asynchronous copy still reading it is never clobbered.
     """
 
     def __init__(self, engine_path: PathLike, device: int = 0, verbose: bool = False) -> None:
         self._closed = True
         trt = _import_tensorrt()
+        check_trt_version(trt.__version__)
         cuda, gpuarray = _import_pycuda()
         self._trt, self._cuda, self._gpuarray = trt, cuda, gpuarray
         self.engine_path = Path(engine_path)
@@ -688,6 +859,10 @@ class TrtEngine:
         self._lock = threading.Lock()
         self._device_allocs: Dict[str, Any] = {}
         self._host: Dict[str, np.ndarray] = {}
+        self._staging: List[np.ndarray] = []  # two pinned input buffers for infer_device
+        self._staging_events: List[Any] = []
+        self._slot = 0
+        self._waiter = _StreamWaiter()
         self._context = self._engine = self._runtime = self._stream = None
         cuda.init()
         self._cuda_ctx = cuda.Device(int(device)).retain_primary_context()
@@ -746,6 +921,9 @@ class TrtEngine:
             # Addresses are fixed for the engine's lifetime: set once, not per call.
             _check(self._context.set_tensor_address(n, int(self._device_allocs[n])),
                    f"IExecutionContext.set_tensor_address({n!r})")
+        inp = infos[self.input_name]
+        self._staging = [cuda.pagelocked_empty(inp.max_shape, inp.dtype) for _ in range(2)]
+        self._staging_events = [cuda.Event() for _ in range(2)]
         log.info("TensorRT engine %s: input %s %s (batch %d..%d), outputs %s", self.engine_path.name,
                  self.input_name, declared, self.min_batch, self.max_batch, self.output_names)
 
@@ -824,10 +1002,12 @@ class TrtEngine:
         """Run without synchronising; returns pycuda GPUArray views of the output buffers.
 
         `batch` is a host numpy array or any object exposing `__cuda_array_interface__` (C-contiguous,
-        the engine's input dtype, N <= max_batch); a device input is copied device-to-device on the
-        engine's stream after its producer stream (if it declares one) has finished.  The returned
-        arrays expose `__cuda_array_interface__`; they alias the engine's buffers, so they are valid
-        until the next call and must be consumed on `stream_handle` (or after `stream.synchronize()`).
+        the engine's input dtype, N <= max_batch).  A host batch is staged in a pinned buffer (two,
+        used in turn, see the class docstring); a device batch is copied device-to-device on the
+        engine's stream after its v3 producer 'stream' (the GPU waits on an event, the host does not).
+        The returned arrays expose `__cuda_array_interface__`; they alias the engine's buffers, so they
+        are valid until the next call and must be consumed on `stream_handle` (or after
+        `stream.synchronize()`).
         """
         cuda, gpuarray = self._cuda, self._gpuarray
         dst = self._device_allocs[self.input_name]
@@ -837,9 +1017,14 @@ class TrtEngine:
                 n = batch.shape[0]
                 if n > self.max_batch:
                     raise ValueError(f"infer_device takes at most max_batch={self.max_batch} samples, got {n}")
-                host_in = self._host[self.input_name].reshape(-1)[:batch.size]
+                slot = self._slot
+                self._slot ^= 1
+                # The copy that last read this buffer (two calls ago) must be finished before we overwrite it.
+                self._staging_events[slot].synchronize()
+                host_in = self._staging[slot].reshape(-1)[:batch.size]
                 np.copyto(host_in, np.ascontiguousarray(batch).reshape(-1))
                 cuda.memcpy_htod_async(dst, host_in, self._stream)
+                self._staging_events[slot].record(self._stream)
             elif hasattr(batch, "__cuda_array_interface__"):
                 cai = batch.__cuda_array_interface__
                 shape = tuple(int(d) for d in cai["shape"])
@@ -854,8 +1039,10 @@ class TrtEngine:
                     if tuple(int(s) for s in strides) != expect:
                         raise ValueError("device input must be C-contiguous")
                 producer = cai.get("stream")
-                if producer is not None and int(producer) != self.stream_handle:
-                    _sync_foreign_stream(int(producer))
+                if producer is not None:
+                    if int(producer) == 0:
+                        raise ValueError("__cuda_array_interface__ 'stream' 0 is disallowed by the v3 protocol")
+                    self._waiter.wait(int(producer), self.stream_handle)
                 nbytes = int(np.prod(shape)) * dtype.itemsize
                 cuda.memcpy_dtod_async(dst, int(cai["data"][0]), nbytes, self._stream)
             else:
@@ -863,6 +1050,30 @@ class TrtEngine:
             self._enqueue(n)
             return {o: gpuarray.GPUArray(self._output_shape(o), self.tensors[o].dtype,
                                          gpudata=self._device_allocs[o]) for o in self.output_names}
+
+    def device_empty(self, shape: Sequence[int], dtype: Any = np.float32) -> Any:
+        """A pycuda GPUArray on this engine's device (for kernels chained after the engine)."""
+        with self._current():
+            return self._gpuarray.empty(tuple(int(d) for d in shape), np.dtype(dtype))
+
+    def pinned_empty(self, shape: Sequence[int], dtype: Any = np.float32) -> np.ndarray:
+        """Page-locked host memory, so device-to-host copies into it are truly asynchronous."""
+        with self._current():
+            return self._cuda.pagelocked_empty(tuple(int(d) for d in shape), np.dtype(dtype))
+
+    def copy_to_host_async(self, dst: np.ndarray, src: Any) -> None:
+        """Enqueue a device-to-host copy of a GPUArray into (pinned) `dst` on the engine's stream."""
+        with self._current():
+            self._cuda.memcpy_dtoh_async(dst, src.gpudata, self._stream)
+
+    def copy_to_device_async(self, dst: Any, src: np.ndarray) -> None:
+        """Enqueue a host-to-device copy of (pinned) `src` into a GPUArray on the engine's stream."""
+        with self._current():
+            self._cuda.memcpy_htod_async(dst.gpudata, src, self._stream)
+
+    def synchronize(self) -> None:
+        with self._current():
+            self._stream.synchronize()
 
     # -- teardown ------------------------------------------------------------------------
     def _release(self) -> None:
@@ -876,6 +1087,9 @@ class TrtEngine:
                 alloc.free()
         self._device_allocs.clear()
         self._host.clear()
+        self._staging = []
+        self._staging_events = []
+        self._waiter.close()
         self._context = None
         self._engine = None
         self._runtime = None
@@ -907,9 +1121,9 @@ class TrtEngine:
 
 __all__ = [
     "BUILD_RECIPE_VERSION", "EngineBuildError", "GpuInfo", "Int8RequiresQdqError", "Precision", "QdqScan",
-    "TensorInfo", "TensorRTCallError", "TensorRTUnavailableError", "TrtEngine", "atomic_write_bytes",
-    "build_engine", "cached_engine_is_valid", "check_precision_against_graph", "default_cache_dir",
-    "engine_cache_fields", "engine_cache_key", "onnx_has_qdq", "query_gpu", "read_sidecar",
-    "resolve_precision", "scan_qdq", "sha256_file", "sidecar_path", "sm_capabilities", "tensorrt_available",
-    "write_cached_engine",
+    "SUPPORTED_TRT", "TensorInfo", "TensorRTCallError", "TensorRTUnavailableError", "TensorRTUnsupportedError",
+    "TrtEngine", "atomic_write_bytes", "build_engine", "cached_engine_is_valid", "check_precision_against_graph",
+    "check_trt_version", "default_cache_dir", "device_context", "engine_cache_fields", "engine_cache_key",
+    "fp16_onnx", "onnx_has_qdq", "query_gpu", "read_sidecar", "resolve_precision", "scan_qdq", "sha256_file",
+    "sidecar_path", "sm_capabilities", "strongly_typed", "tensorrt_available", "write_cached_engine",
 ]

@@ -118,7 +118,10 @@ def make_backend(bundle_or_engine: Bundle, backend: str = "auto", threads: int =
     if backend == "torch":
         return TorchBackend(bundle_or_engine, threads=threads)
     if backend == "tensorrt":
-        from .trt_backend import TensorRTBackend  # import-guarded inside: raises a clear error without tensorrt
+        from .trt_backend import TensorRTBackend, bundle_engine_source  # import-guarded: clear error without tensorrt
 
-        return TensorRTBackend(engine_path if engine_path is not None else bundle_or_engine.onnx_path)
+        if engine_path is not None:
+            return TensorRTBackend(engine_path)
+        onnx, precision = bundle_engine_source(bundle_or_engine.manifest, bundle_or_engine.root)
+        return TensorRTBackend(onnx, precision=precision)
     raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")

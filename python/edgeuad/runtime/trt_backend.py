@@ -3,9 +3,13 @@
 Importing this module does not import tensorrt or pycuda; constructing `TensorRTBackend` without
 them raises `TensorRTUnavailableError` (a RuntimeError) with what to install.
 
-Not executed in this project's CI (no GPU, no TensorRT there): the engine build/run paths were
-written against the TensorRT 8.6/10.x Python API documentation.  The tests cover the import guard
-and the argument checks that happen before TensorRT is needed.
+Never run on a real GPU in this project (none was available).  The build/run paths are exercised
+against fake `tensorrt` 8.6.1 / 10.3.0 / 11.1 modules (exact API names of the real bindings) and a fake
+pycuda in tests/python/test_trt_conformance.py; the import guard and argument checks run as they are.
+
+Besides the `Backend` protocol (`run`: host in, host out) it offers what the device-resident
+post-processing (runtime/device_post.py) needs: `run_device` (outputs stay on the GPU, on
+`stream_handle`), device/pinned allocation, asynchronous copies and `synchronize`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,20 @@ import numpy as np
 
 from ..export.tensorrt import (  # torch-free, tensorrt-free at import time
     Int8RequiresQdqError, Precision, TensorRTUnavailableError, TrtEngine, build_engine, read_sidecar)
+
+#: Preference when a bundle's manifest records several engine precisions.
+ENGINE_PREFERENCE = ("fp16", "int8", "fp32")
+
+
+def bundle_engine_source(manifest: dict, root: Path) -> tuple[Path, str]:
+    """(ONNX to build from, precision) for a bundle: the first of ENGINE_PREFERENCE that the manifest's
+    `engines` records (`edgeuad export --fp16/--int8`), else the bundle's ONNX at precision auto."""
+    engines = manifest.get("engines")
+    if isinstance(engines, dict):
+        for p in ENGINE_PREFERENCE:
+            if p in engines:
+                return root / str(engines[p]), p
+    return root / manifest["model"]["onnx"], "auto"
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +84,28 @@ class TensorRTBackend:
         return self.engine.infer(np.ascontiguousarray(x, dtype=np.float32))
 
     def run_device(self, x: Any) -> dict[str, Any]:
-        """Like `run` but leaves outputs on the GPU, on `stream_handle` (see TrtEngine.infer_device)."""
+        """Like `run` but leaves outputs on the GPU, on `stream_handle` (see TrtEngine.infer_device).
+        Batches above max_batch are refused (the caller chunks)."""
         return self.engine.infer_device(x)
 
     @property
     def stream_handle(self) -> int:
         return self.engine.stream_handle
+
+    def device_empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> Any:
+        return self.engine.device_empty(shape, dtype)
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        return self.engine.pinned_empty(shape, dtype)
+
+    def copy_to_host_async(self, dst: np.ndarray, src: Any) -> None:
+        self.engine.copy_to_host_async(dst, src)
+
+    def copy_to_device_async(self, dst: Any, src: np.ndarray) -> None:
+        self.engine.copy_to_device_async(dst, src)
+
+    def synchronize(self) -> None:
+        self.engine.synchronize()
 
     def close(self) -> None:
         eng = getattr(self, "engine", None)
