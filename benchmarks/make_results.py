@@ -215,6 +215,27 @@ def demo() -> tuple[str, bool]:
     return txt, m["i_auroc"] >= 0.95
 
 
+def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
+    """The PatchCore feature ablation (benchmarks/ablate_patchcore.py): validation (selection) and test
+    (record) I-/P-AUROC per feature space, at the product's align_corners=True."""
+    p = RES / "methods" / f"{dataset}_patchcore_ablation.jsonl"
+    if not p.exists():
+        return f"(not measured: {p.relative_to(HERE)} missing)"
+    recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows: dict[tuple, dict[str, dict]] = {}
+    for r in recs:
+        if r["align_corners"]:
+            key = (r["backbone"], r["n_train"], r["interp"], r["count_include_pad"], r["features"])
+            rows.setdefault(key, {})[r["split"]] = r
+    out = ["| backbone | training images | resize | zero pad counted | features | val I-AUROC | val P-AUROC "
+           "| test I-AUROC | test P-AUROC |", "|---|---:|---|---|---|---:|---:|---:|---:|"]
+    for (bb, n, interp, cip, feats), by in rows.items():
+        cell = lambda split, k: f"{by[split][k]:.4f}" if split in by else "-"  # noqa: E731
+        out.append(f"| {bb} | {n} | {interp} | {'yes' if cip else 'no'} | {feats} | {cell('val', 'i_auroc')} | "
+                   f"{cell('val', 'p_auroc')} | {cell('test', 'i_auroc')} | {cell('test', 'p_auroc')} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     tpl = (HERE / "RESULTS_template.md").read_text()
     mr, mmet = maps_ratio()
@@ -245,6 +266,7 @@ def main() -> None:
         "rc_mt_400": lambda: rc_summary("methods/magnetic_tile_recontrast_400it.json"),
         "rc_mt_1000": lambda: rc_summary("methods/magnetic_tile_recontrast_1000it.json"),
         "methods_table": lambda: _read("methods/table.md") or "(not measured)",
+        "patchcore_ablation": patchcore_ablation,
         "methods_cmp": lambda: mv,
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "seeds_bottle": lambda: seeds_table("bottle"),

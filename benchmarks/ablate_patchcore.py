@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""PatchCore feature ablation on an MVTec-layout set: which feature choices make the default lose to a
+plain PatchCore recipe (issue #13).  One factor at a time, on cached backbone features.
+
+    python benchmarks/ablate_patchcore.py --data ../shared/data/magnetic_tile --train-every 3 \
+        --spaces product,F,proj256 product,F,raw product,T,raw area,T,raw
+
+A "space" is interp,count_include_pad(T/F),features:
+  interp   product = edgeuad.preprocess (INTER_AREA when shrinking, INTER_LINEAR when enlarging),
+           area = always INTER_AREA (the plain recipe);
+  T/F      whether the 3x3 local average counts the zero padding (PatchCore's zero-padded unfold: T);
+  features proj256 = PatchCore's adaptive-average channel projection to 256 (replicates thin levels),
+           raw = the plain concatenation of the two stages.
+Every space gets its own 1% greedy coreset (seed 0) over the training patches; scores are exact 1-NN
+Euclidean distances, bilinear upsampling (align_corners True and False), Gaussian blur sigma 4, image score
+= max.  The SELECTION criterion is the validation split: the held-out normal images (10%, the split
+`api.train` makes with seed 0) and one synthetic-defect copy of each (edgeuad.synthetic.add_defect at full
+strength).  Test-split numbers are printed for the record only.  `--train-every 3` keeps every third
+training image so that a space costs minutes instead of ~10 minutes on 2 cores.
+Writes benchmarks/results/methods/<dataset>_patchcore_ablation.jsonl (one record per space x split x align).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeuad import data as D
+from edgeuad.backbones import build_backbone
+from edgeuad.methods.common import gaussian_blur_torch
+from edgeuad.methods.coreset import greedy_coreset
+from edgeuad.methods.patch_features import adaptive_avg_matrix
+from edgeuad.metrics import auroc, pixel_auroc
+from edgeuad.preprocess import PreprocessConfig, preprocess
+from edgeuad.synthetic import add_defect
+
+HERE = Path(__file__).resolve().parent
+S = 256
+log = logging.getLogger("ablate_patchcore")
+
+
+def load_splits(root: Path, every: int) -> dict:
+    train_p, hold_p = D.split_holdout(sorted((root / "train" / "good").iterdir()), 0.1, seed=0)
+    test = D.list_mvtec(root, "test")
+    imgs = {"train": [D.read_image(p) for p in train_p[::every]], "test": [D.read_image(s.path) for s in test]}
+    val, vlab, vmask = [], [], []
+    for i, p in enumerate(hold_p):
+        r = cv2.resize(D.read_image(p), (S, S), interpolation=cv2.INTER_AREA)
+        d, m = add_defect(r, ("scratch", "blob", "cutout")[i % 3], np.random.default_rng([0, i]))
+        val += [r, d]
+        vlab += [0, 1]
+        vmask += [np.zeros((S, S), bool), m]
+    imgs["val"] = val
+    return {"imgs": imgs, "labels": {"val": np.array(vlab), "test": np.array([s.label for s in test])},
+            "masks": {"val": vmask, "test": [D.load_mask(s, (S, S)) for s in test]}}
+
+
+def stage_features(bb: torch.nn.Module, ims: list, interp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if interp == "area":
+        ims = [cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA) for im in ims]
+    x = preprocess(ims, PreprocessConfig(size=(S, S)))
+    a, b = [], []
+    with torch.inference_mode():
+        for s in range(0, len(x), 32):
+            f = bb(torch.from_numpy(x[s:s + 32]))
+            a.append(f[1])
+            b.append(f[2])
+    return torch.cat(a), torch.cat(b)
+
+
+def embed(a: torch.Tensor, b: torch.Tensor, cip: bool, feats: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    a = F.avg_pool2d(a, 3, 1, 1, count_include_pad=cip)
+    b = F.avg_pool2d(b, 3, 1, 1, count_include_pad=cip)
+    b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
+    m = torch.cat([a, b], 1)
+    n, c, h, w = m.shape
+    m = m.permute(0, 2, 3, 1).reshape(n, h * w, c)
+    if feats == "proj256":
+        ca, cb = a.shape[1], b.shape[1]
+        p = adaptive_avg_matrix(512, 256) @ torch.block_diag(adaptive_avg_matrix(ca, 256), adaptive_avg_matrix(cb, 256))
+        m = m @ p.float().T
+    return m.contiguous(), (h, w)
+
+
+def nn_distance(q: torch.Tensor, bank: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    out = torch.empty(q.shape[0])
+    bn = (bank * bank).sum(1)
+    for s in range(0, q.shape[0], chunk):
+        qc = q[s:s + chunk]
+        d2 = (qc * qc).sum(1, keepdim=True) - 2 * qc @ bank.T + bn
+        out[s:s + chunk] = d2.min(1).values.clamp_min(0).sqrt()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--train-every", type=int, default=1, help="keep every N-th training image")
+    ap.add_argument("--spaces", nargs="+", default=["product,F,proj256", "product,F,raw", "product,T,raw", "area,T,raw"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    out = args.out or HERE / "results" / "methods" / f"{args.data.name}_patchcore_ablation.jsonl"
+    spaces = [(i, c == "T", f) for i, c, f in (s.split(",") for s in args.spaces)]
+    t0 = time.time()
+    sp = load_splits(args.data, args.train_every)
+    bb = build_backbone(args.backbone, True).eval()
+    feats = {(interp, k): stage_features(bb, ims, interp)
+             for interp in sorted({s[0] for s in spaces}) for k, ims in sp["imgs"].items()}
+    log.info("features in %.0f s", time.time() - t0)
+    for interp, cip, kind in spaces:
+        tr, grid = embed(*feats[interp, "train"], cip, kind)
+        x = tr.reshape(-1, tr.shape[-1]).numpy()
+        bank = torch.from_numpy(x[np.sort(greedy_coreset(x, 0.01, proj_dim=128, seed=0, min_items=1000))])
+        for split in ("val", "test"):
+            q, _ = embed(*feats[interp, split], cip, kind)
+            d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
+            for align in (True, False):
+                maps = gaussian_blur_torch(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=align)[:, 0], 4.0)
+                masks = sp["masks"][split]
+                mm = maps.numpy()
+                keep = [i for i, m in enumerate(masks) if m is not None]
+                rec = {"dataset": args.data.name, "backbone": args.backbone, "train_every": args.train_every,
+                       "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
+                       "count_include_pad": cip, "features": kind, "align_corners": align,
+                       "i_auroc": round(auroc(sp["labels"][split], mm.reshape(len(mm), -1).max(1)), 4),
+                       "p_auroc": round(pixel_auroc([masks[i][::4, ::4] for i in keep], [mm[i][::4, ::4] for i in keep]), 4)}
+                log.info("%s", rec)
+                with open(out, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
