@@ -107,8 +107,9 @@ def main() -> None:
             r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
             r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                          text=True, cwd=HERE).stdout.strip()
-            if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                              text=True, cwd=HERE).stdout.strip():
+            # results/ is this script's own output: a tree dirty elsewhere is what makes a number untraceable
+            if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                               ":(exclude,top)benchmarks/results"], capture_output=True, text=True, cwd=HERE).stdout.strip():
                 r["commit"] += " (dirty tree)"
             r["date"] = time.strftime("%Y-%m-%d")
             f.write_text(json.dumps(r, indent=2) + "\n")

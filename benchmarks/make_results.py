@@ -56,7 +56,8 @@ def _tables(text: str) -> list[list[dict[str, str]]]:
     return out
 
 
-METRICS = (("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("f1_max", "F1-max"))
+METRICS = (("i_auroc", "I-AUROC"), ("p_auroc", "P-AUROC"), ("aupro", "AUPRO"), ("f1_max", "F1-max"),
+           ("accuracy_at_threshold", "Acc@thr"))
 
 
 def _metrics_text(m: dict) -> str:
@@ -215,6 +216,56 @@ def demo() -> tuple[str, bool]:
     return txt, m["i_auroc"] >= 0.95
 
 
+def methods_table(keep: Callable[[str, dict], bool]) -> str:
+    """The methods table (compare_methods.table's format) over the result files `keep` selects."""
+    import compare_methods  # noqa: PLC0415 - beside this script; imports edgeuad (no torch at import)
+
+    rows = [r for f in sorted((RES / "methods").glob("*.json")) for r in [json.loads(f.read_text())] if keep(f.name, r)]
+    return compare_methods.table(rows).strip() if rows else "(not measured)"
+
+
+def _seed_runs(dataset: str, method: str) -> list[dict]:
+    names = [f"{dataset}_{method}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{dataset}_{method}_seed*.json"))
+    return [r for r in (_json(f"methods/{n}") for n in names) if r is not None]
+
+
+def goals13() -> dict[str, tuple[str, Optional[bool]]]:
+    """Issue #13's goals, computed from the methods JSON files (current defaults only: *_pre13 and other
+    archived variants are not rows of the main table)."""
+    out: dict[str, tuple[str, Optional[bool]]] = {}
+    pc = [r for r in _seed_runs("magnetic_tile", "patchcore") if "accuracy_at_threshold" in r["metrics"]]
+    if pc:
+        mean = sum(r["metrics"]["i_auroc"] for r in pc) / len(pc)
+        seeds = ", ".join(f"{r['metrics']['i_auroc']:.4f}" for r in pc)
+        out["pc13"] = (f"mean I-AUROC {mean:.4f} over {len(pc)} seed(s) ({seeds})", mean >= 0.925 and len(pc) >= 3)
+    else:
+        out["pc13"] = ("(not measured with the current defaults)", False)
+    rows = [r for m in ("patchcore", "reconpatch", "recontrast", "ensemble")
+            for r in [_json(f"methods/magnetic_tile_{m}.json")] if r is not None and "accuracy_at_threshold" in r["metrics"]]
+    if rows:
+        best = max(rows, key=lambda r: r["metrics"]["i_auroc"])
+        m = best["metrics"]
+        out["best13"] = (f"{best['method']}: I-AUROC {m['i_auroc']:.4f}, P-AUROC {m.get('p_auroc', float('nan')):.4f}",
+                         m["i_auroc"] >= 0.95 and m.get("p_auroc", 0.0) >= 0.85)
+    else:
+        out["best13"] = ("(not measured with the current defaults)", False)
+    rc, base = _json("methods/magnetic_tile_recontrast.json"), _json("methods/magnetic_tile_patchcore.json")
+    if rc and base and "accuracy_at_threshold" in rc["metrics"] and "accuracy_at_threshold" in base["metrics"]:
+        a, b = rc["metrics"]["i_auroc"], base["metrics"]["i_auroc"]
+        out["rc13"] = (f"ReContrast {a:.4f} vs PatchCore {b:.4f} (seed 0)", a >= b)
+    else:
+        out["rc13"] = ("(ReContrast not measured with the current training: see section 1)", False)
+    bt = [r for m in ("patchcore", "reconpatch", "recontrast") for r in [_json(f"methods/bottle_{m}.json")]
+          if r is not None and "accuracy_at_threshold" in r["metrics"]]
+    if bt:
+        out["bottle13"] = ("; ".join(f"bottle {r['method']}: I-AUROC {r['metrics']['i_auroc']:.4f}, Acc@thr "
+                                     f"{r['metrics']['accuracy_at_threshold']:.4f}" for r in bt),
+                           all(r["metrics"]["i_auroc"] >= 0.9999 for r in bt))
+    else:
+        out["bottle13"] = ("(not measured with the current defaults)", False)
+    return out
+
+
 def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
     """The PatchCore feature ablation (benchmarks/ablate_patchcore.py): validation (selection) and test
     (record) I-/P-AUROC per feature space, at the product's align_corners=True."""
@@ -258,15 +309,19 @@ def main() -> None:
         return verdict(pipes)
 
     dt, dmet = demo()
+    g13 = goals13()
     mv, mvmet = methods_verdict()
     fill: dict[str, Callable[[], str]] = {
         "demo": lambda: dt,
         "demo_met": lambda: "yes" if dmet else "**no**",
-        "rc_bottle": lambda: rc_summary("methods/bottle_recontrast.json"),
+        "rc_bottle": lambda: rc_summary("methods/bottle_recontrast_pre13.json"),
         "rc_mt_400": lambda: rc_summary("methods/magnetic_tile_recontrast_400it.json"),
         "rc_mt_1000": lambda: rc_summary("methods/magnetic_tile_recontrast_1000it.json"),
-        "methods_table": lambda: _read("methods/table.md") or "(not measured)",
+        "methods_table": lambda: methods_table(lambda n, r: n == f"{r.get('dataset')}_{r.get('method')}.json"),
+        "methods_table_pre13": lambda: methods_table(lambda n, r: n == f"{r.get('dataset')}_{r.get('method')}_pre13.json"),
         "patchcore_ablation": patchcore_ablation,
+        **{k: (lambda k=k: g13[k][0]) for k in g13},
+        **{f"{k}_met": (lambda k=k: "yes" if g13[k][1] else "**no**") for k in g13},
         "methods_cmp": lambda: mv,
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "seeds_bottle": lambda: seeds_table("bottle"),
