@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from .bundle import Bundle, BundleError
+from .cpus import resolve_threads
 from .preprocess import preprocess as _preprocess
 from .preprocess import validate_frame
 from .runtime import maps as _maps
@@ -66,9 +67,10 @@ class Detector:
         self.pre_cfg = self.bundle.preprocess
         self.post = self.bundle.postprocess
         self.thresholds = Thresholds.from_dict(self.bundle.thresholds)
-        self.backend: Backend = make_backend(self.bundle, backend, threads=threads, engine_path=engine_path)
+        # 0 = the CPUs this process may use (affinity, cgroup quota), for the backend and the _rt kernels
+        self.threads = resolve_threads(threads)
+        self.backend: Backend = make_backend(self.bundle, backend, threads=self.threads, engine_path=engine_path)
         self.backend_name = self.backend.name
-        self.threads = threads
         self.bank = None
         if self.post["kind"] == "nn_l2":
             from .runtime.bank import Bank

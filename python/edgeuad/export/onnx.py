@@ -79,10 +79,9 @@ def check_parity(module: nn.Module, onnx_path: str | os.PathLike, x: np.ndarray,
     channel.  The tolerance stays a fraction 1e-3 of the output's own size."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    from ..cpus import ort_session_options
+
+    sess = ort.InferenceSession(str(onnx_path), sess_options=ort_session_options(ort, threads), providers=["CPUExecutionProvider"])
     got = sess.run(output_names, {INPUT_NAME: x.astype(np.float32)})
     with torch.no_grad():
         ref = module.eval()(torch.from_numpy(x.astype(np.float32)))

@@ -264,7 +264,9 @@ def _verify_qdq(model: Any, op_types: list[str], per_channel: bool) -> dict[str,
 
 
 def _cosine_fp32_vs_qdq(ort: Any, fp32_path: str, qdq_path: str, input_name: str, x: np.ndarray) -> float:
-    so = ort.SessionOptions()
+    from ..cpus import ort_session_options
+
+    so = ort_session_options(ort)
     so.log_severity_level = 3
     ref = ort.InferenceSession(fp32_path, so, providers=["CPUExecutionProvider"]).run(None, {input_name: x})
     got = ort.InferenceSession(qdq_path, so, providers=["CPUExecutionProvider"]).run(None, {input_name: x})

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..bundle import Bundle
+from ..cpus import ort_session_options, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,9 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError as e:  # a hard dependency, but say what to do if it is gone
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
-        so = ort.SessionOptions()
-        if threads > 0:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
+        # sized to the CPUs this process may use, no spinning (see edgeuad.cpus)
+        so = ort_session_options(ort, threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # onnxruntime's pool busy-waits after each run by default; the _rt kernels run right after
-        # on the same cores and were measured 25x slower while ORT's threads spun (2-core CPU).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         avail = ort.get_available_providers()
         if providers is None:
             providers = ["CPUExecutionProvider"]
@@ -64,8 +60,8 @@ class OrtBackend:
         self.session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.threads = threads
-        log.debug("onnxruntime session on %s, providers=%s, threads=%s", onnx_path, providers, threads or "default")
+        self.threads = so.intra_op_num_threads
+        log.debug("onnxruntime session on %s, providers=%s, threads=%d", onnx_path, providers, self.threads)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         outs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
@@ -87,8 +83,7 @@ class TorchBackend:
             raise BackendUnavailableError("the torch backend needs torch: pip install 'edgeuad[train]'") from e
         from ..methods.registry import load_export_module  # lazy: keeps torch out of the runtime import
 
-        if threads > 0:
-            torch.set_num_threads(threads)
+        set_torch_threads(torch, threads)
         self.torch = torch
         self.device = torch.device(device)
         self.module = load_export_module(bundle).to(self.device).eval()

@@ -1,0 +1,148 @@
+"""The CPUs this process may really use, and thread pools sized to them.
+
+`os.cpu_count()` counts the machine's cores, not this process's share: a `taskset` / cpuset
+affinity mask or a container's CFS quota (`docker --cpus 2` on a 32-core host) leaves fewer.
+Pools sized by the machine oversubscribe the share, and then the second cost appears: OpenMP
+(torch, MKL, oneDNN, `_rt`) and onnxruntime spin their idle threads between parallel regions,
+and a spinning thread whose partner was descheduled by another job burns CPU until its spin
+budget runs out, at every barrier.  On a shared 2-core machine that multiplied the demo's CPU
+time ~6x (issue 15; benchmarks/results/demo_load.md).  Hence:
+
+- `available_cpus()`: min(affinity mask, ceil(cgroup v2 `cpu.max` / v1 `cfs_quota_us` quota)).
+- `resolve_threads(0)` = that number; a positive request is kept (the user's word wins).
+- `ort_session_options()`: an explicit intra-op count (left at 0, onnxruntime sizes its pool by
+  the machine's physical cores and pins each thread to one, which ignores taskset and cgroups)
+  and no spinning.
+- `prefer_passive_openmp()`: OMP_WAIT_POLICY=PASSIVE unless the user set it; OpenMP reads it once,
+  when its library loads, so the CLI calls this before anything imports torch or `_rt`.
+
+Runtime side: no torch here (`set_torch_threads` takes the module it configures).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _v2_quota(d: Path) -> float | None:
+    text = _read(d / "cpu.max")  # "max 100000" (no limit) or "200000 100000" (2 CPUs)
+    if not text:
+        return None
+    parts = text.split()
+    if len(parts) != 2 or parts[0] == "max":
+        return None
+    try:
+        quota, period = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def _v1_quota(d: Path) -> float | None:
+    q, p = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+    try:
+        quota, period = float(q or "-1"), float(p or "0")
+    except ValueError:
+        return None
+    return quota / period if quota > 0 and period > 0 else None  # quota -1: no limit
+
+
+def _ancestors(mount: Path, rel: str) -> list[Path]:
+    """mount/rel and each parent up to mount itself: a limit anywhere up the tree applies.  In a
+    container the listed path is the host's and does not exist under the namespaced mount, whose
+    root then is the container's own cgroup."""
+    parts = [p for p in rel.strip().split("/") if p and p != ".."]
+    return [mount.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_SELF_CGROUP) -> float | None:
+    """CPUs granted by the tightest cgroup CPU quota on this process's path (v2 or v1), None if none."""
+    text = _read(proc_cgroup)
+    if text is None:
+        return None
+    limits: list[float] = []
+    for line in text.splitlines():
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, rel = fields
+        if controllers == "":  # v2 unified hierarchy: mounted at root (or root/unified in hybrid mode)
+            for mount in (root, root / "unified"):
+                limits += [q for d in _ancestors(mount, rel) if (q := _v2_quota(d)) is not None]
+        elif "cpu" in controllers.split(","):
+            for mount in (root / controllers, root / "cpu", root / "cpu,cpuacct"):
+                limits += [q for d in _ancestors(mount, rel) if (q := _v1_quota(d)) is not None]
+    return min(limits) if limits else None
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (taskset, cpuset); os.cpu_count() where unsupported."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup quota rounded up
+    (a 1.5-CPU quota runs two threads at 75% rather than leave half a CPU idle)."""
+    n = affinity_cpus()
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota - 1e-9)))
+    return n
+
+
+def resolve_threads(threads: int) -> int:
+    """A thread count for a pool: `threads` when > 0, else every CPU available to this process."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = the CPUs available to this process), got {threads}")
+    return threads if threads > 0 else available_cpus()
+
+
+def prefer_passive_openmp() -> None:
+    """OpenMP threads sleep instead of spinning when idle, unless the user chose a policy.  Takes
+    effect only for OpenMP libraries loaded after this call (torch, `_rt`)."""
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def ort_session_options(ort: Any, threads: int = 0) -> Any:
+    """onnxruntime SessionOptions sized to the available CPUs, with spinning off.
+
+    Spinning off: after each run the pool's threads would spin while `_rt` kernels (or torch,
+    during export checks) run on the same cores; measured 25x slower maps on 2 cores."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = resolve_threads(threads)
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return so
+
+
+def set_torch_threads(torch: Any, threads: int = 0) -> int:
+    """Size torch's intra-op pool to `resolve_threads(threads)`; returns the count set."""
+    n = resolve_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    log.debug("torch intra-op threads: %d", n)
+    return n
+
+
+__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "ort_session_options",
+           "prefer_passive_openmp", "resolve_threads", "set_torch_threads"]
