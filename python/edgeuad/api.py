@@ -22,6 +22,7 @@ import numpy as np
 from . import data as _data
 from .atomic import atomic_write_bytes
 from .bundle import Bundle, write_manifest
+from .overrides import parse_overrides
 from .preprocess import PreprocessConfig, preprocess
 from .thresholds import from_labelled, from_normal_robust, from_normal_scores
 
@@ -29,13 +30,14 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 RUN_WEIGHTS = "weights.safetensors"
+TILE = 256  # px, longer side of each picture in eval's overlays.png
 
 
 # ----------------------------------------------------------------------------- configs
 def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     """Build the method's dataclass config from defaults + overrides; unknown keys are an error
-    (a flag that silently never reaches the model is worse than a crash)."""
-    overrides = dict(overrides or {})
+    (a flag that silently never reaches the model is worse than a crash).  String values (`--set
+    key=value`) are parsed by the field's type, with an error naming the field."""
     if method == "recontrast":
         from .methods.recontrast import ReContrastConfig as C
     elif method == "patchcore":
@@ -44,12 +46,16 @@ def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
         from .methods.reconpatch import ReConPatchConfig as C
     else:
         raise ValueError(f"unknown method {method!r}; choose recontrast, reconpatch or patchcore")
+    overrides = parse_overrides(C, overrides or {})
     base = C().to_dict()
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise ValueError(f"unknown {method} config key(s) {unknown}; valid keys: {sorted(base)}")
     base.update({k: v for k, v in overrides.items() if v is not None})
-    return C.from_dict(base)
+    try:
+        return C.from_dict(base)
+    except TypeError as e:  # a value of the wrong kind from the Python API, e.g. a list for a float
+        raise ValueError(f"{method} config: {e} (overrides {overrides})") from e
 
 
 def preprocess_for(cfg: Any) -> PreprocessConfig:
@@ -104,18 +110,40 @@ def load_array(paths: Sequence[Path], pre: PreprocessConfig, progress: bool = Fa
 # ----------------------------------------------------------------------------- train
 def train(method: str, data: str | os.PathLike, out_dir: str | os.PathLike,
           overrides: dict[str, Any] | None = None, holdout_fraction: float = 0.1,
-          progress: bool = True) -> Run:
-    """Train `method` on the normal images of `data`; keep `holdout_fraction` aside for thresholds."""
-    from .methods.common import seed_everything
+          progress: bool = True, threads: int = 0) -> Run:
+    """Train `method` on the normal images of `data`; keep `holdout_fraction` aside for thresholds.
+    threads: torch CPU threads (0 = the CPUs this process may use, see `edgeuad.cpus`)."""
+    import torch
 
+    from .cpus import set_torch_threads
+
+    # every input is checked (config, images, split) before the run folder exists: a failed
+    # `train` leaves nothing behind
     cfg = method_config(method, overrides)
     pre = preprocess_for(cfg)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
     paths = normal_image_paths(data)
     train_paths, holdout = _data.split_holdout(paths, fraction=holdout_fraction, seed=int(cfg.seed))
     log.info("%s: %d training images, %d held out for thresholds (%s)", method, len(train_paths), len(holdout), data)
     x, kept = load_array(train_paths, pre, progress=progress)
+    set_torch_threads(torch, threads)
+    new_dirs = [d for d in (*reversed(out.absolute().parents), out.absolute()) if not d.exists()]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train_into(method, cfg, pre, x, kept, holdout, data, out, progress)
+    except BaseException:
+        for d in reversed(new_dirs):  # nothing written: leave no empty folders that look like a run
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+
+
+def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kept: Sequence[Path],
+                holdout: Sequence[Path], data: str | os.PathLike, out: Path, progress: bool) -> Run:
+    from .methods.common import seed_everything
+
     seed_everything(int(cfg.seed))
     t0 = time.perf_counter()
     state, config = _fit(method, cfg, x, out, progress)
@@ -156,15 +184,19 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     """Write a verified bundle: ONNX (parity-checked against torch), weights, bank, thresholds.
 
     threshold_rule: "robust" (median + z(1-fpr) * 1.4826 * MAD of the held-out normal scores) or
-    "quantile" (their `quantile`); a labelled `validation` folder overrides both (F1-optimal)."""
+    "quantile" (their `quantile`); a labelled `validation` folder overrides both (F1-optimal).
+    threads: CPU threads of torch and onnxruntime here (0 = the CPUs this process may use)."""
     if threshold_rule not in ("robust", "quantile"):
         raise ValueError(f"threshold_rule must be 'robust' or 'quantile', got {threshold_rule!r}")
+    import torch
     from safetensors.torch import load_file
 
+    from .cpus import set_torch_threads
     from .export.onnx import check_parity, export_onnx
     from .methods.registry import load_trained, spec_for
 
     run = run if isinstance(run, Run) else Run.load(run)
+    set_torch_threads(torch, threads)
     out = Path(bundle_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = load_file(str(run.root / RUN_WEIGHTS))
