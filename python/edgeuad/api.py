@@ -315,7 +315,8 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
             labels.append(s.label)
             scores.append(r.score)
             rows.append({"path": str(s.path), "defect": s.defect, "label": s.label, "score": r.score,
-                         "normalized": r.normalized, "is_anomaly": r.is_anomaly})
+                         "severity": det.severity(r.score), "normalized": r.normalized,
+                         "is_anomaly": r.is_anomaly})
             if have_masks:
                 import cv2
 
@@ -323,9 +324,12 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
                 masks.append(_data.read_mask(s.mask_path, size) if s.mask_path is not None
                              else np.zeros(size, bool) if s.label == 0 else None)
             if out_dir is not None and len(gallery.setdefault(s.defect, [])) < per_class:
-                ov = viz.overlay(img, r.anomaly_map, vmin=0.0, vmax=1.0)
-                gallery[s.defect].append(viz.annotate(
-                    ov, [f"{s.defect} {r.normalized:.2f} {'NG' if r.is_anomaly else 'OK'}"], ok=not r.is_anomaly))
+                # ground truth outlined (white) where a mask exists, tiles drawn at TILE px
+                gt = _data.read_mask(s.mask_path, img.shape[:2]) if s.mask_path is not None else None
+                lines = viz.verdict_lines(f"{s.defect}/{Path(s.path).name}", r.score, det.severity(r.score),
+                                          r.is_anomaly)
+                gallery[s.defect].append(viz.panel(img, r.anomaly_map, lines, ok=not r.is_anomaly, mask=gt,
+                                                   longest=TILE))
     seconds = time.perf_counter() - t0
     if have_masks:
         keep = [i for i, m in enumerate(masks) if m is not None]
@@ -348,15 +352,15 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({"metrics": metrics, "bundle": str(bundle), "data": str(data),
-                                                      "backend": det.backend_name, "seconds": seconds,
-                                                      "latency_ms_mean": result.latency_ms_mean}, indent=2) + "\n")
-        with open(out / "scores.jsonl", "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
+        atomic_write_bytes(out / "metrics.json", (json.dumps(
+            {"metrics": metrics, "bundle": str(bundle), "data": str(data), "backend": det.backend_name,
+             "seconds": seconds, "latency_ms_mean": result.latency_ms_mean}, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         if gallery:
             tiles = [t for cls in sorted(gallery) for t in gallery[cls]]
-            viz.write_png(out / "overlays.png", viz.grid(tiles, cols=per_class, cell=(192, 192)))
+            cell = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+            viz.write_png(out / "overlays.png", viz.with_colorbar(viz.grid(tiles, cols=per_class, cell=cell),
+                                                                  threshold=0.5, title="norm"))
         normal = [r["score"] for r in rows if r["label"] == 0]
         anomalous = [r["score"] for r in rows if r["label"] == 1]
         if normal and anomalous:

@@ -106,6 +106,13 @@ class Detector:
     def input_size(self) -> tuple[int, int]:
         return self.pre_cfg.size
 
+    def severity(self, score: float) -> float:
+        """`Result.normalized` without its clip to [0, 1]: 0.5 at the threshold, 1.0 at the top of
+        the normalisation range, and beyond it for stronger anomalies (normalised scores of clear
+        defects all read 1.00; this tells them apart)."""
+        t = self.thresholds
+        return float((score - t.threshold) / (t.max - t.min) + 0.5)
+
     # --- the three stages ------------------------------------------------------
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         return _preprocess(frames, self.pre_cfg, color=self.color)

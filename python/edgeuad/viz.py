@@ -2,6 +2,10 @@
 
 All functions take and return RGB uint8 images (project convention); the
 RGB<->BGR swap for OpenCV happens only inside `write_png` and the colormap.
+
+Overlays show heat only where it matters: each pixel's heat opacity grows with its value
+(transparent below HEAT_FROM of the colour range, full `alpha` from HEAT_FULL up), so an OK
+part stays visible as itself instead of tinted blue; `with_colorbar` adds the scale.
 """
 from __future__ import annotations
 
@@ -12,12 +16,18 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 OK_COLOR = (40, 150, 60)     # RGB bar colour for a normal verdict
 NG_COLOR = (200, 40, 40)     # RGB bar colour for an anomalous verdict
 NEUTRAL_COLOR = (30, 30, 30)
+GT_COLOR = (255, 255, 255)   # ground-truth defect outline
+# Heat opacity ramp, as fractions of the colour range: for normalised maps (0..1, threshold 0.5)
+# heat starts at 0.2 and is fully opaque from 0.7; at the threshold it has 60% of `alpha`.
+HEAT_FROM, HEAT_FULL = 0.2, 0.7
 
 
 def _as_rgb(img: np.ndarray, name: str = "image") -> np.ndarray:
@@ -47,27 +57,36 @@ def _as_map(amap: np.ndarray, name: str = "amap") -> np.ndarray:
     return a
 
 
-def colorize(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """HxW map -> HxWx3 RGB uint8 with the JET colormap (vmin blue, vmax red)."""
-    a = _as_map(amap)
+def _unit(a: np.ndarray, vmin: float | None, vmax: float | None) -> np.ndarray:
+    """The map scaled to [0, 1] over [vmin, vmax] (defaults: its own range), clipped."""
     lo = float(a.min()) if vmin is None else float(vmin)
     hi = float(a.max()) if vmax is None else float(vmax)
     if hi < lo:
         raise ValueError(f"vmax ({hi}) < vmin ({lo})")
     # A constant map (hi == lo) is drawn all-low rather than dividing by zero.
-    norm = np.zeros_like(a) if hi == lo else np.clip((a - lo) / (hi - lo), 0.0, 1.0)
-    u8 = np.rint(norm * 255.0).astype(np.uint8)
+    return np.zeros_like(a) if hi == lo else np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _jet(unit: np.ndarray) -> np.ndarray:
+    u8 = np.rint(unit * 255.0).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def colorize(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """HxW map -> HxWx3 RGB uint8 with the JET colormap (vmin blue, vmax red)."""
+    return _jet(_unit(_as_map(amap), vmin, vmax))
 
 
 def overlay(image_rgb: np.ndarray, amap: np.ndarray, vmin: float | None = None, vmax: float | None = None,
             alpha: float = 0.5, mask: np.ndarray | None = None, threshold: float | None = None,
-            contour_color: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+            contour_color: tuple[int, int, int] = GT_COLOR, alpha_by_value: bool = True) -> np.ndarray:
     """Blend a JET heatmap of `amap` over the image; returns RGB uint8 of the image's size.
 
     The map is resized (bilinear) to the image if sizes differ.  vmin/vmax
     default to the map's own range, which makes every map look "hot" somewhere:
-    for normalised maps pass vmin=0, vmax=1 so normal images stay blue.
+    for normalised maps pass vmin=0, vmax=1 so normal images stay clean.
+    alpha_by_value: per-pixel opacity alpha * ramp(HEAT_FROM..HEAT_FULL of the range), so low
+    values leave the image untouched; False blends `alpha` everywhere.
     Contours: of `mask` (bool HxW, e.g. ground truth) and/or of amap >= threshold
     (in the map's units).
     """
@@ -78,8 +97,13 @@ def overlay(image_rgb: np.ndarray, amap: np.ndarray, vmin: float | None = None, 
     h, w = img.shape[:2]
     if a.shape != (h, w):
         a = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-    heat = colorize(a, vmin, vmax)
-    out = cv2.addWeighted(img, 1.0 - alpha, heat, alpha, 0.0)
+    unit = _unit(a, vmin, vmax)
+    heat = _jet(unit)
+    if alpha_by_value:
+        w_px = alpha * np.clip((unit - HEAT_FROM) / (HEAT_FULL - HEAT_FROM), 0.0, 1.0)[:, :, None]
+        out = np.rint(img * (1.0 - w_px) + heat * w_px).astype(np.uint8)
+    else:
+        out = cv2.addWeighted(img, 1.0 - alpha, heat, alpha, 0.0)
     thickness = max(1, round(min(h, w) / 200))
     if threshold is not None:
         _draw_contour(out, a >= threshold, contour_color, thickness)
@@ -91,6 +115,43 @@ def overlay(image_rgb: np.ndarray, amap: np.ndarray, vmin: float | None = None, 
             m = cv2.resize((m != 0).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
         _draw_contour(out, m != 0, contour_color, thickness)
     return out
+
+
+def colorbar(height: int, vmin: float = 0.0, vmax: float = 1.0, threshold: float | None = None,
+             title: str = "", width: int = 64, bg: tuple[int, int, int] = (24, 24, 24)) -> np.ndarray:
+    """A vertical JET scale (vmax at the top) with its range, and the threshold marked, as RGB."""
+    if height < 40:
+        raise ValueError(f"colorbar: height must be >= 40 px, got {height}")
+    if not vmax > vmin:
+        raise ValueError(f"colorbar: need vmax > vmin, got {vmin}, {vmax}")
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = bg
+    fs = 0.35 if height < 200 else 0.45
+    top, bottom = 18 if title else 8, height - 8
+    x0, x1 = 4, 18
+    ramp = np.linspace(1.0, 0.0, bottom - top)[:, None].repeat(x1 - x0, axis=1)
+    img[top:bottom, x0:x1] = _jet(ramp.astype(np.float32))
+    white = (235, 235, 235)
+    if title:
+        cv2.putText(img, title, (2, 12), _FONT, fs, white, 1, cv2.LINE_AA)
+
+    def tick(v: float, text: str) -> None:
+        y = int(round(top + (vmax - v) / (vmax - vmin) * (bottom - top - 1)))
+        cv2.line(img, (x0, y), (x1 + 3, y), white, 1)
+        cv2.putText(img, text, (x1 + 5, min(max(y + 4, top + 8), bottom)), _FONT, fs, white, 1, cv2.LINE_AA)
+
+    tick(vmax, _fmt(vmax))
+    tick(vmin, _fmt(vmin))
+    if threshold is not None and vmin < threshold < vmax:
+        tick(threshold, "thr")
+    return img
+
+
+def with_colorbar(img: np.ndarray, vmin: float = 0.0, vmax: float = 1.0, threshold: float | None = None,
+                  title: str = "") -> np.ndarray:
+    """The image with a colour bar of its full height on the right."""
+    im = _as_rgb(img, "img")
+    return np.concatenate([im, colorbar(max(im.shape[0], 40), vmin, vmax, threshold, title)[:im.shape[0]]], axis=1)
 
 
 def _draw_contour(img: np.ndarray, binary: np.ndarray, color: tuple[int, int, int], thickness: int) -> None:
@@ -124,6 +185,27 @@ def annotate(img: np.ndarray, text_lines: Sequence[str], ok: bool | None = None)
         y = 2 + i * line_h + th + 2
         cv2.putText(bar, t, (4, y), _FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return np.concatenate([bar, im], axis=0)
+
+
+def panel(image_rgb: np.ndarray, norm_map: np.ndarray, lines: Sequence[str], ok: bool | None = None,
+          mask: np.ndarray | None = None, longest: int | None = None) -> np.ndarray:
+    """One labelled verdict picture: a normalised map (0..1, threshold 0.5) over the image, the
+    ground-truth outline of `mask` when given, and a label bar.  longest: resize the image so its
+    longer side has this many pixels first (labels are drawn at the final size, so they stay sharp)."""
+    img = _as_rgb(image_rgb, "image_rgb")
+    if longest is not None:
+        h, w = img.shape[:2]
+        s = longest / max(h, w)
+        if s != 1.0:
+            size = (max(1, round(w * s)), max(1, round(h * s)))
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    return annotate(overlay(img, norm_map, vmin=0.0, vmax=1.0, mask=mask), lines, ok=ok)
+
+
+def verdict_lines(name: str, score: float, severity: float, is_anomaly: bool) -> list[str]:
+    """Label text: what the picture is, then the raw score, the severity (not clipped at 1) and
+    the verdict.  Severity = normalised score without the clip: 0.5 at the threshold."""
+    return [name, f"score {score:.4g}  severity {severity:.2f}  {'NG' if is_anomaly else 'OK'}"]
 
 
 def _letterbox(img: np.ndarray, cell_hw: tuple[int, int], bg: tuple[int, int, int]) -> np.ndarray:
@@ -180,8 +262,8 @@ def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     if path.suffix.lower() != ".png":
         raise ValueError(f"write_png: {path} does not end in .png")
     buf = encode_png(rgb, name=f"write_png: {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf.tofile(str(path))  # raises OSError (permission, disk full, ...)
+    with atomic_path(path) as tmp:  # a watcher of the folder never reads half a PNG
+        buf.tofile(str(tmp))  # raises OSError (permission, disk full, ...)
     return path
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from edgeuad.data import read_image
-from edgeuad.viz import annotate, colorize, grid, overlay, score_histogram, write_png
+from edgeuad.viz import (annotate, colorbar, colorize, grid, overlay, panel, score_histogram, verdict_lines,
+                         with_colorbar, write_png)
 
 
 def test_overlay_differs_where_map_is_high() -> None:
@@ -17,11 +18,28 @@ def test_overlay_differs_where_map_is_high() -> None:
     out = overlay(img, amap, vmin=0, vmax=1, alpha=0.5)
     assert out.shape == img.shape and out.dtype == np.uint8
     hot, cold = out[10:18, 14:22].astype(int), out[30:38, 45:55].astype(int)
-    # high values -> red dominant, low -> blue dominant (JET)
+    # high values -> red dominant; low values leave the image as it is (heat only where it matters)
     assert hot[..., 0].mean() > hot[..., 2].mean() + 40
-    assert cold[..., 2].mean() > cold[..., 0].mean() + 40
+    np.testing.assert_array_equal(cold, img[30:38, 45:55])
+    # the old uniform blend tints low values blue (JET)
+    flat = overlay(img, amap, vmin=0, vmax=1, alpha=0.5, alpha_by_value=False)[30:38, 45:55].astype(int)
+    assert flat[..., 2].mean() > flat[..., 0].mean() + 40
     # alpha 0 leaves the image untouched
     np.testing.assert_array_equal(overlay(img, amap, alpha=0.0), img)
+
+
+def test_heat_opacity_grows_with_the_value() -> None:
+    from edgeuad.viz import HEAT_FROM, HEAT_FULL
+
+    img = np.full((1, 5, 3), 128, np.uint8)
+    vals = np.array([[0.0, HEAT_FROM, (HEAT_FROM + HEAT_FULL) / 2, HEAT_FULL, 1.0]], np.float32)
+    out = overlay(img, vals, vmin=0, vmax=1, alpha=0.8).astype(int)
+    change = np.abs(out - 128).sum(axis=2)[0]
+    assert change[0] == 0 and change[1] == 0            # below the ramp: untouched
+    assert 0 < change[2] < change[3]                    # half way: partly blended
+    heat = colorize(vals, 0, 1).astype(float)[0]
+    expect = np.rint(128 * 0.2 + heat[3:] * 0.8)        # full alpha from HEAT_FULL up
+    np.testing.assert_allclose(out[0, 3:], expect, atol=1)
 
 
 def test_overlay_contours_and_constant_map() -> None:
@@ -106,3 +124,34 @@ def test_score_histogram() -> None:
         score_histogram([], [])
     with pytest.raises(ValueError, match="NaN"):
         score_histogram([np.nan], [1.0])
+
+
+def test_colorbar_scale_and_threshold_tick() -> None:
+    bar = colorbar(200, 0.0, 1.0, threshold=0.5, title="norm")
+    assert bar.shape == (200, 64, 3) and bar.dtype == np.uint8
+    col = bar[:, 10].astype(int)  # inside the gradient strip
+    top, bottom = col[25], col[185]
+    assert top[0] > top[2] + 80 and bottom[2] > bottom[0] + 80  # vmax red at the top, vmin blue at the bottom
+    # the threshold tick: a white line across the strip at the middle of the scale
+    rows = [y for y in range(200) if (bar[y, 4:22] > 225).all()]
+    assert any(abs(y - (18 + 0.5 * (192 - 18))) <= 2 for y in rows)
+    img = np.zeros((120, 80, 3), np.uint8)
+    wc = with_colorbar(img, threshold=0.5)
+    assert wc.shape == (120, 144, 3) and (wc[:, :80] == 0).all()
+    with pytest.raises(ValueError, match="vmax > vmin"):
+        colorbar(100, 1.0, 1.0)
+
+
+def test_panel_outlines_ground_truth_and_labels_severity() -> None:
+    img = np.full((64, 64, 3), 100, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    lines = verdict_lines("crack/007.png", 12.3456, 3.21, True)
+    assert lines == ["crack/007.png", "score 12.35  severity 3.21  NG"]
+    p = panel(img, np.zeros((64, 64), np.float32), lines, ok=False, mask=mask, longest=256)
+    bar_h = p.shape[0] - 256
+    assert p.shape[1] == 256 and bar_h > 20
+    body = p[bar_h:]
+    white = (body > 230).all(axis=2)
+    assert white[64, 64:192].any() and not white[128, 128] and not white[10, 10]  # outline, not fill
+    assert (body[10, 10] == 100).all()  # a zero map leaves the image as it is
