@@ -122,8 +122,10 @@ class StreamResult:
 
     index: position of the frame in the capture order (counts dropped frames too, so gaps show
     drops).  timestamp: wall-clock capture time (time.time()).  latency_ms: capture to result,
-    queueing included; inference_ms: the detector's own latency for the frame.
+    queueing included; inference_ms: the detector's own latency for the frame (its whole batch).
     frame: the frame in the detector's colour order when StreamConfig.return_frame is set.
+    path: the image file the frame came from (folder, glob and file sources).
+    position_ms: the frame's time in a video file (None for live sources and images).
     """
 
     index: int
@@ -137,6 +139,8 @@ class StreamResult:
     latency_ms: float
     inference_ms: float
     dropped_so_far: int
+    path: Optional[str] = None
+    position_ms: Optional[float] = None
 
 
 @dataclass
@@ -153,12 +157,27 @@ class StreamStats:
 # ---------------------------------------------------------------------------------------------
 # sources
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameOrigin:
+    """Where the last frame a connection read came from (what makes a prediction traceable)."""
+
+    path: Optional[str] = None           # image file
+    position_ms: Optional[float] = None  # time in a video file
+
+
 class Connection(Protocol):
     def read(self) -> Optional[np.ndarray]:
         """Next uint8 HxWx3 frame (in the source's `color` order), or None when this
         connection has no more (end of file or failure)."""
 
     def release(self) -> None: ...
+
+    # optional: `def origin(self) -> FrameOrigin` describes the frame read() just returned
+
+
+def _origin_of(conn: Connection) -> Optional[FrameOrigin]:
+    fn = getattr(conn, "origin", None)
+    return fn() if fn is not None else None
 
 
 class FrameSource:
@@ -201,6 +220,12 @@ class _CaptureConnection:
         if not ok or frame is None:
             return None
         return frame
+
+    def origin(self) -> FrameOrigin:
+        if self._source.is_live or not hasattr(self._cap, "get"):
+            return FrameOrigin()  # a live frame is identified by source, index and timestamp
+        ms = self._cap.get(cv2.CAP_PROP_POS_MSEC)  # of the frame just read (FFmpeg backend)
+        return FrameOrigin(position_ms=float(ms) if ms is not None and ms >= 0 else None)
 
     def release(self) -> None:
         if not self._released:
@@ -249,6 +274,10 @@ class _FolderConnection:
     def __init__(self, source: "ImageFolderSource") -> None:
         self._source = source
         self._pos = 0
+        self._last: Optional[Path] = None
+
+    def origin(self) -> FrameOrigin:
+        return FrameOrigin(path=None if self._last is None else str(self._last))
 
     def read(self) -> Optional[np.ndarray]:
         paths = self._source.paths
@@ -257,7 +286,9 @@ class _FolderConnection:
             self._pos += 1
             try:
                 # the project's reader: np.fromfile + imdecode, 16-bit/gray/alpha handled, RGB out
-                return validate_frame(_data.read_image(p), name=str(p))
+                frame = validate_frame(_data.read_image(p), name=str(p))
+                self._last = p
+                return frame
             except ValueError as e:  # ImageReadError is a ValueError
                 # A corrupt file in a folder of thousands must not stop a run: skip, warn, count.
                 log.warning("skipping unreadable image %s: %s", p, e)
@@ -269,7 +300,8 @@ class _FolderConnection:
 
 
 class ImageFolderSource(FrameSource):
-    """Images from a folder, a glob pattern or one image file, in sorted path order (RGB frames)."""
+    """Images from a folder, a glob pattern or one image file, in sorted path order (RGB frames).
+    root: the deepest folder holding all of them (names of outputs are made relative to it)."""
 
     is_live = False
     color = "rgb"
@@ -280,6 +312,7 @@ class ImageFolderSource(FrameSource):
         self.name = name
         if not self.paths:
             raise SourceError(f"{name}: no images found")
+        self.root = Path(os.path.commonpath([str(p.parent) for p in self.paths]))
 
     def connect(self) -> Connection:
         return _FolderConnection(self)
@@ -287,12 +320,13 @@ class ImageFolderSource(FrameSource):
 
 def open_source(source: Union[int, str, os.PathLike, FrameSource],
                 capture_factory: Optional[CaptureFactory] = None,
-                open_timeout_s: float = 10.0, read_timeout_s: float = 5.0) -> FrameSource:
+                open_timeout_s: float = 10.0, read_timeout_s: float = 5.0,
+                recursive: bool = False) -> FrameSource:
     """Turn a user's source spec into a FrameSource.
 
     int or digit string -> camera (live); rtsp/http/... URL -> stream (live); directory -> its
-    images (non-recursive); glob pattern -> matching images; image file -> that image; any other
-    existing file -> video file.  A FrameSource is returned unchanged.
+    images (with `recursive`, those in subfolders too); glob pattern -> matching images; image
+    file -> that image; any other existing file -> video file.  A FrameSource is returned unchanged.
     """
     if isinstance(source, FrameSource):
         return source
@@ -311,8 +345,8 @@ def open_source(source: Union[int, str, os.PathLike, FrameSource],
     if p.is_file() and not _data.is_image_file(p):
         return CaptureSource(str(p), is_live=False, **kw)
     try:
-        # same listing rules as training/eval: sorted, image extensions, non-recursive
-        paths = _data.list_folder(s)
+        # same listing rules as training/eval: sorted, image extensions
+        paths = _data.list_folder(s, recursive=recursive)
     except FileNotFoundError as e:
         raise SourceError(f"{e} (expected a camera index, URL, video file, image folder or glob pattern)") from e
     return ImageFolderSource(paths, name=s)
@@ -327,6 +361,7 @@ class _Item:
     timestamp: float      # wall clock
     t_mono: float         # monotonic, for latency
     frame: np.ndarray
+    origin: Optional[FrameOrigin] = None
 
 
 class _FrameQueue:
@@ -417,7 +452,7 @@ class _Reader:
                 if not st._admit(time.monotonic()):
                     continue
                 self.delivered += 1
-                if not st._push(frame):
+                if not st._push(frame, _origin_of(self.conn)):
                     break
         except Exception:  # a backend raising on read is a failed connection, not a dead program
             log.exception("%s: read failed", st.source.name)
@@ -606,7 +641,8 @@ class Stream:
                 anomaly_map=r.anomaly_map if cfg.return_map else None,
                 frame=it.frame if cfg.return_frame else None,
                 latency_ms=(now - it.t_mono) * 1000.0, inference_ms=float(r.latency_ms),
-                dropped_so_far=dropped))
+                dropped_so_far=dropped, path=it.origin.path if it.origin else None,
+                position_ms=it.origin.position_ms if it.origin else None))
         with self._lock:
             self._stats.scored += len(out)
         return out
@@ -646,14 +682,14 @@ class Stream:
         self._last_admit = t
         return True
 
-    def _push(self, frame: np.ndarray) -> bool:
+    def _push(self, frame: np.ndarray, origin: Optional[FrameOrigin] = None) -> bool:
         if self._convert:
             frame = np.ascontiguousarray(frame[:, :, ::-1])  # RGB <-> BGR
         with self._lock:
             idx = self._next_index
             self._next_index += 1
             self._stats.captured += 1
-        item = _Item(index=idx, timestamp=time.time(), t_mono=time.monotonic(), frame=frame)
+        item = _Item(index=idx, timestamp=time.time(), t_mono=time.monotonic(), frame=frame, origin=origin)
         return self._queue.put(item, self.policy)
 
     def _supervise(self) -> None:

@@ -184,6 +184,21 @@ def test_folder_order_count_clean_end_corrupt_counted(tmp_path, caplog):
     assert any("img_002b.png" in m for m in caplog.messages)
     with pytest.raises(StopIteration):
         next(s)
+    # every result names its file, the corrupt one skipped (indices count readable frames only)
+    assert [r.path for r in res] == [str(p) for p in sorted(tmp_path.glob("*.png")) if p.name != "img_002b.png"]
+    assert all(r.position_ms is None for r in res)
+
+
+def test_folder_recursion_is_opt_in_and_root_is_the_common_folder(tmp_path):
+    write_images(tmp_path / "top" / "good", [10, 20])
+    write_images(tmp_path / "top" / "crack", [30])
+    with pytest.raises(SourceError, match="recursive"):
+        open_source(tmp_path / "top")
+    src = open_source(tmp_path / "top", recursive=True)
+    assert isinstance(src, ImageFolderSource) and len(src.paths) == 3 and src.root == tmp_path / "top"
+    res = list(Stream(FakeDetector(), src))
+    assert sorted(Path(r.path).relative_to(tmp_path / "top").as_posix() for r in res) == \
+        ["crack/img_000.png", "good/img_000.png", "good/img_001.png"]
 
 
 def test_video_file_roundtrip(tmp_path):
@@ -203,6 +218,9 @@ def test_video_file_roundtrip(tmp_path):
     assert np.allclose([r.score for r in res], values, atol=4)
     assert res[0].frame is not None and res[0].frame.shape == (48, 64, 3)
     assert max(det.batch_sizes) <= 2 and sum(det.batch_sizes) == 6
+    # each frame's time in the file (10 fps: 100 ms apart), for seeking back to it
+    assert [r.position_ms for r in res] == pytest.approx([100.0 * i for i in range(6)], abs=1.0)
+    assert all(r.path is None for r in res)
 
 
 def test_batches_never_exceed_batch_size_and_colour(tmp_path):
