@@ -6,31 +6,62 @@ Every flag maps to one named field of a config or one argument of the API functi
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cpus import prefer_passive_openmp
+
 log = logging.getLogger("edgeuad")
 
 METHODS = ("recontrast", "reconpatch", "patchcore")
+TRAIN_EXTRA = "install the train extra: pip install 'edgeuad[train]'"
+BACKEND_HELP = ("network engine: onnxruntime (CPU, the runtime default), torch (the eager training model, needs "
+                "the train extra; a reference), tensorrt (an engine from `edgeuad export --fp16/--int8`, NVIDIA GPU)")
+THREADS_HELP = "CPU threads for the network and the map kernels (0 = every CPU this process may use)"
 
 
-def _kv(s: str) -> tuple[str, Any]:
+class MissingExtraError(RuntimeError):
+    """A command needs an optional dependency group that is not installed."""
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None/False (flags, 'unset'), which say nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def _kv(s: str) -> tuple[str, str]:
+    # the value stays text: api.method_config parses it by the config field's type
     if "=" not in s:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {s!r}")
     k, v = s.split("=", 1)
-    try:
-        val: Any = json.loads(v)
-    except json.JSONDecodeError:
-        val = v
-    return k.strip(), val
+    return k.strip(), v.strip()
+
+
+def _require_train_extra(cmd: str) -> None:
+    """Fail before anything is written when the training side (torch, onnx) is not installed."""
+    missing = []
+    for mod in ("torch", "onnx"):
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            missing.append(mod)
+    if missing:
+        raise MissingExtraError(f"`edgeuad {cmd}` needs {' and '.join(missing)}, which this install lacks "
+                                f"(a runtime-only install); {TRAIN_EXTRA}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DEMO_TIME
+
     p = argparse.ArgumentParser(
-        prog="edgeuad",
+        prog="edgeuad", formatter_class=_Help,
         description="Unsupervised visual anomaly detection for the edge: train on normal images, "
                     "export a verified bundle, detect on frames, streams and folders.",
         epilog="Typical flow: edgeuad train -> edgeuad export -> edgeuad eval / predict / bench. "
@@ -39,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a method on normal images (needs the `train` extra: torch)",
+    t = sub.add_parser("train", formatter_class=_Help, help="train a method on normal images (needs the `train` extra: torch)",
                        description="Train on the normal images of an MVTec-layout folder (<data>/train/good) or a "
                                    "plain folder of normal images. A fraction is held out to set the threshold.")
     t.add_argument("--method", choices=METHODS, default="recontrast", help="anomaly detection method")
@@ -54,15 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="ReConPatch training steps")
     t.add_argument("--batch-size", type=int, default=None, help="training batch size (ReContrast paper: 16)")
     t.add_argument("--coreset-ratio", type=float, default=None, help="patch methods: memory-bank coreset ratio")
-    t.add_argument("--seed", type=int, default=None, help="random seed")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default: the config's, 0)")
     t.add_argument("--holdout", type=float, default=0.1, help="fraction of normal images held out for thresholds")
     t.add_argument("--set", dest="overrides", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="any other config field, e.g. --set encoder_bn=eval (repeatable)")
+                   help="any other config field, parsed by its type, e.g. --set encoder_bn=eval (repeatable)")
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = every CPU this process may use)")
     t.add_argument("--export", dest="export_to", default=None, metavar="BUNDLE",
                    help="also export a bundle to this directory when training ends")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    e = sub.add_parser("export", help="write a verified bundle (ONNX + weights + thresholds), optionally TensorRT",
+    e = sub.add_parser("export", formatter_class=_Help, help="write a verified bundle (ONNX + weights + thresholds), optionally TensorRT",
                        description="Export a training run to a bundle: ONNX (opset 17, dynamic batch, parity-checked "
                                    "against torch), safetensors weights, memory bank, thresholds from held-out normal "
                                    "images (or F1-optimal on --validation), sha256 of every file.")
@@ -70,41 +102,49 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="bundle directory to write")
     e.add_argument("--validation", default=None, help="labelled MVTec-layout folder: F1-optimal threshold on its test split")
     e.add_argument("--threshold-rule", choices=("robust", "quantile"), default="robust",
-                   help="threshold from held-out normal scores: robust = median + z(1-fpr)*1.4826*MAD (default), "
+                   help="threshold from held-out normal scores: robust = median + z(1-fpr)*1.4826*MAD, "
                         "quantile = the --quantile of the scores")
-    e.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the robust rule (default 0.01)")
-    e.add_argument("--quantile", type=float, default=0.99, help="normal-score quantile of the quantile rule (default 0.99)")
+    e.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the robust rule")
+    e.add_argument("--quantile", type=float, default=0.99, help="normal-score quantile of the quantile rule")
     e.add_argument("--archive", default=None, help="also pack the bundle into this .tar file")
     e.add_argument("--fp16", action="store_true", help="also build a TensorRT FP16 engine (needs tensorrt + a GPU)")
     e.add_argument("--int8", action="store_true", help="also build a TensorRT INT8 engine from explicit Q/DQ")
     e.add_argument("--calib", default=None, help="folder of normal images for INT8 calibration (required with --int8)")
     e.add_argument("--max-batch", type=int, default=8, help="TensorRT optimisation profile max batch")
-    e.add_argument("--threads", type=int, default=0, help="CPU threads for checks (0 = default)")
+    e.add_argument("--threads", type=int, default=0, help="CPU threads for export checks and thresholds "
+                                                          "(0 = every CPU this process may use)")
 
-    v = sub.add_parser("eval", help="score a test split and print I-AUROC, P-AUROC, AUPRO, F1-max",
+    v = sub.add_parser("eval", formatter_class=_Help, help="score a test split and print I-AUROC, P-AUROC, AUPRO, F1-max",
                        description="Evaluate a bundle on <data>/test (and ground_truth masks when present) using the "
                                    "runtime Detector. Prints a table and writes metrics.json, scores.jsonl and plots.")
     v.add_argument("--bundle", required=True, help="bundle directory or .tar")
     v.add_argument("--data", required=True, help="MVTec-layout root")
     v.add_argument("--out", default=None, help="report directory (metrics.json, scores.jsonl, overlays.png)")
-    v.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt"))
-    v.add_argument("--threads", type=int, default=0, help="CPU threads (0 = default)")
+    v.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt"), help=BACKEND_HELP)
+    v.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     v.add_argument("--batch", type=int, default=8, help="frames per network call")
-    v.add_argument("--no-progress", action="store_true")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    r = sub.add_parser("predict", help="score images, a folder, a video, a camera or an RTSP stream",
+    r = sub.add_parser("predict", formatter_class=_Help,
+                       help="score images, a folder, a video, a camera or an RTSP stream",
                        description="Stream SOURCE (image file, folder, glob, video file, camera index, rtsp:// or "
-                                   "http:// URL) through the Detector. Writes a JSONL log and overlays of anomalous "
-                                   "frames with --out; --show opens a live window (needs opencv-python, not -headless).")
+                                   "http:// URL) through the Detector. With --out: predictions.jsonl and "
+                                   "predictions.csv (one row per frame: file path, or source + frame index + time; "
+                                   "score, severity, verdict, processing and queueing ms) and overlays of anomalous "
+                                   "frames named after their input; --show opens a live window (needs opencv-python, "
+                                   "not -headless).")
     r.add_argument("source", help="image, folder, glob, video, camera index or URL")
     r.add_argument("--bundle", required=True, help="bundle directory, .tar, or engine inside a bundle")
-    r.add_argument("--out", default=None, help="output directory (predictions.jsonl, overlays/)")
+    r.add_argument("--out", default=None, help="output directory (predictions.jsonl, predictions.csv, overlays/)")
     r.add_argument("--all-overlays", action="store_true", help="save overlays for every frame, not only anomalous ones")
     r.add_argument("--show", action="store_true", help="live heatmap window")
     r.add_argument("--fps", type=float, default=None, help="limit capture rate (frames/s)")
     r.add_argument("--batch", type=int, default=1, help="frames per network call (up to)")
-    r.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch", "tensorrt"))
-    r.add_argument("--threads", type=int, default=0)
+    r.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                   help="folder SOURCE: include images in its subfolders")
+    r.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "torch", "tensorrt"),
+                   help=BACKEND_HELP + "; auto = tensorrt when --bundle names an engine file, else onnxruntime")
+    r.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     r.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
 
     b = sub.add_parser("bench", help="throughput and per-stage latency vs torch references (quick; --full sweeps)",
@@ -140,15 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=5.0, help="--serve: seconds per client count (default 5)")
     b.add_argument("--max-requests", type=int, default=2000, help="--serve: most answers per client count (default 2000)")
 
-    d = sub.add_parser("demo", help="make synthetic data, train, export, detect and report (CPU, a few minutes)",
+    d = sub.add_parser("demo", formatter_class=_Help,
+                       help=f"make synthetic data, train, export, detect and report ({DEMO_TIME})",
                        description="The whole flow on its own data: write a small synthetic MVTec-layout dataset "
                                    "(textures with scratches, blobs and cut-outs + masks), train, export a bundle "
                                    "(ONNX parity-checked), evaluate it through the runtime Detector, and write metrics, "
-                                   "overlays, a score histogram and demo_summary.json under --out.")
+                                   "overlays, a score histogram and demo_summary.json under --out, then print the "
+                                   f"commands to try next. Takes {DEMO_TIME} (recontrast).")
     d.add_argument("--out", default="demo_out", help="output directory")
     d.add_argument("--method", choices=METHODS, default="recontrast", help="anomaly detection method")
     d.add_argument("--iterations", type=int, default=None, help="override training iterations/steps")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="random seed of the data and the training")
 
     sv = sub.add_parser("serve", help="serve bundles over HTTP on Ray Serve (replicas, batching, cameras, hot swap)",
                         description="Serve bundles on a Ray Serve cluster (a local one unless --address): each bundle "
@@ -175,13 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--detach", action="store_true",
                     help="deploy/update and exit, leaving the apps on the cluster (needs --address; the hot swap)")
 
-    i = sub.add_parser("info", help="versions, compiled runtime (_rt, CUDA), backends; a bundle's manifest")
-    i.add_argument("--bundle", default=None, help="also verify this bundle and print its manifest")
+    i = sub.add_parser("info", formatter_class=_Help,
+                       help="versions, compiled runtime (_rt, CUDA), backends, CPUs; a bundle's manifest",
+                       description="Print the versions of edgeuad and its dependencies (which are installed), "
+                                   "whether the compiled runtime edgeuad._rt is built and with CUDA, and the CPUs "
+                                   "this process may use (the default thread count). With --bundle: verify every "
+                                   "file of the bundle (sha256) and print method, backbone, input size, "
+                                   "post-processing and threshold.")
+    i.add_argument("--bundle", default=None, help="also verify this bundle (directory or .tar) and print its manifest")
     return p
 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(a: argparse.Namespace) -> int:
+    _require_train_extra("train")
     from . import api
 
     ov: dict[str, Any] = dict(a.overrides)
@@ -191,7 +240,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         val = getattr(a, flag)
         if val is not None:
             ov[key] = val
-    run = api.train(a.method, a.data, a.out, ov, holdout_fraction=a.holdout, progress=not a.no_progress)
+    run = api.train(a.method, a.data, a.out, ov, holdout_fraction=a.holdout, progress=not a.no_progress,
+                    threads=a.threads)
     log.info("run written to %s", run.root)
     if a.export_to:
         bundle = api.export(run, a.export_to)
@@ -200,6 +250,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    _require_train_extra("export")
     from . import api
     from .bundle import pack
 
@@ -282,6 +333,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    _require_train_extra("demo")
     from .demo import run_demo
 
     return run_demo(a.out, method=a.method, iterations=a.iterations, seed=a.seed)
@@ -291,8 +343,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     import platform
 
     from ._version import __version__
+    from .cpus import affinity_cpus, available_cpus, cgroup_cpu_quota
 
-    lines = [f"edgeuad {__version__} (python {platform.python_version()}, {platform.machine()})"]
+    quota = cgroup_cpu_quota()
+    lines = [f"edgeuad {__version__} (python {platform.python_version()}, {platform.machine()})",
+             f"CPUs: {available_cpus()} available (affinity {affinity_cpus()}, cgroup quota "
+             f"{'none' if quota is None else f'{quota:g}'}); the default thread count"]
     try:
         from . import _rt
 
@@ -310,7 +366,8 @@ def cmd_info(a: argparse.Namespace) -> int:
 
         bd = Bundle.load(a.bundle)
         m = bd.manifest
-        lines += [f"bundle {bd.root}: verified ({len(m['files'])} files, sha256 ok)",
+        # a .tar is extracted to a temporary folder: name what the user gave, not that folder
+        lines += [f"bundle {a.bundle}: verified ({len(m['files'])} files, sha256 ok)",
                   f"  method {m['method']}, backbone {m['backbone']}, input {m['preprocess']['size']}",
                   f"  outputs {len(m['model']['outputs'])}, post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
@@ -324,6 +381,8 @@ COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "predict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # before any command imports torch or _rt: their OpenMP pools read the wait policy once, at load
+    prefer_passive_openmp()
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -332,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130
+    except MissingExtraError as e:
+        log.error("%s", e)
+        return 2
     except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         if args.verbose:
             raise

@@ -23,18 +23,18 @@ def test_train_flags_reach_the_method_config(monkeypatch: pytest.MonkeyPatch, tm
     seen: dict[str, Any] = {}
 
     def fake_train(method: str, data: str, out: str, overrides: dict[str, Any], holdout_fraction: float,
-                   progress: bool) -> Any:
-        seen.update(method=method, overrides=overrides, holdout=holdout_fraction, progress=progress)
+                   progress: bool, threads: int) -> Any:
+        seen.update(method=method, overrides=overrides, holdout=holdout_fraction, progress=progress, threads=threads)
         return api.Run(root=tmp_path, method=method, config={}, preprocess=api.PreprocessConfig())
 
     monkeypatch.setattr(api, "train", fake_train)
     rc = cli.main(["-q", "train", "--method", "recontrast", "--data", "d", "--out", str(tmp_path),
                    "--backbone", "resnet18", "--weights", "w.pth", "--image-size", "96", "--iterations", "7",
                    "--batch-size", "3", "--seed", "5", "--holdout", "0.2", "--set", "encoder_bn=eval",
-                   "--set", "lr_decoder=0.001", "--no-progress"])
+                   "--set", "lr_decoder=0.001", "--no-progress", "--threads", "1"])
     assert rc == 0
     ov = seen["overrides"]
-    assert seen["holdout"] == 0.2 and seen["progress"] is False
+    assert seen["holdout"] == 0.2 and seen["progress"] is False and seen["threads"] == 1
     cfg = api.method_config("recontrast", ov)
     assert (cfg.backbone, cfg.pretrained, cfg.image_size, cfg.iterations, cfg.batch_size, cfg.seed) == \
         ("resnet18", "w.pth", 96, 7, 3, 5)
@@ -99,3 +99,53 @@ def test_errors_are_reported_not_raised(tmp_path: Path, caplog: pytest.LogCaptur
     rc = cli.main(["info", "--bundle", str(tmp_path / "missing")])
     assert rc == 2
     assert "bundle not found" in caplog.text
+
+
+def test_help_shows_defaults_and_explains_backend_threads_info(capsys: pytest.CaptureFixture[str]) -> None:
+    def help_of(cmd: str) -> str:
+        with pytest.raises(SystemExit):
+            cli.main([cmd, "--help"])
+        return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+    ev = help_of("eval")
+    assert "(default: 8)" in ev and "(default: onnxruntime)" in ev
+    assert "network engine: onnxruntime" in ev and "every CPU this process may use" in ev
+    pr = help_of("predict")
+    assert "--recursive, --no-recursive" in pr and "(default: True)" in pr and "(default: auto)" in pr
+    assert "(default: None)" not in pr  # unset options say nothing rather than "None"
+    assert "(default: 0.99)" in help_of("export")
+    assert "verify every file of the bundle" in help_of("info")
+    from edgeuad.demo import DEMO_TIME
+
+    assert DEMO_TIME in help_of("demo") and DEMO_TIME in " ".join(cli.build_parser().format_help().split())
+
+
+def test_python_m_edgeuad_is_the_cli() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "edgeuad", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("edgeuad ") and "_rt: built" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "edgeuad", "nope"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+@pytest.mark.parametrize("cmd", ["train", "export", "demo"])
+def test_training_commands_without_torch_say_which_extra(cmd: str, tmp_path: Path) -> None:
+    """A runtime-only install (no torch): a one-line hint, exit 2, nothing written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    args = {"train": ["train", "--data", str(tmp_path), "--out", str(out)],
+            "export": ["export", "--run", str(tmp_path), "--out", str(out)],
+            "demo": ["demo", "--out", str(out)]}[cmd]
+    code = ("import sys; sys.modules['torch'] = None\n"  # import torch now raises ImportError
+            "from edgeuad import cli\n"
+            f"sys.exit(cli.main({args!r}))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "install the train extra: pip install 'edgeuad[train]'" in r.stderr
+    assert "Traceback" not in r.stderr and f"edgeuad {cmd}" in r.stderr
+    assert not out.exists()

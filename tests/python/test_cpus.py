@@ -102,3 +102,13 @@ def test_torch_threads_follow_the_request() -> None:
     assert cpus.set_torch_threads(t, 2) == 2 and t.n == 2
     assert cpus.set_torch_threads(t, 0) == cpus.available_cpus() == t.n
 
+
+def test_cli_makes_openmp_passive_unless_the_user_chose(tmp_path: Path) -> None:
+    code = "import os; from edgeuad import cli; cli.main(['-q', 'info']); print('POLICY', os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "POLICY PASSIVE" in out.stdout
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert "POLICY ACTIVE" in out.stdout
