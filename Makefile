@@ -14,10 +14,13 @@ setup: sysdeps
 	$(BIN)/python -m pip install -q -e '.[train,serve,dev]'
 	$(BIN)/edgeuad info
 
+# apt-get directly in a root shell (containers often have no sudo), through sudo otherwise
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 sysdeps:
-	@if [ -f $(HNSW_H) ]; then echo "hnswlib headers: $(HNSW_H)"; \
-	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libhnswlib-dev; \
-	else sudo apt-get update -qq && sudo apt-get install -y -qq libhnswlib-dev; fi
+	@pkgs=""; \
+	if [ -f $(HNSW_H) ]; then echo "hnswlib headers: $(HNSW_H)"; else pkgs="libhnswlib-dev"; fi; \
+	if ! $(PY) -c "import ensurepip, venv" 2>/dev/null; then pkgs="$$pkgs python3-venv"; fi; \
+	if [ -n "$$pkgs" ]; then $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$pkgs; fi
 
 ## demo: synthetic data -> train ReContrast -> export ONNX bundle -> detect -> metrics + overlays
 demo:
