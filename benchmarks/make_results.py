@@ -331,6 +331,7 @@ def main() -> None:
         "maps_ratio": lambda: mr,
         "maps_met": lambda: "yes" if mmet else "**no**",
         "bank": lambda: _read("bank.md") or "(not measured)",
+        "demo_load": lambda: _read("demo_load.md") or "(not measured)",
         "bank_100k": lambda: br,
         "bank_met": lambda: "yes" if bmet else "**no**",
         "pipe_rc": lambda: "; ".join(f"{m}: {t}" for m, (t, _) in pipes.items()),
