@@ -20,7 +20,8 @@ METHODS = ("recontrast", "reconpatch", "patchcore")
 TRAIN_EXTRA = "install the train extra: pip install 'edgeuad[train]'"
 BACKEND_HELP = ("network engine: onnxruntime (CPU, the runtime default), torch (the eager training model, needs "
                 "the train extra; a reference), tensorrt (an engine from `edgeuad export --fp16/--int8`, NVIDIA GPU)")
-THREADS_HELP = "CPU threads for the network and the map kernels (0 = every CPU this process may use)"
+THREADS_HELP = ("CPU threads for the network and the map kernels (0 = OMP_NUM_THREADS if set, else every CPU "
+                "this process may use)")
 
 
 class MissingExtraError(RuntimeError):
@@ -343,12 +344,12 @@ def cmd_info(a: argparse.Namespace) -> int:
     import platform
 
     from ._version import __version__
-    from .cpus import affinity_cpus, available_cpus, cgroup_cpu_quota
+    from .cpus import affinity_cpus, available_cpus, cgroup_cpu_quota, resolve_threads
 
     quota = cgroup_cpu_quota()
     lines = [f"edgeuad {__version__} (python {platform.python_version()}, {platform.machine()})",
              f"CPUs: {available_cpus()} available (affinity {affinity_cpus()}, cgroup quota "
-             f"{'none' if quota is None else f'{quota:g}'}); the default thread count"]
+             f"{'none' if quota is None else f'{quota:g}'}); default threads: {resolve_threads(0)}"]
     try:
         from . import _rt
 

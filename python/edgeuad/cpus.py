@@ -9,7 +9,8 @@ budget runs out, at every barrier.  On a shared 2-core machine that multiplied t
 time ~6x (issue 15; benchmarks/results/demo_load.md).  Hence:
 
 - `available_cpus()`: min(affinity mask, ceil(cgroup v2 `cpu.max` / v1 `cfs_quota_us` quota)).
-- `resolve_threads(0)` = that number; a positive request is kept (the user's word wins).
+- `resolve_threads(0)` = that number, or OMP_NUM_THREADS when the user set it (torch and OpenMP
+  read it too); a positive request is kept (the user's word wins).
 - `ort_session_options()`: an explicit intra-op count (left at 0, onnxruntime sizes its pool by
   the machine's physical cores and pins each thread to one, which ignores taskset and cgroups)
   and no spinning.
@@ -109,10 +110,16 @@ def available_cpus() -> int:
 
 
 def resolve_threads(threads: int) -> int:
-    """A thread count for a pool: `threads` when > 0, else every CPU available to this process."""
+    """A thread count for a pool: `threads` when > 0, else OMP_NUM_THREADS when set to a positive
+    number, else every CPU available to this process."""
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = the CPUs available to this process), got {threads}")
-    return threads if threads > 0 else available_cpus()
+    if threads > 0:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return available_cpus()
 
 
 def prefer_passive_openmp() -> None:

@@ -52,6 +52,7 @@ def test_cgroup_v1_quota_and_unlimited(tmp_path: Path) -> None:
 
 
 def test_available_cpus_is_affinity_capped_by_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpus, "affinity_cpus", lambda: 8)
     monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: None)
     assert cpus.available_cpus() == 8
@@ -62,6 +63,10 @@ def test_available_cpus_is_affinity_capped_by_quota(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(cpus, "cgroup_cpu_quota", lambda: 32.0)
     assert cpus.available_cpus() == 8          # the affinity mask is tighter
     assert cpus.resolve_threads(0) == 8 and cpus.resolve_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")   # the user's OpenMP setting is the default
+    assert cpus.resolve_threads(0) == 2 and cpus.resolve_threads(5) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "x")
+    assert cpus.resolve_threads(0) == 8
     with pytest.raises(ValueError, match="threads must be >= 0"):
         cpus.resolve_threads(-1)
 
@@ -80,6 +85,7 @@ def test_affinity_mask_is_respected() -> None:
 def test_ort_session_options_sized_and_not_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cpus, "available_cpus", lambda: 3)
     so = cpus.ort_session_options(ort)
     assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1
@@ -100,7 +106,7 @@ def test_torch_threads_follow_the_request() -> None:
 
     t = FakeTorch()
     assert cpus.set_torch_threads(t, 2) == 2 and t.n == 2
-    assert cpus.set_torch_threads(t, 0) == cpus.available_cpus() == t.n
+    assert cpus.set_torch_threads(t, 0) == cpus.resolve_threads(0) == t.n
 
 
 def test_cli_makes_openmp_passive_unless_the_user_chose(tmp_path: Path) -> None:
