@@ -119,7 +119,9 @@ uint64_t header_hash(const FileHeader& h) {
   return hs.digest();
 }
 
-// Unique temporary path next to `near` (same filesystem -> atomic rename).
+// Unique temporary path next to `near` (same filesystem -> atomic rename), named
+// `.<name>.edgeuad-<pid>.<tag><random>.tmp` like every edgeuad temporary (python/edgeuad/atomic.py):
+// what a killed process leaves behind is recognised and removed by edgeuad.atomic.remove_stale_temps.
 fs::path temp_path(const fs::path& near, const std::string& tag) {
   static std::atomic<uint64_t> counter{0};
   std::random_device rd;
@@ -129,9 +131,8 @@ fs::path temp_path(const fs::path& near, const std::string& tag) {
 #else
   const long pid = 0;
 #endif
-  fs::path p = near;
-  p += "." + tag + "." + std::to_string(pid) + "." + std::to_string(r);
-  return p;
+  return near.parent_path() / ("." + near.filename().string() + ".edgeuad-" + std::to_string(pid) + "." + tag +
+                               std::to_string(r) + ".tmp");
 }
 
 // Removes a file on scope exit (temporary files on every error path).
