@@ -110,7 +110,7 @@ setup(
         "plot": ["matplotlib>=3.5"],
         # `edgeuad serve`: Ray Serve replicas, camera actors; cameras.yaml is YAML.
         "serve": ["ray[serve]>=2.40", "pyyaml>=6"],
-        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7", "onnxconverter-common>=1.14"],
+        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7", "onnxconverter-common>=1.14", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["edgeuad=edgeuad.cli:main"]},
     zip_safe=False,
