@@ -131,6 +131,10 @@ class Bundle:
             raise BundleError(f"bundle {path} has digest {digest}, not the expected {want}: "
                               "a different or modified bundle", field="digest")
         manifest = parse_manifest(data, root / MANIFEST)
+        if tmp is not None:  # an archive holds the manifest and its files, nothing else
+            extra = sorted({p.name for p in root.iterdir()} - {MANIFEST, *manifest["files"]})
+            if extra:
+                raise BundleError(f"{path}: archive members {extra} are not listed in the manifest")
         if manifest["thresholds"]["source"] == PROVISIONAL and not allow_provisional:
             raise BundleError(f"bundle {path} has provisional thresholds (an export that did not finish): "
                               "re-export it; Detector(..., allow_provisional=True) loads it for inspection only",

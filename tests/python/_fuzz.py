@@ -12,6 +12,7 @@ from collections import Counter
 from hypothesis import HealthCheck, settings
 
 CASES: Counter = Counter()
+ACCEPTED: Counter = Counter()  # cases whose input was accepted (so the success-side checks ran)
 
 
 def budget(n: int) -> settings:
@@ -22,3 +23,7 @@ def budget(n: int) -> settings:
 
 def count(test: str) -> None:
     CASES[test] += 1
+
+
+def accepted(test: str) -> None:
+    ACCEPTED[test] += 1

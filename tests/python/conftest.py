@@ -28,5 +28,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     mod = sys.modules.get("_fuzz")
     if mod is not None and mod.CASES:
         total = sum(mod.CASES.values())
-        per = ", ".join(f"{k} {v}" for k, v in sorted(mod.CASES.items()))
-        terminalreporter.write_line(f"fuzz: {total} cases ({per})")
+        per = ", ".join(f"{k} {v} ({mod.ACCEPTED[k]} accepted)" for k, v in sorted(mod.CASES.items()))
+        terminalreporter.write_line(f"fuzz: {total} cases: {per}")

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from _fuzz import budget, count
+from _fuzz import accepted, budget, count
 from edgeuad import _rt
 from edgeuad.runtime import maps
 
@@ -152,6 +152,7 @@ def test_bank_file_loads_or_oserror(seeds, which: int, mut: tuple) -> None:  # n
         bank = _rt.MemoryBank.load(p)
     except OSError:
         return
+    accepted("bank.file")
     n, dim = len(bank), bank.dim
     assert bank.features().shape == (n, dim)
     if n == 0:
@@ -170,13 +171,13 @@ def test_bank_file_loads_or_oserror(seeds, which: int, mut: tuple) -> None:  # n
     assert table is None or ((table >= 0) & (table < n)).all()
 
 
-FLOATS = st.sampled_from([np.float32, np.float32, np.float32, np.float16, np.float64, np.int32])
+FLOATS = st.sampled_from([np.float32] * 7 + [np.float16, np.float64, np.int32])
 
 
 @budget(400)
 @given(dim=st.integers(1, 9), m=st.integers(2, 12), efc=st.integers(1, 40), n=st.integers(0, 60),
        dtype=FLOATS, qn=st.integers(0, 6), k=st.integers(-1, 8), ef=st.integers(1, 64), b=st.integers(0, 8),
-       exact=st.booleans(), threads=st.integers(0, 2), layout=st.sampled_from(["c", "f", "strided", "wrong_dim"]))
+       exact=st.booleans(), threads=st.integers(0, 2), layout=st.sampled_from(["c"] * 7 + ["f", "strided", "wrong_dim"]))
 def test_bank_api_in_range(dim, m, efc, n, dtype, qn, k, ef, b, exact, threads, layout) -> None:  # noqa: ANN001
     count("bank.api")
     rng = np.random.default_rng(dim * 1000 + n)
@@ -194,6 +195,7 @@ def test_bank_api_in_range(dim, m, efc, n, dtype, qn, k, ef, b, exact, threads, 
         assert dtype != np.float32 or not feats.flags.c_contiguous or feats.shape[1] != dim
         return
     assert len(bank) == n
+    accepted("bank.api")
     q = rng.standard_normal((qn, dim)).astype(np.float32)
     try:
         dist, idx = bank.search(q, k=k, exact=exact, ef=ef, threads=threads)
@@ -214,14 +216,16 @@ def test_bank_api_in_range(dim, m, efc, n, dtype, qn, k, ef, b, exact, threads, 
 
 @st.composite
 def map_inputs(draw: st.DrawFn) -> tuple:
-    dtype = draw(st.sampled_from([np.float32, np.float32, np.float16, np.float64, np.int32]))
-    b = draw(st.integers(0, 2))
+    wild = draw(st.integers(0, 9)) < 3  # else a valid call, so the comparison with numpy runs
+    dtype = draw(st.sampled_from([np.float32, np.float16] + ([np.float64, np.int32] if wild else [])))
+    lo = 0 if wild else 1
+    b = draw(st.integers(lo, 2))
     levels = []
-    for _ in range(draw(st.integers(0, 3))):
-        shape = (b, draw(st.integers(0, 5)), draw(st.integers(0, 7)), draw(st.integers(0, 7)))
+    for _ in range(draw(st.integers(lo, 3))):
+        shape = (b, draw(st.integers(lo, 5)), draw(st.integers(lo, 7)), draw(st.integers(lo, 7)))
         a = draw(hnp.arrays(dtype, shape, elements=st.floats(-4, 4, width=16) if dtype != np.int32 else None))
         bb = draw(hnp.arrays(dtype, shape, elements=st.floats(-4, 4, width=16) if dtype != np.int32 else None))
-        if draw(st.integers(0, 9)) == 0 and a.ndim == 4 and a.shape[3] > 1:
+        if wild and draw(st.booleans()) and a.shape[3] > 1:
             a = a[..., ::2]  # not contiguous
         levels.append((a, bb))
     return (levels, (draw(st.integers(1, 24)), draw(st.integers(1, 24))), draw(st.booleans()),
@@ -239,6 +243,7 @@ def test_rt_maps_in_range_agree_with_numpy(args: tuple) -> None:
         ok = levels and all(a.dtype in (np.float32, np.float16) and a.flags.c_contiguous and a.size for a, _ in levels)
         assert not ok or len({a.shape[0] for a, _ in levels}) > 1
         return
+    accepted("rt.maps")
     ref = maps.cos_map_reference(levels, out_size, align_corners=align, sigma=sigma, topk_frac=topk)
     for x, y in zip(fast, ref):
         np.testing.assert_allclose(x, y, atol=2e-3, rtol=1e-3)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from _fuzz import budget, count
+from _fuzz import accepted, budget, count
 from edgeuad.preprocess import PreprocessConfig, preprocess, validate_frame
 
 DTYPES = [np.uint8, np.int8, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_,
@@ -23,15 +23,21 @@ TYPED = (ValueError, TypeError)
 
 @st.composite
 def arrays_any_layout(draw: st.DrawFn, max_side: int = 40) -> np.ndarray:
-    """Arrays of 0-5 dims (mostly image-like), any dtype, then a random view: slicing steps,
+    """Arrays in any memory layout: mostly valid images (uint8, gray/1/3 channels, >= 8 px: so the
+    success path is exercised too), else any dtype and 0-5 dims; then a random view: slicing steps,
     negative strides, transposes, zero strides, Fortran order, read-only, unaligned."""
-    image_like = draw(st.booleans())
-    if image_like:
+    mode = draw(st.sampled_from(["image", "image", "image", "image_like", "any"]))
+    if mode == "image":
+        shape = (draw(st.integers(8, max_side)), draw(st.integers(8, max_side)),
+                 *draw(st.sampled_from([(), (1,), (3,), (3,)])))
+        dtype = np.dtype(np.uint8)
+    elif mode == "image_like":
         shape = (draw(st.integers(0, max_side)), draw(st.integers(0, max_side)),
                  *draw(st.sampled_from([(), (1,), (3,), (4,), (2,), (5,)])))
+        dtype = np.dtype(draw(st.sampled_from(DTYPES)))
     else:
         shape = tuple(draw(st.lists(st.integers(0, 12), min_size=0, max_size=5)))
-    dtype = np.dtype(draw(st.sampled_from(DTYPES)) if not image_like or draw(st.booleans()) else np.uint8)
+        dtype = np.dtype(draw(st.sampled_from(DTYPES)))
     a = draw(hnp.arrays(dtype, shape))
     view = draw(st.sampled_from(["plain", "step", "negative", "transpose", "fortran", "zero_stride",
                                  "readonly", "unaligned", "noncontig_channels"]))
@@ -65,7 +71,7 @@ OTHER = st.one_of(st.none(), st.integers(), st.text(max_size=5), st.lists(st.int
 
 
 @budget(2500)
-@given(st.one_of(arrays_any_layout(), OTHER))
+@given(st.one_of(arrays_any_layout(), arrays_any_layout(), arrays_any_layout(), OTHER))
 def test_validate_and_preprocess_any_frame(frame: object) -> None:
     count("frames.preprocess")
     cfg = PreprocessConfig(size=(16, 24))
@@ -75,6 +81,7 @@ def test_validate_and_preprocess_any_frame(frame: object) -> None:
         with pytest.raises(TYPED):
             preprocess([frame], cfg)  # type: ignore[list-item]
         return
+    accepted("frames.preprocess")
     assert checked.dtype == np.uint8 and checked.ndim == 3 and checked.shape[2] == 3
     assert checked.shape[:2] == np.asarray(frame).shape[:2]
     for color in ("rgb", "bgr"):
@@ -102,13 +109,15 @@ def detector(tmp_path_factory: pytest.TempPathFactory):
 
 
 @budget(1000)
-@given(st.lists(st.one_of(arrays_any_layout(max_side=48), OTHER), min_size=0, max_size=3))
+@given(st.one_of(st.lists(arrays_any_layout(max_side=48), min_size=1, max_size=3),
+                st.lists(st.one_of(arrays_any_layout(max_side=48), OTHER), min_size=0, max_size=3)))
 def test_detector_scores_or_refuses_any_batch(detector, frames: list) -> None:  # noqa: ANN001 - fixture
     count("frames.detector")
     try:
         results = detector.score_batch(frames, return_map=True)
     except TYPED:
         return
+    accepted("frames.detector")
     assert len(results) == len(frames)
     for f, r in zip(frames, results):
         assert np.isfinite(r.score) and 0.0 <= r.normalized <= 1.0

@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from _fuzz import budget, count
+from _fuzz import accepted, budget, count
 from edgeuad.bundle import BundleError, parse_manifest
 from edgeuad.manifest_schema import validate_manifest
 from edgeuad.preprocess import PreprocessConfig
@@ -129,6 +129,7 @@ def test_mutated_manifest_is_refused_by_field_or_usable(m: Any) -> None:
             assert e.field, f"error names no field: {e}"
             assert repr(e.field) in str(e)
         return
+    accepted("manifest.mutated")
     usable(m)
     # and what was accepted survives the JSON round trip the bundle file is
     usable(parse_manifest(json.dumps(m).encode()))
@@ -149,4 +150,5 @@ def test_manifest_bytes_parse_or_bundle_error(data: bytes) -> None:
         m = parse_manifest(data)
     except BundleError:
         return
+    accepted("manifest.bytes")
     usable(m)

@@ -67,3 +67,25 @@ def test_reweight_b_is_bounded() -> None:
     with pytest.raises(ValueError):  # above the bank size: the C++ bound
         bank.search_patch_scores(q, b=21)
     assert bank.search_patch_scores(q, b=20).shape == (3,)
+
+
+def test_bank_refuses_non_finite_and_huge_values() -> None:
+    """A NaN feature used to poison every exact search (index -1) and segfault search_reweighted."""
+    from edgeuad import _rt
+
+    f = np.random.default_rng(0).random((20, 4)).astype(np.float32)
+    for bad in (np.nan, np.inf, -np.inf, 1e16):
+        g = f.copy()
+        g[3, 1] = bad
+        b = _rt.MemoryBank(4, M=4, ef_construction=10)
+        with pytest.raises(ValueError, match="row 3"):
+            b.add(g)
+        assert len(b) == 0
+    b = _rt.MemoryBank(4, M=4, ef_construction=10)
+    b.add(f)
+    q = np.zeros((2, 4), np.float32)
+    q[1, 0] = np.nan
+    for call in (lambda: b.search(q, exact=True), lambda: b.search(q, exact=False),
+                 lambda: b.search_reweighted(q, b=3, exact=True)):
+        with pytest.raises(ValueError, match="row 1"):
+            call()
