@@ -78,7 +78,9 @@ class _Checker:
     def number(self, v: Any, field: str, lo: float = -math.inf, hi: float = math.inf) -> float:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise self.fail(field, f"must be a number, got {_kind(v)} {_show(v)}")
-        x = float(v) if not isinstance(v, int) or abs(v) < 2 ** 1023 else math.copysign(math.inf, v)
+        if isinstance(v, int) and abs(v) >= 2 ** 1023:  # float(v) would raise OverflowError
+            raise self.fail(field, f"must be finite, got an integer of {v.bit_length()} bits")
+        x = float(v)
         if not math.isfinite(x):
             raise self.fail(field, f"must be finite, got {_show(v)}")
         if not lo <= x <= hi:
