@@ -70,6 +70,7 @@ static_assert(sizeof(FileHeader) == 88, "FileHeader must have no padding");
 class Hasher {
  public:
   void update(const void* data, size_t n) {
+    if (n == 0) return;  // data may be null then (an empty vector): memcpy must not see it (UBSan)
     const auto* p = static_cast<const unsigned char*>(data);
     total_ += n;
     if (fill_) {
