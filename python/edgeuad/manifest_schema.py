@@ -135,13 +135,14 @@ def validate_manifest(m: Any, where: str = MANIFEST) -> dict[str, Any]:
     c = _Checker(where)
     if not isinstance(m, dict):
         raise BundleError(f"{where}: the manifest must be a JSON object, got {_kind(m)}")
-    c.obj(m, "", _REQUIRED, _OPTIONAL)
-    sv = m["schema_version"]
+    # format and version first: a newer bundle's unknown fields must read as "upgrade edgeuad"
+    if "format" in m and m["format"] != FORMAT:
+        raise c.fail("format", f"{_show(m['format'])} is not {FORMAT!r}")
+    sv = m.get("schema_version", 1)
     if isinstance(sv, bool) or not isinstance(sv, int) or not 1 <= sv <= SCHEMA_VERSION:
         raise c.fail("schema_version", f"{_show(sv)} is not supported by this edgeuad (supports 1..{SCHEMA_VERSION}); "
                                        "upgrade edgeuad or re-export the bundle")
-    if m["format"] != FORMAT:
-        raise c.fail("format", f"{_show(m['format'])} is not {FORMAT!r}")
+    c.obj(m, "", _REQUIRED, _OPTIONAL)
     if not isinstance(m["method"], str) or m["method"] not in METHODS:
         raise c.fail("method", f"names an unknown method {_show(m['method'])} (known: {', '.join(METHODS)})")
     c.string(m["backbone"], "backbone")

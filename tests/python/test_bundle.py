@@ -270,3 +270,15 @@ def test_archive_with_duplicate_or_aliased_members_is_refused(tmp_path: Path) ->
     garbage.write_bytes(b"\0" * 511 + b"x" * 2000)
     with pytest.raises(BundleError):
         Bundle.load(garbage)
+
+
+def test_newer_schema_says_upgrade_not_unknown_field(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b")
+    m = json.loads((root / "manifest.json").read_text())
+    m["schema_version"] = 2
+    m["postprocess"]["new_feature"] = 1
+    m["brand_new_section"] = {}
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="upgrade edgeuad") as e:
+        read_manifest(root)
+    assert e.value.field == "schema_version"
