@@ -330,6 +330,18 @@ def run_crash(work: Path, export_kills_n: int = 20, train_kills_n: int = 20, poi
     return rep
 
 
+def _publish(stem: str, md: str, data: dict) -> None:
+    """STEM.md headed by the machine/commit/date line (benchmarks/_results.py), STEM.json beside it."""
+    from _results import machine_line  # benchmarks/ is on sys.path when this runs as a script
+
+    from edgeuad.atomic import atomic_write_bytes
+
+    text = machine_line() + md
+    sys.stdout.write(text)
+    atomic_write_bytes(Path(stem + ".md"), text.encode())
+    atomic_write_bytes(Path(stem + ".json"), json.dumps(data, indent=2).encode())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--export-kills", type=int, default=20, help="random-time kills of edgeuad export (default 20)")
@@ -347,13 +359,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeuad-crash-") as tmp:
         rep = run_crash(Path(a.work or tmp), a.export_kills, a.train_kills, () if a.no_points else POINTS, a.seed)
     md = rep.to_markdown()
-    sys.stdout.write(md)
-    if not a.no_write:
-        from edgeuad.atomic import atomic_write_bytes
-
-        atomic_write_bytes(Path(a.out + ".md"), md.encode())
-        atomic_write_bytes(Path(a.out + ".json"), json.dumps(
-            {**asdict(rep), "passed": rep.passed, "python": sys.version.split()[0]}, indent=2).encode())
+    if a.no_write:
+        sys.stdout.write(md)
+    else:
+        _publish(a.out, md, {**asdict(rep), "passed": rep.passed})
     return 0 if rep.passed else 1
 
 

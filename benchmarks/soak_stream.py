@@ -117,6 +117,10 @@ class SoakResult:
     rss_start_mb: float = 0.0
     rss_end_mb: float = 0.0
     rss_growth: float = 0.0
+    fds_start: float = 0.0
+    fds_end: float = 0.0
+    threads_start: float = 0.0
+    threads_end: float = 0.0
     fds_growth: int = 0
     threads_growth: int = 0
     python_threads_end: int = 0
@@ -137,10 +141,9 @@ class SoakResult:
             "|---|---|---|---|---|",
             f"| RSS (MB, median of a tenth of the samples) | {self.rss_start_mb:.1f} | {self.rss_end_mb:.1f} | "
             f"{100 * self.rss_growth:+.2f}% | < {100 * RSS_GROWTH_LIMIT:.0f}% |",
-            f"| open fds | {self.samples[0]['fds'] if self.samples else '-'} | "
-            f"{self.samples[-1]['fds'] if self.samples else '-'} | {self.fds_growth:+d} | <= 1 |",
-            f"| threads | {self.samples[0]['threads'] if self.samples else '-'} | "
-            f"{self.samples[-1]['threads'] if self.samples else '-'} | {self.threads_growth:+d} | <= 1 |",
+            f"| open fds (median, same windows) | {self.fds_start:g} | {self.fds_end:g} | {self.fds_growth:+d} | <= 1 |",
+            f"| threads (median, same windows) | {self.threads_start:g} | {self.threads_end:g} | "
+            f"{self.threads_growth:+d} | <= 1 |",
             "",
             f"Result: {'PASS' if self.passed else 'FAIL'}.",
             "",
@@ -171,9 +174,12 @@ def soak(bundle: Path, video: Path, frames: int, sample_every: int = 50, warmup_
         last = float(np.median([s["rss_kb"] for s in samples[-k:]]))
         res.rss_start_mb, res.rss_end_mb = first / 1024, last / 1024
         res.rss_growth = (last - first) / first
-        res.fds_growth = int(np.median([s["fds"] for s in samples[-k:]]) - np.median([s["fds"] for s in samples[:k]]))
-        res.threads_growth = int(np.median([s["threads"] for s in samples[-k:]])
-                                 - np.median([s["threads"] for s in samples[:k]]))
+        for key in ("fds", "threads"):
+            start = float(np.median([s[key] for s in samples[:k]]))
+            end = float(np.median([s[key] for s in samples[-k:]]))
+            setattr(res, f"{key}_start", start)
+            setattr(res, f"{key}_end", end)
+            setattr(res, f"{key}_growth", int(np.ceil(end - start)))
     return res
 
 
@@ -188,6 +194,18 @@ def tiny_bundle(work: Path, image_size: int = 64) -> Path:
                     {"image_size": image_size, "coreset_ratio": 0.1, "pretrained": False},
                     holdout_fraction=0.2, progress=False)
     return api.export(run, work / "bundle").root
+
+
+def _publish(stem: str, md: str, data: dict) -> None:
+    """STEM.md headed by the machine/commit/date line (benchmarks/_results.py), STEM.json beside it."""
+    from _results import machine_line  # benchmarks/ is on sys.path when this runs as a script
+
+    from edgeuad.atomic import atomic_write_bytes
+
+    text = machine_line() + md
+    sys.stdout.write(text)
+    atomic_write_bytes(Path(stem + ".md"), text.encode())
+    atomic_write_bytes(Path(stem + ".json"), json.dumps(data, indent=2).encode())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -208,12 +226,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         video = Path(a.video) if a.video else write_video(work / "loop.avi")
         res = soak(bundle, video, a.frames, sample_every=a.sample_every, batch_size=a.batch_size)
     md = res.to_markdown()
-    sys.stdout.write(md)
-    if not a.no_write:
-        from edgeuad.atomic import atomic_write_bytes
-
-        atomic_write_bytes(Path(a.out + ".md"), md.encode())
-        atomic_write_bytes(Path(a.out + ".json"), json.dumps({**asdict(res), "passed": res.passed}, indent=2).encode())
+    if a.no_write:
+        sys.stdout.write(md)
+    else:
+        _publish(a.out, md, {**asdict(res), "passed": res.passed})
     return 0 if res.passed else 1
 
 
