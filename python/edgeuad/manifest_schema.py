@@ -28,7 +28,8 @@ METHODS = ("recontrast", "patchcore", "reconpatch")
 KINDS = {"recontrast": "cos_pairs", "patchcore": "nn_l2", "reconpatch": "nn_l2"}
 SCORES = ("max", "topk_mean")
 INTERPOLATIONS = ("area_or_linear",)
-THRESHOLD_SOURCES = ("normal_quantile", "f1_optimal", "provisional")
+THRESHOLD_SOURCES = ("normal_robust", "normal_quantile", "f1_optimal", "provisional")
+ENGINE_PRECISIONS = ("fp16", "int8")
 PROVISIONAL = "provisional"
 
 _REQUIRED = ("schema_version", "format", "method", "backbone", "preprocess", "model", "postprocess",
@@ -158,10 +159,25 @@ def validate_manifest(m: Any, where: str = MANIFEST) -> dict[str, Any]:
     _postprocess(c, m["postprocess"], m["method"], outputs, files)
     _thresholds(c, m["thresholds"])
     if "engines" in m:
-        for i, e in enumerate(c.array(m["engines"], "engines", 0, 16)):
+        _engines(c, m["engines"], files)
+    return m
+
+
+def _engines(c: _Checker, v: Any, files: Mapping[str, Any]) -> None:
+    """TensorRT precisions -> the ONNX each engine is built from ({"fp16": "model.onnx"}); bundles
+    from before the engine cache listed engine files instead (a list of names in 'files')."""
+    if isinstance(v, list):
+        for i, e in enumerate(c.array(v, "engines", 0, 16)):
             if c.string(e, f"engines[{i}]") not in files:
                 raise c.fail(f"engines[{i}]", f"names {e!r}, which is not listed in 'files'")
-    return m
+        return
+    if not isinstance(v, dict):
+        raise c.fail("engines", f"must map a precision to an ONNX file, got {_kind(v)}")
+    for prec, onnx in v.items():
+        if prec not in ENGINE_PRECISIONS:
+            raise c.fail(f"engines.{prec}", f"is not a TensorRT precision ({', '.join(ENGINE_PRECISIONS)})")
+        if c.string(onnx, f"engines.{prec}") not in files:
+            raise c.fail(f"engines.{prec}", f"names {onnx!r}, which is not listed in 'files'")
 
 
 def _files(c: _Checker, v: Any) -> Mapping[str, Any]:
@@ -246,7 +262,7 @@ def _postprocess(c: _Checker, v: Any, method: str, outputs: list[str], files: Ma
 
 def _thresholds(c: _Checker, v: Any) -> None:
     t = c.obj(v, "thresholds", ("threshold", "min", "max", "source"),
-              ("quantile", "n_normal", "n_anomalous", "pixel_threshold"))
+              ("quantile", "n_normal", "n_anomalous", "pixel_threshold", "fpr"))
     c.string(t["source"], "thresholds.source", THRESHOLD_SOURCES)
     th = c.number(t["threshold"], "thresholds.threshold")
     lo = c.number(t["min"], "thresholds.min")
@@ -260,6 +276,8 @@ def _thresholds(c: _Checker, v: Any) -> None:
                                              f"[{lo:g}, {hi:g}]: the manifest was edited or is corrupt")
     if t.get("quantile") is not None:
         c.number(t["quantile"], "thresholds.quantile", 0.5, 1.0)
+    if t.get("fpr") is not None:
+        c.number(t["fpr"], "thresholds.fpr", 1e-6, 0.5)
     for key in ("n_normal", "n_anomalous"):
         if key in t:
             c.integer(t[key], f"thresholds.{key}", 0, 2 ** 53)

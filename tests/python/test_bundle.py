@@ -282,3 +282,20 @@ def test_newer_schema_says_upgrade_not_unknown_field(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="upgrade edgeuad") as e:
         read_manifest(root)
     assert e.value.field == "schema_version"
+
+
+def test_engines_and_robust_thresholds(tmp_path: Path) -> None:
+    root = make_bundle(tmp_path / "b", engines={"fp16": "model.onnx"},
+                       thresholds={"threshold": 1.0, "min": 0.0, "max": 2.0, "source": "normal_robust", "fpr": 0.01})
+    assert Bundle.load(root).manifest["engines"] == {"fp16": "model.onnx"}
+    for value, field in [({"fp8": "model.onnx"}, "engines.fp8"), ({"int8": "model.int8.onnx"}, "engines.int8"),
+                         (["model.fp16.engine"], "engines[0]"), ("model.onnx", "engines")]:
+        _edit(root, "engines", value)
+        with pytest.raises(BundleError) as e:
+            Bundle.load(root)
+        assert e.value.field == field
+    _edit(root, "engines", {"fp16": "model.onnx"})
+    _edit(root, "thresholds.fpr", 0.9)
+    with pytest.raises(BundleError) as e:
+        Bundle.load(root)
+    assert e.value.field == "thresholds.fpr"

@@ -44,8 +44,12 @@ def valid_manifests() -> list[dict[str, Any]]:
           "model": {"onnx": "model.onnx", "input": "image", "outputs": ["embeddings"], "opset": 17},
           "postprocess": {"kind": "nn_l2", "embedding": "embeddings", "grid": [8, 8], "bank": "bank.euab",
                           "reweight_b": 9, "align_corners": False, "sigma": 0.0, "score": "max", "topk_frac": 0.0},
-          "files": {"model.onnx": H, "bank.euab": H, "model.fp16.engine": H}, "engines": ["model.fp16.engine"]}
-    return [rc, pc]
+          "files": {"model.onnx": H, "bank.euab": H, "model.int8.onnx": H},
+          "engines": {"fp16": "model.onnx", "int8": "model.int8.onnx"}}
+    legacy = {**pc, "files": {**pc["files"], "model.fp16.engine": H}, "engines": ["model.fp16.engine"],
+              "thresholds": {"threshold": 0.7, "min": 0.1, "max": 1.3, "source": "normal_robust", "fpr": 0.01,
+                             "n_normal": 5}}
+    return [rc, pc, legacy]
 
 
 VALID = valid_manifests()
