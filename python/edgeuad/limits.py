@@ -4,7 +4,8 @@ The fused-map kernels, the memory bank and the preprocessing allocate and loop i
 these values, so an out-of-range value from a caller or an edited manifest must be an error before
 any work starts, not a segfault, an allocation of terabytes or a blur that runs for minutes (a
 `sigma` of 6e8 overflowed the kernel radius; 1e6 ran for minutes).  `runtime/maps.py` and
-`manifest_schema.py` check against these; the C++ kernels carry their own (equal or wider) limits.
+`manifest_schema.py` check against these; the C++ kernels carry their own, equal or wider limits
+(cpp/include/edgeuad/maps_pixel.hpp: sigma <= 64, sides <= 16384).
 Dependency-free: imported by the bundle reader and the runtime alike.
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ MAX_INPUT_SIDE = 4096
 MAX_GRID_SIDE = 1024
 # Eq. 10 neighbourhood of the reweighted patch score (PatchCore: 9); 0 = off.
 MAX_REWEIGHT_B = 1024
-# Feature-pair levels of a cos_pairs model (ReContrast uses 3).
-MAX_LEVELS = 64
+# Feature-pair levels of a cos_pairs model (ReContrast uses 3); the CUDA kernels take at most 16
+# (kMaxLevels in cpp/include/edgeuad/maps_kernels.hpp), so a bundle stays deployable on a Jetson.
+MAX_LEVELS = 16
 # Worker threads a caller may ask a kernel for (0 = library default).
 MAX_THREADS = 1024
 # Normalisation constants of the preprocessing (images are scaled to [0, 1] first).
