@@ -7,6 +7,8 @@ environment.  Options come from the environment so that pip needs no extra flags
                                   cmake/EdgeuadCudaArchs.cmake; JetPack 5's CUDA 11.4 gets 72;80;86;87)
   EDGEUAD_BUILD_DIR=path          persistent CMake build dir (cached builds for CI)
   EDGEUAD_BUILD_TYPE=Release
+  EDGEUAD_SANITIZE=address,undefined   sanitizer build (see tools/sanitize_tests.sh)
+  EDGEUAD_WERROR=ON               compiler warnings are errors (CI)
 """
 from __future__ import annotations
 
@@ -58,6 +60,8 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_BUILD_TYPE={cfg}",
             f"-DEDGEUAD_CUDA={os.environ.get('EDGEUAD_CUDA', 'AUTO')}",
         ]
+        for opt in ("EDGEUAD_SANITIZE", "EDGEUAD_WERROR"):  # always passed: a cached value must not linger
+            args.append(f"-D{opt}={os.environ.get(opt, '' if opt == 'EDGEUAD_SANITIZE' else 'OFF')}")
         if os.environ.get("EDGEUAD_CUDA_ARCHS"):
             args.append(f"-DEDGEUAD_CUDA_ARCHS={os.environ['EDGEUAD_CUDA_ARCHS']}")
         cache = build_dir / "CMakeCache.txt"
@@ -110,7 +114,7 @@ setup(
         "plot": ["matplotlib>=3.5"],
         # `edgeuad serve`: Ray Serve replicas, camera actors; cameras.yaml is YAML.
         "serve": ["ray[serve]>=2.40", "pyyaml>=6"],
-        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7", "onnxconverter-common>=1.14"],
+        "dev": ["pytest>=7", "scikit-learn>=1.2", "hnswlib>=0.7", "onnxconverter-common>=1.14", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["edgeuad=edgeuad.cli:main"]},
     zip_safe=False,

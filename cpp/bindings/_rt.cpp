@@ -32,6 +32,9 @@ using edgeuad::ShapeError;
 #ifndef EDGEUAD_CUDA_ARCHS_STR
 #define EDGEUAD_CUDA_ARCHS_STR ""
 #endif
+#ifndef EDGEUAD_SANITIZE_STR
+#define EDGEUAD_SANITIZE_STR ""
+#endif
 
 namespace {
 
@@ -709,7 +712,7 @@ PYBIND11_MODULE(_rt, m) {
       []() {
         return py::dict("cuda"_a = edgeuad::cuda::has_cuda(), "cuda_archs"_a = std::string(EDGEUAD_CUDA_ARCHS_STR),
                         "openmp"_a = _OPENMP, "omp_max_threads"_a = omp_get_max_threads(),
-                        "hnswlib"_a = "system headers");
+                        "hnswlib"_a = "system headers", "sanitize"_a = std::string(EDGEUAD_SANITIZE_STR));
       },
       "Build configuration of the compiled runtime.");
 

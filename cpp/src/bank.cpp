@@ -70,6 +70,7 @@ static_assert(sizeof(FileHeader) == 88, "FileHeader must have no padding");
 class Hasher {
  public:
   void update(const void* data, size_t n) {
+    if (n == 0) return;  // data may be null then (an empty vector): memcpy must not see it (UBSan)
     const auto* p = static_cast<const unsigned char*>(data);
     total_ += n;
     if (fill_) {
@@ -119,7 +120,9 @@ uint64_t header_hash(const FileHeader& h) {
   return hs.digest();
 }
 
-// Unique temporary path next to `near` (same filesystem -> atomic rename).
+// Unique temporary path next to `near` (same filesystem -> atomic rename), named
+// `.<name>.edgeuad-<pid>.<tag><random>.tmp` like every edgeuad temporary (python/edgeuad/atomic.py):
+// what a killed process leaves behind is recognised and removed by edgeuad.atomic.remove_stale_temps.
 fs::path temp_path(const fs::path& near, const std::string& tag) {
   static std::atomic<uint64_t> counter{0};
   std::random_device rd;
@@ -129,9 +132,8 @@ fs::path temp_path(const fs::path& near, const std::string& tag) {
 #else
   const long pid = 0;
 #endif
-  fs::path p = near;
-  p += "." + tag + "." + std::to_string(pid) + "." + std::to_string(r);
-  return p;
+  return near.parent_path() / ("." + near.filename().string() + ".edgeuad-" + std::to_string(pid) + "." + tag +
+                               std::to_string(r) + ".tmp");
 }
 
 // Removes a file on scope exit (temporary files on every error path).
@@ -206,22 +208,42 @@ void check_hnsw_file(const fs::path& p, uint64_t bytes, const FileHeader& h, con
   if (pos != bytes) throw IOError(bad + "unexpected trailing bytes)");
 }
 
-// After hnswlib loaded the graph: every stored neighbour id must be a valid node.
+// After hnswlib loaded the graph: every stored neighbour id must be a valid node, and the levels
+// must be consistent, since searches follow them without checks: the descent starts at the entry
+// point on maxlevel_ and reads the level-L list of every neighbour it reaches on level L.
 void check_links(const Index& ix, size_t n) {
+  if (ix.element_levels_[ix.enterpoint_node_] != ix.maxlevel_)
+    throw IOError("HNSW section is corrupted (entry point is not on the top level)");
   for (tableint i = 0; i < n; ++i) {
     for (int level = 0; level <= ix.element_levels_[i]; ++level) {
       const unsigned int* ll = ix.get_linklist_at_level(i, level);
       const size_t cnt = ix.getListCount(const_cast<unsigned int*>(ll));
       if (cnt > (level == 0 ? ix.maxM0_ : ix.maxM_)) throw IOError("HNSW section is corrupted (link count)");
       const tableint* ids = reinterpret_cast<const tableint*>(ll + 1);
-      for (size_t j = 0; j < cnt; ++j)
+      for (size_t j = 0; j < cnt; ++j) {
         if (ids[j] >= n) throw IOError("HNSW section is corrupted (neighbour id out of range)");
+        if (ix.element_levels_[ids[j]] < level) throw IOError("HNSW section is corrupted (neighbour level)");
+      }
     }
     if (ix.getExternalLabel(i) >= n) throw IOError("HNSW section is corrupted (label out of range)");
   }
 }
 
 int resolve_threads(int threads) { return threads > 0 ? threads : omp_get_max_threads(); }
+
+// Features and queries are bounded in magnitude so that no squared distance can overflow float32:
+// with |x| <= 1e15 and dim <= 2^20, |x - c|^2 <= 2^20 * (2e15)^2 ~ 4e36 < FLT_MAX.  A NaN feature
+// made the bank mean, and so every exact distance, NaN (every search returned index -1, and the
+// reweighted score then read the table at row -1); a huge one did the same through inf.  Real
+// embeddings are many orders of magnitude below the bound.
+constexpr float kMaxAbsValue = 1e15f;
+
+// Index of the first value that is NaN, inf or beyond kMaxAbsValue in n floats, or -1.
+int64_t first_out_of_range(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!(std::fabs(x[i]) <= kMaxAbsValue)) return i;
+  return -1;
+}
 
 // Squared L2 with 16 independent partial sums: vectorisable without -ffast-math
 // (no reassociation of one running sum is needed).
@@ -414,6 +436,9 @@ struct MemoryBank::Impl {
            int64_t* idx) const {
     check_query(nq, k);
     if (ef < 1) throw ShapeError("ef must be >= 1");
+    if (const int64_t bad = first_out_of_range(q, nq * info.dim); bad >= 0)
+      throw ShapeError("queries must be finite with |x| <= 1e15; row " + std::to_string(bad / info.dim) +
+                       " is not");
     if (nq == 0) return;
     if (exact) {
       detail::exact_knn(q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k, threads, dist,
@@ -476,6 +501,8 @@ void MemoryBank::add(const float* features, int64_t n, int threads) {
   if (m.info.size + n >= std::numeric_limits<int32_t>::max())
     throw ShapeError("a memory bank holds fewer than 2^31 items");
   const int64_t d = m.info.dim, old = m.info.size, total = old + n;
+  if (const int64_t bad = first_out_of_range(features, n * d); bad >= 0)
+    throw ShapeError("features must be finite with |x| <= 1e15; row " + std::to_string(bad / d) + " is not");
   if (!m.index) {
     m.index = std::make_unique<Index>(m.space.get(), static_cast<size_t>(total), m.info.M,
                                       m.info.ef_construction, m.info.seed);
@@ -527,6 +554,10 @@ void MemoryBank::search_reweighted(const float* queries, int64_t nq, int64_t b, 
         parallel_for(nq, resolve_threads(threads), 64, [&](int64_t i) {
           const float* q = queries + i * d;
           const double s1 = s[i];
+          if (nn[i] < 0) {  // no neighbour found (a disconnected HNSW node): no table row to read
+            scores[i] = std::numeric_limits<float>::infinity();
+            return;
+          }
           const int32_t* row = m.table.data() + nn[i] * b;
           // (1 - exp(s') / sum exp(D)) * s', written without overflow as
           // (1 - 1 / sum exp(D - s')) * s'.
@@ -679,6 +710,8 @@ MemoryBank MemoryBank::load(const std::string& path) {
     out.close();
   }
   if (hs.digest() != h.payload_hash) throw IOError(path + ": memory bank data is corrupted (checksum mismatch)");
+  if (first_out_of_range(impl->feats.data(), static_cast<int64_t>(impl->feats.size())) >= 0)
+    throw IOError(path + ": memory bank is corrupted (features not finite or beyond 1e15)");
   for (int32_t v : impl->table)
     if (v < 0 || static_cast<uint64_t>(v) >= h.size) throw IOError(path + ": neighbour table is corrupted");
   if (h.size > 0) {

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import data as _data
-from .atomic import atomic_write_bytes
-from .bundle import Bundle, write_manifest
+from .atomic import atomic_dir, atomic_write_bytes, remove_stale_temps
+from .bundle import MANIFEST, Bundle, write_manifest
 from .overrides import parse_overrides
 from .preprocess import PreprocessConfig, preprocess
 from .thresholds import from_labelled, from_normal_robust, from_normal_scores
@@ -124,6 +124,7 @@ def train(method: str, data: str | os.PathLike, out_dir: str | os.PathLike,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} exists and is not a folder")
+    remove_stale_temps(out)  # checkpoint/weights temp files of a killed earlier run in this directory
     paths = normal_image_paths(data)
     train_paths, holdout = _data.split_holdout(paths, fraction=holdout_fraction, seed=int(cfg.seed))
     log.info("%s: %d training images, %d held out for thresholds (%s)", method, len(train_paths), len(holdout), data)
@@ -185,7 +186,13 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
 
     threshold_rule: "robust" (median + z(1-fpr) * 1.4826 * MAD of the held-out normal scores) or
     "quantile" (their `quantile`); a labelled `validation` folder overrides both (F1-optimal).
-    threads: CPU threads of torch and onnxruntime here (0 = the CPUs this process may use)."""
+    threads: CPU threads of torch and onnxruntime here (0 = the CPUs this process may use).
+
+    The whole bundle is built in a temporary directory beside `bundle_dir` and swapped in with one
+    rename when it is complete and loads (atomic.atomic_dir): a killed or failed export leaves the
+    previous bundle exactly as it was, and its temporary directory is removed by the next export.
+    An existing `bundle_dir` must be a bundle (or empty): anything else is refused, never replaced.
+    """
     if threshold_rule not in ("robust", "quantile"):
         raise ValueError(f"threshold_rule must be 'robust' or 'quantile', got {threshold_rule!r}")
     import torch
@@ -197,65 +204,91 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
 
     run = run if isinstance(run, Run) else Run.load(run)
     set_torch_threads(torch, threads)
-    out = Path(bundle_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _replaceable_bundle_dir(Path(bundle_dir))
+    remove_stale_temps(out.parent, name=out.name)
     state = load_file(str(run.root / RUN_WEIGHTS))
     trained, cfg = load_trained(run.method, state, run.config)
     spec = spec_for(run.method, trained, cfg)
-    export_onnx(spec.module, out / "model.onnx", run.preprocess.size, spec.output_names)
-    shutil.copyfile(run.root / RUN_WEIGHTS, out / "weights.safetensors")
-    files = ["model.onnx", "weights.safetensors"]
-
     holdout = [Path(p) for p in run.holdout if Path(p).exists()]
     if not holdout:
         raise ValueError(f"run {run.root} has no readable held-out normal images: cannot set a threshold")
-    xh, holdout = load_array(holdout, run.preprocess)
-    rep = check_parity(spec.module, out / "model.onnx", xh[:parity_images], spec.output_names, threads=threads)
-    log.info("ONNX parity vs torch: worst max abs diff %.2e (atol %.0e + rtol %.0e)", rep.worst, rep.atol, rep.rtol)
+    with atomic_dir(out) as tmp:
+        export_onnx(spec.module, tmp / "model.onnx", run.preprocess.size, spec.output_names)
+        shutil.copyfile(run.root / RUN_WEIGHTS, tmp / "weights.safetensors")
+        files = ["model.onnx", "weights.safetensors"]
 
-    if spec.postprocess["kind"] == "nn_l2":
-        from .runtime.bank import Bank
+        xh, holdout = load_array(holdout, run.preprocess)
+        rep = check_parity(spec.module, tmp / "model.onnx", xh[:parity_images], spec.output_names, threads=threads)
+        log.info("ONNX parity vs torch: worst max abs diff %.2e (atol %.0e + rtol %.0e)", rep.worst, rep.atol, rep.rtol)
 
-        # the Eq. 10 neighbour table is built once here and shipped, not on the Detector's first frame
-        bank = Bank.build(np.ascontiguousarray(trained.bank, dtype=np.float32),
-                          neighbor_b=int(spec.postprocess["reweight_b"]))
-        bank.save(out / spec.postprocess["bank"])
-        files.append(spec.postprocess["bank"])
+        if spec.postprocess["kind"] == "nn_l2":
+            from .runtime.bank import Bank
 
-    manifest: dict[str, Any] = {
-        "method": run.method,
-        "backbone": run.config.get("backbone", "efficientnet_lite0"),
-        "preprocess": run.preprocess.to_dict(),
-        "model": {"onnx": "model.onnx", "input": "image", "outputs": spec.output_names, "opset": 17,
-                  "weights": "weights.safetensors", "config": run.config,
-                  "parity": {"max_abs": rep.max_abs, "atol": rep.atol, "rtol": rep.rtol}},
-        "postprocess": spec.postprocess,
-        "thresholds": {"threshold": 0.0, "min": 0.0, "max": 1.0, "source": "provisional"},
-        "training": run.info,
-        "files": {f: "" for f in files},
-    }
-    write_manifest(out, manifest)
+            # the Eq. 10 neighbour table is built once here and shipped, not on the Detector's first frame
+            bank = Bank.build(np.ascontiguousarray(trained.bank, dtype=np.float32),
+                              neighbor_b=int(spec.postprocess["reweight_b"]))
+            bank.save(tmp / spec.postprocess["bank"])
+            files.append(spec.postprocess["bank"])
 
-    # Thresholds come from the deployed pipeline itself (ONNX + runtime maps), on held-out normals.
-    from .detector import Detector
+        manifest: dict[str, Any] = {
+            "method": run.method,
+            "backbone": run.config.get("backbone", "efficientnet_lite0"),
+            "preprocess": run.preprocess.to_dict(),
+            "model": {"onnx": "model.onnx", "input": "image", "outputs": spec.output_names, "opset": 17,
+                      "weights": "weights.safetensors", "config": run.config,
+                      "parity": {"max_abs": rep.max_abs, "atol": rep.atol, "rtol": rep.rtol}},
+            "postprocess": spec.postprocess,
+            # placeholder until the deployed pipeline has scored the held-out images; only this
+            # temporary directory ever holds it, and loading it needs allow_provisional=True
+            "thresholds": {"threshold": 0.0, "min": 0.0, "max": 1.0, "source": "provisional"},
+            "training": run.info,
+            "files": {f: "" for f in files},
+        }
+        write_manifest(tmp, manifest)
 
-    det = Detector(out, backend="onnxruntime", threads=threads)
-    normal = _scores(det, holdout)
-    if validation is not None:
-        vs, vl = [], []
-        for s in _data.list_mvtec(validation, "test"):
-            vs.append(s.path)
-            vl.append(s.label)
-        scores = _scores(det, vs)
-        th = from_labelled(scores, vl)
-    else:
-        th = (from_normal_robust(normal, fpr=fpr) if threshold_rule == "robust"
-              else from_normal_scores(normal, quantile=quantile))
-    det.close()
-    manifest["thresholds"] = th.to_dict()
-    manifest = write_manifest(out, manifest)
+        # Thresholds come from the deployed pipeline itself (ONNX + runtime maps), on held-out normals.
+        from .detector import Detector
+
+        with Detector(tmp, backend="onnxruntime", threads=threads, allow_provisional=True) as det:
+            normal = _scores(det, holdout)
+            if validation is not None:
+                vs, vl = [], []
+                for s in _data.list_mvtec(validation, "test"):
+                    vs.append(s.path)
+                    vl.append(s.label)
+                th = from_labelled(_scores(det, vs), vl)
+            else:
+                th = (from_normal_robust(normal, fpr=fpr) if threshold_rule == "robust"
+                      else from_normal_scores(normal, quantile=quantile))
+        manifest["thresholds"] = th.to_dict()
+        write_manifest(tmp, manifest)
+        Bundle.load(tmp)  # what is published must load as it is
     log.info("bundle %s: threshold %.4g (%s, %d normal images)", out, th.threshold, th.source, len(normal))
     return Bundle.load(out)
+
+
+def _replaceable_bundle_dir(out: Path) -> Path:
+    """`out` resolved; refuses a file or a non-empty directory that is not a bundle (an export must
+    never delete a user's files).  A previous bundle is replaced whole; extra files in it are named."""
+    if out.is_symlink():
+        out = out.resolve()
+    if not os.path.lexists(out):
+        return out
+    if not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory: choose another bundle directory")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and MANIFEST not in entries:
+        raise FileExistsError(f"{out} is not empty and is not an edgeuad bundle (no {MANIFEST}): "
+                              "refusing to replace it; choose an empty or new directory")
+    if entries:
+        try:
+            listed = set(json.loads((out / MANIFEST).read_text()).get("files", {}))
+        except (ValueError, OSError, AttributeError):
+            listed = set()
+        extra = [e for e in entries if e != MANIFEST and e not in listed]
+        if extra:
+            log.warning("replacing bundle %s: files not in its manifest are dropped with it: %s", out, extra)
+    return out
 
 
 def _scores(det: Any, paths: Sequence[Path], batch: int = 8) -> np.ndarray:
@@ -277,15 +310,16 @@ class EvalResult:
 
 def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike | None = None,
              backend: str = "onnxruntime", threads: int = 0, batch: int = 8, progress: bool = True,
-             overlays: int = 16) -> EvalResult:
-    """Score an MVTec-layout test split with the Detector (runtime only) and compute the metrics."""
+             overlays: int = 16, expected_digest: str | None = None) -> EvalResult:
+    """Score an MVTec-layout test split with the Detector (runtime only) and compute the metrics.
+    expected_digest: refuse any bundle but that one (sha256 of its manifest.json)."""
     from tqdm import tqdm
 
     from .detector import Detector
     from .metrics import auroc_per_group, summarize
     from . import viz
 
-    det = Detector(bundle, backend=backend, threads=threads)
+    det = Detector(bundle, backend=backend, threads=threads, expected_digest=expected_digest)
     samples = _data.list_mvtec(data, "test")
     size = det.input_size
     labels, scores, maps, masks, rows = [], [], [], [], []
@@ -331,6 +365,11 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, out_dir: str | 
                 gallery[s.defect].append(viz.panel(img, r.anomaly_map, lines, ok=not r.is_anomaly, mask=gt,
                                                    longest=TILE))
     seconds = time.perf_counter() - t0
+    if not rows:
+        det.close()
+        raise ValueError(f"no readable test images in {data}/test: "
+                         + (f"all {skipped} image files could not be read (see the warnings above)" if skipped
+                            else "the folder holds no images"))
     if have_masks:
         keep = [i for i, m in enumerate(masks) if m is not None]
         m_arr = np.stack([masks[i] for i in keep]) if keep else None

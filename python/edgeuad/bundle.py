@@ -8,9 +8,13 @@ A bundle is a directory (or a `.tar` of one) holding
     weights.safetensors  the torch weights (re-export, torch backend); never pickle
     bank.euab            memory bank (patch methods), `edgeuad._rt.MemoryBank` file format
 
-Loading verifies the schema and every file's sha256 before anything is parsed, so a
-truncated download or a tampered file fails with `BundleError` naming the file instead
-of crashing deep inside onnxruntime or the bank loader.  numpy-free and torch-free.
+Loading checks the manifest field by field (`manifest_schema.py`) and every file's sha256 before
+anything is parsed, so a truncated download, a tampered file or an edited manifest fails with
+`BundleError` naming the file or field instead of crashing deep inside onnxruntime or the bank
+loader.  The bundle's digest is the sha256 of manifest.json: since the manifest holds the sha256 of
+every other file, it pins the exact bundle (`Bundle.load(..., expected_digest=...)`).
+A manifest whose thresholds are still "provisional" (an export that did not finish) is refused
+unless the caller asks for it.  numpy-free and torch-free.
 """
 from __future__ import annotations
 
@@ -25,22 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import limits
 from ._version import __version__
-from .atomic import atomic_path, atomic_write_bytes
+from .atomic import atomic_path, atomic_write_bytes, remove_stale_temps
+from .manifest_schema import (FORMAT, MANIFEST, METHODS, PROVISIONAL, SCHEMA_VERSION, BundleError, file_name_ok,
+                              validate_manifest)
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-FORMAT = "edgeuad-bundle"
-MANIFEST = "manifest.json"
-METHODS = ("recontrast", "patchcore", "reconpatch")
-_REQUIRED = ("schema_version", "format", "method", "backbone", "preprocess", "model",
-             "postprocess", "thresholds", "files")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed, from an unsupported schema, or fails its hash check."""
+__all__ = ["Bundle", "BundleError", "FORMAT", "MANIFEST", "METHODS", "SCHEMA_VERSION", "manifest_digest",
+           "normalize_digest", "pack", "read_manifest", "verify_files", "write_manifest"]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -60,6 +59,7 @@ class Bundle:
 
     root: Path
     manifest: dict[str, Any]
+    digest: str = ""   # sha256 of manifest.json (hex): identifies the whole bundle
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     # --- accessors -------------------------------------------------------------
@@ -101,56 +101,98 @@ class Bundle:
 
     # --- loading ---------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
-        """Open a bundle directory or `.tar` archive, check schema and hashes."""
+    def load(cls, path: str | os.PathLike, verify: bool = True, *, allow_provisional: bool = False,
+             expected_digest: str | None = None) -> "Bundle":
+        """Open a bundle directory or `.tar` archive, check schema and hashes.
+
+        allow_provisional: accept thresholds marked "provisional" (only the exporter itself, which
+            computes the real ones from this bundle, needs that).
+        expected_digest: the sha256 of manifest.json the caller deployed; any other bundle is refused.
+        """
         path = Path(path)
+        want = normalize_digest(expected_digest) if expected_digest is not None else None
         tmp: tempfile.TemporaryDirectory | None = None
-        if path.is_file() and tarfile.is_tarfile(path):
+        if path.is_file() and _is_tar(path):
             tmp = tempfile.TemporaryDirectory(prefix="edgeuad-bundle-")
-            root = _safe_extract(path, Path(tmp.name))
+            try:
+                root = _safe_extract(path, Path(tmp.name))
+            except BaseException:
+                tmp.cleanup()
+                raise
         elif path.is_dir():
             root = path
         elif path.exists():
             raise BundleError(f"{path} is neither a bundle directory nor a bundle .tar archive")
         else:
             raise BundleError(f"bundle not found: {path}")
-        manifest = read_manifest(root)
+        data = _read_manifest_bytes(root)
+        digest = manifest_digest(data)
+        if want is not None and digest != want:
+            raise BundleError(f"bundle {path} has digest {digest}, not the expected {want}: "
+                              "a different or modified bundle", field="digest")
+        manifest = parse_manifest(data, root / MANIFEST)
+        if tmp is not None:  # an archive holds the manifest and its files, nothing else
+            extra = sorted({p.name for p in root.iterdir()} - {MANIFEST, *manifest["files"]})
+            if extra:
+                raise BundleError(f"{path}: archive members {extra} are not listed in the manifest")
+        if manifest["thresholds"]["source"] == PROVISIONAL and not allow_provisional:
+            raise BundleError(f"bundle {path} has provisional thresholds (an export that did not finish): "
+                              "re-export it; Detector(..., allow_provisional=True) loads it for inspection only",
+                              field="thresholds.source")
         if verify:
             verify_files(root, manifest)
-        return cls(root=root, manifest=manifest, _tmpdir=tmp)
+        return cls(root=root, manifest=manifest, digest=digest, _tmpdir=tmp)
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
+def normalize_digest(d: str) -> str:
+    """'sha256:ABC...' or 'abc...' -> 64 lowercase hex characters (ValueError otherwise)."""
+    s = str(d).strip().lower()
+    s = s[len("sha256:"):] if s.startswith("sha256:") else s
+    if len(s) != 64 or any(ch not in "0123456789abcdef" for ch in s):
+        raise ValueError(f"expected digest must be 64 hex characters (sha256 of manifest.json), got {d!r}")
+    return s
+
+
+def manifest_digest(data: bytes) -> str:
+    """The bundle digest: sha256 of the manifest.json bytes (which hold every other file's sha256)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_manifest_bytes(root: Path) -> bytes:
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{root} has no {MANIFEST}: not an edgeuad bundle")
+    size = mpath.stat().st_size
+    if size > limits.MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is {size} bytes: not a manifest (limit {limits.MAX_MANIFEST_BYTES})")
+    return mpath.read_bytes()
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in d:
+            raise BundleError(f"duplicate key {k!r} in the manifest (which one is meant is ambiguous)", field=k)
+        d[k] = v
+    return d
+
+
+def parse_manifest(data: bytes, mpath: Path | str = MANIFEST) -> dict[str, Any]:
+    """manifest.json bytes -> validated manifest dict (BundleError naming the field otherwise)."""
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{mpath} is not valid JSON ({e}); the bundle is corrupt") from e
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mpath}: manifest must be a JSON object")
-    missing = [k for k in _REQUIRED if k not in manifest]
-    if missing:
-        raise BundleError(f"{mpath}: manifest lacks {missing}")
-    if manifest["format"] != FORMAT:
-        raise BundleError(f"{mpath}: format {manifest['format']!r} is not {FORMAT!r}")
-    sv = manifest["schema_version"]
-    if not isinstance(sv, int) or sv > SCHEMA_VERSION or sv < 1:
-        raise BundleError(f"{mpath}: schema_version {sv!r} is not supported by edgeuad {__version__} "
-                          f"(supports 1..{SCHEMA_VERSION}); upgrade edgeuad or re-export the bundle")
-    if manifest["method"] not in METHODS:
-        raise BundleError(f"{mpath}: unknown method {manifest['method']!r} (known: {', '.join(METHODS)})")
-    try:
-        PreprocessConfig.from_dict(manifest["preprocess"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(f"{mpath}: bad preprocess section: {e}") from e
-    if not isinstance(manifest["files"], dict) or not manifest["files"]:
-        raise BundleError(f"{mpath}: 'files' must map file names to sha256 digests")
-    for name in manifest["files"]:
-        if Path(name).is_absolute() or ".." in Path(name).parts or name == MANIFEST:
-            raise BundleError(f"{mpath}: illegal file name {name!r} in manifest")
-    return manifest
+        manifest = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except BundleError as e:
+        raise BundleError(f"{mpath}: {e}", field=e.field) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise BundleError(f"{mpath} is not valid JSON ({type(e).__name__}: {str(e)[:200]}); "
+                          "the bundle is corrupt") from None
+    return validate_manifest(manifest, where=str(mpath))
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Read and validate `root`/manifest.json."""
+    root = Path(root)
+    return parse_manifest(_read_manifest_bytes(root), root / MANIFEST)
 
 
 def verify_files(root: Path, manifest: Mapping[str, Any]) -> None:
@@ -173,8 +215,9 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     manifest["edgeuad_version"] = __version__
     files = manifest.get("files") or {}
     manifest["files"] = {name: sha256_file(root / name) for name in sorted(files)}
+    validate_manifest(manifest, where=f"{root / MANIFEST} (being written)")  # never write what readers refuse
     atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    read_manifest(root)  # the writer checks what readers will check
+    read_manifest(root)  # and read back what was written
     return manifest
 
 
@@ -184,22 +227,43 @@ def pack(root: Path, archive: Path) -> Path:
     manifest = read_manifest(root)
     verify_files(root, manifest)
     archive.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(archive.parent, name=archive.name)  # left by a killed earlier pack
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w") as tf:
         for name in [MANIFEST, *manifest["files"]]:
             tf.add(root / name, arcname=name)
     return archive
 
 
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, ValueError, EOFError):
+        return False
+
+
+# Archives are small lists of named files; anything far beyond that is not a bundle.
+_MAX_MEMBERS = 256
+
+
 def _safe_extract(archive: Path, dest: Path) -> Path:
+    """Extract a bundle archive: plain top-level files only, each name once (a second manifest.json
+    would silently replace the first: refused), nothing outside `dest`."""
     try:
         with tarfile.open(archive, "r") as tf:
-            for m in tf.getmembers():
-                p = Path(m.name)
-                if not m.isfile() or p.is_absolute() or ".." in p.parts or len(p.parts) != 1:
+            seen: set[str] = set()
+            for i, m in enumerate(tf):
+                if i >= _MAX_MEMBERS:
+                    raise BundleError(f"{archive}: more than {_MAX_MEMBERS} members: not a bundle archive")
+                if not m.isfile() or not file_name_ok(m.name) and m.name != MANIFEST:
                     raise BundleError(f"{archive}: refusing archive member {m.name!r} (only plain top-level files)")
+                if m.name in seen:
+                    raise BundleError(f"{archive}: member {m.name!r} appears twice (ambiguous: which one is meant?)")
+                seen.add(m.name)
             tf.extractall(dest, filter="data")
-    except tarfile.TarError as e:
-        raise BundleError(f"{archive}: unreadable bundle archive ({e})") from e
+    except BundleError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError) as e:
+        raise BundleError(f"{archive}: unreadable bundle archive ({type(e).__name__}: {e})") from e
     return dest
 
 

@@ -58,6 +58,10 @@ def _require_train_extra(cmd: str) -> None:
                                 f"(a runtime-only install); {TRAIN_EXTRA}")
 
 
+_DIGEST_HELP = ("refuse any bundle but this one: the sha256 of its manifest.json, as `edgeuad export` and "
+                "`edgeuad info --bundle` print it (default: none, any valid bundle)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DEMO_TIME
 
@@ -125,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     v.add_argument("--batch", type=int, default=8, help="frames per network call")
     v.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v.add_argument("--expect-digest", default=None, metavar="SHA256", help=_DIGEST_HELP)
 
     r = sub.add_parser("predict", formatter_class=_Help,
                        help="score images, a folder, a video, a camera or an RTSP stream",
@@ -147,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=BACKEND_HELP + "; auto = tensorrt when --bundle names an engine file, else onnxruntime")
     r.add_argument("--threads", type=int, default=0, help=THREADS_HELP)
     r.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    r.add_argument("--expect-digest", default=None, metavar="SHA256", help=_DIGEST_HELP)
 
     b = sub.add_parser("bench", help="throughput and per-stage latency vs torch references (quick; --full sweeps)",
                        description="Benchmark a bundle: frames/s and p50/p95/p99 per stage, and the speed-up over "
@@ -180,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--concurrency", default="1,2,4,8,16,32", help="--serve: comma-separated client counts (default 1,2,4,8,16,32)")
     b.add_argument("--duration", type=float, default=5.0, help="--serve: seconds per client count (default 5)")
     b.add_argument("--max-requests", type=int, default=2000, help="--serve: most answers per client count (default 2000)")
+    b.add_argument("--expect-digest", default=None, metavar="SHA256", help=_DIGEST_HELP)
 
     d = sub.add_parser("demo", formatter_class=_Help,
                        help=f"make synthetic data, train, export, detect and report ({DEMO_TIME})",
@@ -259,8 +266,8 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise SystemExit("edgeuad export: --int8 needs --calib DIR (normal images); random calibration is never used")
     bundle = api.export(a.run, a.out, threads=a.threads, validation=a.validation, quantile=a.quantile,
                         threshold_rule=a.threshold_rule, fpr=a.fpr)
-    sys.stdout.write(f"bundle: {bundle.root}\nthreshold: {bundle.thresholds['threshold']:.6g} "
-                     f"({bundle.thresholds['source']})\n")
+    sys.stdout.write(f"bundle: {bundle.root}\ndigest: {bundle.digest}\nthreshold: "
+                     f"{bundle.thresholds['threshold']:.6g} ({bundle.thresholds['source']})\n")
     if a.fp16 or a.int8:
         from .export.trt_export import export_engines
 
@@ -275,7 +282,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from . import api
 
     res = api.evaluate(a.bundle, a.data, a.out, backend=a.backend, threads=a.threads, batch=a.batch,
-                       progress=not a.no_progress)
+                       progress=not a.no_progress, expected_digest=a.expect_digest)
     sys.stdout.write(api.format_metrics(res.metrics) + "\n")
     sys.stdout.write(f"{int(res.metrics['n_images'])} images in {res.seconds:.1f} s, "
                      f"{res.latency_ms_mean:.1f} ms/frame\n")
@@ -316,7 +323,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.no_reference:
         kw["references"] = []
     cfg = BenchConfig(bundle=a.bundle, out_dir=a.out, warmup=a.warmup, images=a.images, int8_calib=a.int8_calib,
-                      progress=not a.no_progress, **kw)
+                      progress=not a.no_progress, expected_digest=a.expect_digest, **kw)
     report = run_bench(cfg)
     sys.stdout.write(report.table() + "\n")
     sys.stdout.write(f"written: {Path(a.out) / 'bench.json'}, bench.md, bench.png\n")
@@ -365,14 +372,17 @@ def cmd_info(a: argparse.Namespace) -> int:
     if a.bundle:
         from .bundle import Bundle
 
-        bd = Bundle.load(a.bundle)
+        bd = Bundle.load(a.bundle, allow_provisional=True)  # shown, flagged below; Detector refuses it
         m = bd.manifest
         # a .tar is extracted to a temporary folder: name what the user gave, not that folder
         lines += [f"bundle {a.bundle}: verified ({len(m['files'])} files, sha256 ok)",
+                  f"  digest {bd.digest}",
                   f"  method {m['method']}, backbone {m['backbone']}, input {m['preprocess']['size']}",
                   f"  outputs {len(m['model']['outputs'])}, post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
                   f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
+        if m["thresholds"]["source"] == "provisional":
+            lines.append("  PROVISIONAL thresholds: an unfinished export; Detector refuses this bundle")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleError
 from .cpus import resolve_threads
+from .manifest_schema import check_against_bank, check_against_graph
 from .preprocess import preprocess as _preprocess
 from .preprocess import validate_frame
 from .runtime import maps as _maps
@@ -50,7 +52,10 @@ class Detector:
 
     def __init__(self, bundle_or_engine: str | os.PathLike, backend: str = "auto", threads: int = 0,
                  color: str = "rgb", exact_search: bool | None = None,
-                 device_postprocess: bool | None = None) -> None:
+                 device_postprocess: bool | None = None, *, expected_digest: str | None = None,
+                 allow_provisional: bool = False) -> None:
+        """expected_digest: refuse any bundle whose manifest sha256 differs (`edgeuad info` prints it).
+        allow_provisional: load a bundle whose thresholds are still provisional (the exporter only)."""
         path = Path(bundle_or_engine)
         engine_path: Path | None = None
         if path.suffix in ENGINE_SUFFIXES:
@@ -61,7 +66,8 @@ class Detector:
                                   f"beside it); build it with `edgeuad export --fp16 --bundle DIR`")
         if color not in ("rgb", "bgr"):
             raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
-        self.bundle = Bundle.load(path)
+        self.bundle = Bundle.load(path, expected_digest=expected_digest, allow_provisional=allow_provisional)
+        self.digest = self.bundle.digest
         self.color = color
         self.method = self.bundle.method
         self.pre_cfg = self.bundle.preprocess
@@ -72,14 +78,27 @@ class Detector:
         self.backend: Backend = make_backend(self.bundle, backend, threads=self.threads, engine_path=engine_path)
         self.backend_name = self.backend.name
         self.bank = None
-        if self.post["kind"] == "nn_l2":
-            from .runtime.bank import Bank
+        where = str(self.bundle.root / "manifest.json")
+        out_shapes = getattr(self.backend, "output_shapes", None)
+        try:
+            check_against_graph(self.bundle.manifest, self.backend.input_name, self.backend.output_names,
+                                getattr(self.backend, "input_shape", None), out_shapes, where=where)
+            if self.post["kind"] == "nn_l2":
+                from .runtime.bank import Bank
 
-            self.bank = Bank.load(self.bundle.file(self.post["bank"]))
-            self.exact_search = exact_search
-        elif self.post["kind"] != "cos_pairs":
-            raise BundleError(f"unknown post-processing kind {self.post['kind']!r} in {path}")
-        self.device_post = self._make_device_post(device_postprocess, exact_search)
+                try:
+                    self.bank = Bank.load(self.bundle.file(self.post["bank"]))
+                except OSError as e:  # verified by sha256 above, so a parse failure is a writer bug
+                    raise BundleError(f"{path}: memory bank {self.post['bank']} cannot be loaded: {e}",
+                                      field="postprocess.bank") from e
+                emb = (out_shapes or {}).get(self.post["embedding"])
+                check_against_bank(self.bundle.manifest, self.bank.dim, len(self.bank),
+                                   embedding_dim=emb[-1] if emb and isinstance(emb[-1], int) else None, where=where)
+                self.exact_search = exact_search
+            self.device_post = self._make_device_post(device_postprocess, exact_search)
+        except BaseException:
+            self.backend.close()
+            raise
         log.info("Detector: %s/%s bundle %s on %s", self.method, self.bundle.backbone, path, self.backend_name)
 
     def _make_device_post(self, wanted: bool | None, exact_search: bool | None) -> Any:
@@ -136,8 +155,9 @@ class Detector:
             emb = outputs[p["embedding"]]
             gh, gw = p["grid"]
             b = emb.shape[0]
-            if emb.ndim != 3 or emb.shape[1] != gh * gw:
-                raise RuntimeError(f"embedding output has shape {emb.shape}, expected (B, {gh * gw}, D)")
+            if emb.ndim != 3 or emb.shape[1] != gh * gw or emb.shape[2] != self.bank.dim:
+                raise BundleError(f"embedding output has shape {emb.shape}, expected (B, {gh * gw}, "
+                                  f"{self.bank.dim}) from postprocess.grid and the bank", field="postprocess.grid")
             q = np.ascontiguousarray(emb.reshape(b * gh * gw, -1), dtype=np.float32)
             dist = self.bank.search_patch_scores(q, b=p["reweight_b"], exact=self.exact_search,
                                                  threads=self.threads).reshape(b, gh, gw)
@@ -172,9 +192,16 @@ class Detector:
     def score(self, frame: np.ndarray, return_map: bool = True) -> Result:
         return self.score_batch([frame], return_map=return_map)[0]
 
-    def score_batch(self, frames: Sequence[np.ndarray], return_map: bool = True) -> list[Result]:
-        if isinstance(frames, np.ndarray) and frames.ndim == 3:
-            raise ValueError("score_batch takes a list of frames or an N x H x W x 3 array; use score() for one frame")
+    def score_batch(self, frames: Iterable[np.ndarray], return_map: bool = True) -> list[Result]:
+        """Score frames given as a list, tuple, generator/iterable of frames or an N x H x W x 3 array."""
+        if isinstance(frames, np.ndarray):
+            if frames.ndim != 4:
+                raise ValueError(f"score_batch takes frames or an N x H x W x C array, got an array of shape "
+                                 f"{frames.shape}; use score() for one frame")
+        elif isinstance(frames, (str, bytes)) or not isinstance(frames, Iterable):
+            raise TypeError(f"score_batch takes an iterable of frames, got {type(frames).__name__}")
+        else:
+            frames = list(frames)  # a generator is consumed once, here
         if len(frames) == 0:
             raise ValueError("score_batch: no frames given")
         t0 = time.perf_counter()

@@ -101,7 +101,8 @@ def run_predict(a: argparse.Namespace) -> int:
                       recursive=a.recursive)
     if a.show:
         _check_gui()
-    det = Detector(a.bundle, backend=a.backend, threads=a.threads, color="rgb")
+    det = Detector(a.bundle, backend=a.backend, threads=a.threads, color="rgb",
+                   expected_digest=getattr(a, "expect_digest", None))
     out = Path(a.out) if a.out else None
     plog = PredictionLog(out) if out is not None else None
     taken: set[str] = set()
@@ -141,9 +142,11 @@ def run_predict(a: argparse.Namespace) -> int:
             plog.close()
         det.close()
     log.info("%d frames, %d anomalous; stream stats: %s", n, n_bad, stats)
-    sys.stderr.write(f"{n} frames scored, {n_bad} anomalous"
+    unread = stats.read_errors if stats is not None else 0
+    sys.stderr.write(f"{n} frames scored, {n_bad} anomalous" + (f", {unread} unreadable skipped" if unread else "")
                      + (f"; results in {out}/predictions.csv (and .jsonl)" if out else "") + "\n")
-    return 0
+    # nothing could be read at all: a failure, not an empty success
+    return 1 if n == 0 and unread else 0
 
 
 def _check_gui() -> None:

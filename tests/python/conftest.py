@@ -19,3 +19,14 @@ def shared_dataset(name: str) -> Path:
     if not (p / "train" / "good").is_dir():
         pytest.skip(f"{p} not present (real data lives beside the project, never required)")
     return p
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 - pytest hook
+    """How many fuzz cases ran (tests/python/test_fuzz_*.py), so a CI log shows the budget was spent."""
+    import sys
+
+    mod = sys.modules.get("_fuzz")
+    if mod is not None and mod.CASES:
+        total = sum(mod.CASES.values())
+        per = ", ".join(f"{k} {v} ({mod.ACCEPTED[k]} accepted)" for k, v in sorted(mod.CASES.items()))
+        terminalreporter.write_line(f"fuzz: {total} cases: {per}")

@@ -338,7 +338,8 @@ def _tiny_recontrast_bundle(root: Path) -> Path:
         "model": {"onnx": "model.onnx", "input": "image", "outputs": spec.output_names, "opset": 17,
                   "weights": "weights.safetensors", "config": cfg.to_dict()},
         "postprocess": spec.postprocess,
-        "thresholds": {"threshold": 1.0, "min": 0.0, "max": 2.0, "source": "provisional"},
+        # placeholder values (the benchmark times, it does not decide); "provisional" would not load
+        "thresholds": {"threshold": 1.0, "min": 0.0, "max": 2.0, "source": "normal_quantile"},
         "files": {"model.onnx": "", "weights.safetensors": ""}})
     return root
 

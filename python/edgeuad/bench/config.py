@@ -62,6 +62,7 @@ class BenchConfig:
     int8_calib: Optional[str] = None
     baseline: str = "onnxruntime"
     progress: bool = False
+    expected_digest: Optional[str] = None  # refuse any bundle but this one (sha256 of manifest.json)
 
     def __post_init__(self) -> None:
         self.bundle = str(self.bundle)

@@ -142,10 +142,11 @@ def build_pipeline(name: str, threads: int, cfg: BenchConfig, frames: Sequence[n
     if name == "onnxruntime-int8":
         from ..runtime.backends import OrtBackend
 
-        det = Detector(cfg.bundle, backend="onnxruntime", threads=threads, color="bgr")
+        det = Detector(cfg.bundle, backend="onnxruntime", threads=threads, color="bgr",
+                       expected_digest=cfg.expected_digest)
         det.backend.close()
         det.backend = OrtBackend(int8_onnx(cfg, frames, work), threads=threads)
         det.backend_name = name
     else:
-        det = Detector(cfg.bundle, backend=name, threads=threads, color="bgr")
+        det = Detector(cfg.bundle, backend=name, threads=threads, color="bgr", expected_digest=cfg.expected_digest)
     return DetectorPipeline(name, det, threads, cfg.return_map)

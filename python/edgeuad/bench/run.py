@@ -87,6 +87,11 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
     in-process workers: it cannot cross a process boundary)."""
     from tqdm.auto import tqdm
 
+    if cfg.expected_digest is not None:  # before any timing: the references read the bundle too
+        from ..bundle import Bundle
+
+        Bundle.load(cfg.bundle, verify=False, expected_digest=cfg.expected_digest)
+
     frames = list(frames) if frames is not None else _frames(cfg)
     shapes = sorted({cv2.imdecode(f, cv2.IMREAD_COLOR).shape[:2] for f in frames})
     frame_desc = (f"{len(frames)} {'images from ' + cfg.images if cfg.images else 'synthetic JPEG frames'}, "

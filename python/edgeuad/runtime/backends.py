@@ -60,6 +60,9 @@ class OrtBackend:
         self.session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # Static dims are ints, dynamic ones strings/None: the Detector cross-checks the manifest with them.
+        self.input_shape = list(self.session.get_inputs()[0].shape)
+        self.output_shapes = {o.name: list(o.shape) for o in self.session.get_outputs()}
         self.threads = so.intra_op_num_threads
         log.debug("onnxruntime session on %s, providers=%s, threads=%d", onnx_path, providers, self.threads)
 

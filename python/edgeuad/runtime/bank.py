@@ -16,11 +16,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+from .. import limits
+from ..atomic import remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +128,8 @@ class Bank:
     def load(cls, path: PathLike, *, ef: int = BankConfig.ef,
              exact_threshold: int = BankConfig.exact_threshold) -> "Bank":
         """Read a bank file written by `save` (OSError if missing, truncated or corrupted)."""
+        # the loader stages the HNSW graph in a temp file; remove those of loads that were killed
+        remove_stale_temps(tempfile.gettempdir(), name="edgeuad_bank")
         rt_bank = _rt().MemoryBank.load(os.fspath(path))
         cfg = BankConfig(M=rt_bank.M, ef_construction=rt_bank.ef_construction, ef=ef,
                          exact_threshold=exact_threshold, seed=rt_bank.seed)
@@ -170,8 +176,11 @@ class Bank:
     def search_patch_scores(self, queries: np.ndarray, b: int = 0, exact: Optional[bool] = None,
                             threads: int = 0) -> np.ndarray:
         """Patch scores (Q,) float32: plain NN distance (b=0) or Eq. 10 reweighted (b >= 2)."""
-        if b == 1 or b < 0:
-            raise ValueError(f"b must be 0 (off) or >= 2, got {b} (b=1 makes the Eq. 10 weight 0)")
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+            raise TypeError(f"b must be an int, got {type(b).__name__}")
+        if b == 1 or b < 0 or b > limits.MAX_REWEIGHT_B:
+            raise ValueError(f"b must be 0 (off) or in [2, {limits.MAX_REWEIGHT_B}], got {b} "
+                             "(b=1 makes the Eq. 10 weight 0)")
         if b == 0:
             return self.search(queries, k=1, exact=exact, threads=threads)[0][:, 0]
         return self.search_reweighted(queries, b=b, exact=exact, threads=threads)[0]

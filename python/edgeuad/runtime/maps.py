@@ -21,7 +21,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .. import limits
+
 __all__ = [
+    "check_map_params",
     "gaussian_kernel1d",
     "bilinear_resize_reference",
     "cos_map_reference",
@@ -48,8 +51,8 @@ def gaussian_kernel1d(sigma: float) -> np.ndarray:
 
     sigma == 0 gives the identity kernel ``[1.0]``.
     """
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+    if not np.isfinite(sigma) or not 0 <= sigma <= limits.MAX_SIGMA:
+        raise ValueError(f"sigma must be finite and in [0, {limits.MAX_SIGMA:g}], got {sigma}")
     if sigma == 0:
         return np.ones(1, dtype=np.float64)
     radius = int(4.0 * sigma + 0.5)
@@ -112,14 +115,34 @@ def _scores_reference(m: np.ndarray, topk_frac: float) -> tuple[np.ndarray, np.n
     return flat.max(axis=1), top.mean(axis=1)
 
 
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def check_map_params(out_size: Sequence[int], sigma: float, topk_frac: float, threads: int = 0) -> tuple[int, int]:
+    """Validate the size-like parameters of a map call against `edgeuad.limits` before any work
+    (a huge sigma once overflowed the kernel radius and crashed the interpreter).  Returns (H, W)."""
+    if isinstance(out_size, (str, bytes)) or not hasattr(out_size, "__len__") or len(out_size) != 2 \
+            or not all(_is_int(v) for v in out_size):
+        raise ValueError(f"out_size must be a (height, width) pair of ints, got {out_size!r}")
+    h, w = int(out_size[0]), int(out_size[1])
+    if not (1 <= h <= limits.MAX_MAP_SIDE and 1 <= w <= limits.MAX_MAP_SIDE):
+        raise ValueError(f"out_size sides must be in [1, {limits.MAX_MAP_SIDE}], got ({h}, {w})")
+    if not _is_real(sigma) or not np.isfinite(sigma) or not 0.0 <= sigma <= limits.MAX_SIGMA:
+        raise ValueError(f"sigma must be a finite number in [0, {limits.MAX_SIGMA:g}] (map pixels), got {sigma!r}")
+    if not _is_real(topk_frac) or not 0.0 <= topk_frac <= 1.0:
+        raise ValueError(f"topk_frac must be a number in [0, 1], got {topk_frac!r}")
+    if not _is_int(threads) or not 0 <= threads <= limits.MAX_THREADS:
+        raise ValueError(f"threads must be an int in [0, {limits.MAX_THREADS}] (0 = default), got {threads!r}")
+    return h, w
+
+
 def _check_common(out_size: Sequence[int], sigma: float, topk_frac: float) -> tuple[int, int]:
-    if len(out_size) != 2 or min(int(out_size[0]), int(out_size[1])) <= 0:
-        raise ValueError(f"out_size must be two positive ints, got {out_size}")
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
-    if not 0.0 <= topk_frac <= 1.0:
-        raise ValueError(f"topk_frac must be in [0, 1], got {topk_frac}")
-    return int(out_size[0]), int(out_size[1])
+    return check_map_params(out_size, sigma, topk_frac)
 
 
 def _finish(m: np.ndarray, sigma: float, topk_frac: float) -> MapResult:
@@ -183,8 +206,16 @@ def cos_map(
     threads: int = 0,
 ) -> MapResult:
     """Fused CPU kernel (edgeuad._rt.cos_map): float32/float16 C-contiguous inputs, no copies."""
+    check_map_params(out_size, sigma, topk_frac, threads)
+    if isinstance(pairs, (str, bytes)):
+        raise TypeError("pairs must be a list of (a, b) array pairs, got a string")
+    pairs = list(pairs)
+    if not 1 <= len(pairs) <= limits.MAX_LEVELS:
+        raise ValueError(f"pairs must hold 1 to {limits.MAX_LEVELS} (a, b) feature pairs, got {len(pairs)}")
+    if weights is not None and not all(_is_real(w) and np.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be finite numbers, got {list(weights)!r}")
     return _rt().cos_map(
-        list(pairs), tuple(out_size), weights=None if weights is None else [float(w) for w in weights],
+        pairs, tuple(out_size), weights=None if weights is None else [float(w) for w in weights],
         align_corners=align_corners, sigma=sigma, topk_frac=topk_frac, threads=threads,
     )
 
@@ -198,6 +229,7 @@ def l2_map(
     threads: int = 0,
 ) -> MapResult:
     """Fused CPU kernel (edgeuad._rt.l2_map) for a (B, h, w) float32/float16 distance map."""
+    check_map_params(out_size, sigma, topk_frac, threads)
     return _rt().l2_map(
         dist, tuple(out_size), align_corners=align_corners, sigma=sigma, topk_frac=topk_frac, threads=threads
     )
