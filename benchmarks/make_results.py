@@ -322,6 +322,7 @@ def main() -> None:
         "methods_table": lambda: methods_table(lambda n, r: n == f"{r.get('dataset')}_{r.get('method')}.json"),
         "methods_table_pre13": lambda: methods_table(lambda n, r: n == f"{r.get('dataset')}_{r.get('method')}_pre13.json"),
         "patchcore_ablation": patchcore_ablation,
+        "serve": lambda: _read("serve.md") or "(not measured: python benchmarks/bench_serve.py)",
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
         "pc13_mean": lambda: g13["pc13"][0],
         **{k: (lambda k=k: g13[k][0]) for k in g13},
