@@ -224,6 +224,20 @@ def methods_table(keep: Callable[[str, dict], bool]) -> str:
     return compare_methods.table(rows).strip() if rows else "(not measured)"
 
 
+def serve_summary() -> tuple[str, str]:
+    """Issue #17's two goals, quoted from the verdict lines bench_serve.py writes into results/serve.md."""
+    text = _read("serve.md")
+    if text is None:
+        return "(not measured: python benchmarks/bench_serve.py)", "**no**"
+    lat = re.search(r"Added latency at batch 1.*?\*\*([\d.]+ ms)\*\*.*?Goal <= 3 ms: \*\*([A-Za-z ]+)\*\*", text)
+    thr = re.search(r"Throughput at saturation.*?\*\*([\d.]+ %)\*\*.*?Goal >= 85 %: \*\*([A-Za-z ]+)\*\*", text)
+    if not lat or not thr:
+        return "(results/serve.md has no verdict lines)", "**no**"
+    ok = [lat.group(2).strip().lower() == "met", thr.group(2).strip().lower() == "met"]
+    txt = f"{lat.group(1)} p50 added at batch 1; {thr.group(1)} of in-process throughput at saturation (section 7)"
+    return txt, "yes" if all(ok) else ("**partly**: throughput met, latency not" if ok[1] else "**no**")
+
+
 def _seed_runs(dataset: str, method: str) -> list[dict]:
     names = [f"{dataset}_{method}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{dataset}_{method}_seed*.json"))
     return [r for r in (_json(f"methods/{n}") for n in names) if r is not None]
@@ -322,6 +336,8 @@ def main() -> None:
         "methods_table": lambda: methods_table(lambda n, r: n == f"{r.get('dataset')}_{r.get('method')}.json"),
         "methods_table_pre13": lambda: methods_table(lambda n, r: n == f"{r.get('dataset')}_{r.get('method')}_pre13.json"),
         "patchcore_ablation": patchcore_ablation,
+        "serve17": lambda: serve_summary()[0],
+        "serve17_met": lambda: serve_summary()[1],
         "serve": lambda: _read("serve.md") or "(not measured: python benchmarks/bench_serve.py)",
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
         "pc13_mean": lambda: g13["pc13"][0],
