@@ -126,7 +126,9 @@ def train(method: str, data: str | os.PathLike, out_dir: str | os.PathLike,
         raise FileExistsError(f"--out {out} exists and is not a folder")
     remove_stale_temps(out)  # checkpoint/weights temp files of a killed earlier run in this directory
     paths = normal_image_paths(data)
-    train_paths, holdout = _data.split_holdout(paths, fraction=holdout_fraction, seed=int(cfg.seed))
+    # at least 2 held-out normals when the data allows it: the default (robust) threshold needs a spread
+    train_paths, holdout = _data.split_holdout(paths, fraction=holdout_fraction, seed=int(cfg.seed),
+                                               min_holdout=2 if len(paths) >= 3 and holdout_fraction > 0 else 1)
     log.info("%s: %d training images, %d held out for thresholds (%s)", method, len(train_paths), len(holdout), data)
     x, kept = load_array(train_paths, pre, progress=progress)
     set_torch_threads(torch, threads)
