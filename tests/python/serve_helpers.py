@@ -26,7 +26,10 @@ def swapped_copy(bundle: Path, dest: Path, threshold_factor: float = 1.25) -> Pa
     normalised scores: enough to tell which bundle answered."""
     shutil.copytree(bundle, dest)
     m = read_manifest(dest)
-    m["thresholds"] = dict(m["thresholds"], threshold=m["thresholds"]["threshold"] * threshold_factor)
+    th = m["thresholds"]
+    t = th["threshold"] * threshold_factor
+    # the schema requires min <= threshold <= max: widen the normalisation range with the threshold
+    m["thresholds"] = dict(th, threshold=t, max=max(th["max"], t + (th["max"] - th["min"])))
     write_manifest(dest, m)
     return dest
 
