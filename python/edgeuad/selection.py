@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -23,8 +24,8 @@ from .synthetic import add_defect, defect_types
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ScoreFn", "ValidationSet", "evaluate_selection", "make_validation_set", "score_validation",
-           "validation_metrics"]
+__all__ = ["ScoreFn", "ValidationSet", "evaluate_selection", "load_validation_set", "make_validation_set",
+           "score_validation", "validation_metrics"]
 
 # A score function takes a list of uint8 HxWx3 RGB images and returns image scores (N,), or
 # (scores, maps) with maps N x h x w (any h, w: they are resized to the image size for P-AUROC).
@@ -106,6 +107,15 @@ def make_validation_set(images: Sequence[np.ndarray], seed: int = 0, size: int |
         types += ["good", defect]
     labels = np.tile(np.array([0, 1], np.int64), len(images))
     return ValidationSet(images=out_images, labels=labels, masks=masks, names=names, defects=types)
+
+
+def load_validation_set(paths: Sequence[str | Path], size: int, seed: int = 0) -> ValidationSet:
+    """`make_validation_set` from image files (a run's held-out normals), resized to size x size
+    exactly as `preprocess` resizes network input; unreadable files are skipped with a warning."""
+    from .data import load_images
+
+    res = load_images(paths, None)
+    return make_validation_set(res.images, seed=seed, size=size)
 
 
 def score_validation(score_fn: ScoreFn, vs: ValidationSet, batch: int = 16) -> tuple[np.ndarray, list | None]:
