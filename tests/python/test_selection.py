@@ -27,7 +27,7 @@ def test_balanced_labels_masks_and_names() -> None:
 
 def test_defects_change_pixels_inside_the_mask_only() -> None:
     normals = _normals(9)
-    vs = make_validation_set(normals, seed=0)
+    vs = make_validation_set(normals, seed=0, strength=(1.0, 1.0))
     for i, src in enumerate(normals):
         good, bad, mask = vs.images[2 * i], vs.images[2 * i + 1], vs.masks[2 * i + 1]
         assert np.array_equal(good, src)                     # the normal copy is untouched
@@ -35,6 +35,24 @@ def test_defects_change_pixels_inside_the_mask_only() -> None:
         assert diff[~mask].max() == 0                        # nothing changes outside the mask
         assert diff[mask].mean() > 10                        # and the defect is visible inside it
         assert 0.002 < mask.mean() < 0.1
+
+
+def test_strength_blends_the_same_defect() -> None:
+    normals = _normals(6)
+    full = make_validation_set(normals, seed=4, strength=(1.0, 1.0))
+    half = make_validation_set(normals, seed=4, strength=(0.5, 0.5))
+    for i, src in enumerate(normals):
+        mask = full.masks[2 * i + 1]
+        assert np.array_equal(mask, half.masks[2 * i + 1])          # same place and shape
+        d_full = full.images[2 * i + 1].astype(float) - src
+        d_half = half.images[2 * i + 1].astype(float) - src
+        assert np.abs(d_half - 0.5 * d_full).max() <= 1.0           # half the change (rounding)
+        assert d_half[~mask].max() == 0 and np.abs(d_half[mask]).mean() > 3
+    vs = make_validation_set(normals, seed=4)                        # default: a range of strengths
+    st = np.array(vs.strengths)
+    assert np.all(st[0::2] == 0) and np.all((st[1::2] >= 0.2) & (st[1::2] <= 0.6)) and np.unique(st[1::2]).size == 6
+    with pytest.raises(ValueError, match="strength"):
+        make_validation_set(normals, strength=(0.0, 0.5))
 
 
 def test_deterministic_per_seed_and_independent_of_count() -> None:
@@ -54,7 +72,7 @@ def test_gray_images_get_gray_defects_and_resize() -> None:
     gray = [rng.integers(20, 90, size=(50, 70), dtype=np.uint8) for _ in range(3)]  # dark, non-square
     with pytest.raises(ValueError, match="not square"):
         make_validation_set(gray)
-    vs = make_validation_set(gray, size=48)
+    vs = make_validation_set(gray, size=48, strength=(1.0, 1.0))
     for img, mask in zip(vs.images[1::2], vs.masks[1::2]):
         assert img.shape == (48, 48, 3)
         assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
