@@ -178,6 +178,21 @@ def test_stable_training_resets_decoder_optimiser_and_pauses_encoder(tmp_path: P
     assert fit.config.score == "topk_mean" and fit.report["score"]["how"].startswith("no validation")
 
 
+def test_trainable_encoder_bn_momentum_by_value() -> None:
+    torch.manual_seed(0)
+    model = build_model(_cfg(encoder_bn="train"))
+    assert model.encoder._bn0.momentum == 0.1 and model.encoder_frozen._bn0.momentum == 0.01  # Lite0's TF value
+    assert build_model(_cfg(encoder_bn_momentum=None)).encoder._bn0.momentum == 0.01
+    seen: list[torch.Tensor] = []
+    model.encoder._bn0.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    before = model.encoder._bn0.running_mean.clone()
+    model.train()(torch.randn(4, 3, SIZE, SIZE))
+    want = 0.9 * before + 0.1 * seen[0].mean(dim=(0, 2, 3))
+    torch.testing.assert_close(model.encoder._bn0.running_mean, want)
+    with pytest.raises(ValueError, match="encoder_bn_momentum"):
+        _cfg(encoder_bn_momentum=0.0)
+
+
 # --------------------------------------------------------------------------- selection
 def test_pick_best() -> None:
     c = [{"i_auroc_max": 0.6, "i_auroc_topk_mean": 0.7}, {"i_auroc_max": 0.8, "i_auroc_topk_mean": 0.5},

@@ -87,6 +87,10 @@ class ReContrastConfig:
     # I-AUROC continues (the official code picks eval for some MVTec categories by name)
     encoder_bn: str = "auto"
     bn_probe_iterations: int | None = None  # None: 10% of iterations
+    # running-statistics momentum of the trainable encoder's BN in train mode: the official code trains
+    # torchvision ResNets (0.1); Lite0 keeps TensorFlow's 0.01, whose running statistics lag the batch
+    # statistics training sees (magnetic_tile validation I-AUROC 0.47 vs 0.74 after 100 iterations at 128 px)
+    encoder_bn_momentum: float | None = 0.1  # None: the backbone's own
     stable: bool = False                   # the official "stable" variant (see resolved())
     bn_var_floor: float | None = None      # None: off, stable 5e-4 (train-mode encoder BN channels whose
                                            # batch variance is below min(floor, running var) use that instead)
@@ -131,6 +135,8 @@ class ReContrastConfig:
             raise ValueError("learning rates and weight_decay must be >= 0")
         if self.adam_eps is not None and self.adam_eps <= 0:
             raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
+        if self.encoder_bn_momentum is not None and not 0.0 < self.encoder_bn_momentum <= 1.0:
+            raise ValueError(f"encoder_bn_momentum must be in (0, 1], got {self.encoder_bn_momentum}")
         if self.bn_var_floor is not None and self.bn_var_floor < 0:
             raise ValueError(f"bn_var_floor must be >= 0, got {self.bn_var_floor}")
         if self.bn_probe_iterations == 0 and self.encoder_bn == "auto":
@@ -327,7 +333,8 @@ class Decoder(nn.Module):
 class ReContrastModel(nn.Module):
     """Trainable + frozen encoder, shared bottleneck/decoder, crossed 1x1 heads (module docstring)."""
 
-    def __init__(self, encoder: Backbone, bottleneck_dim: int | None = None, encoder_bn: str = "train") -> None:
+    def __init__(self, encoder: Backbone, bottleneck_dim: int | None = None, encoder_bn: str = "train",
+                 encoder_bn_momentum: float | None = None) -> None:
         super().__init__()
         if encoder_bn not in ("train", "eval"):
             raise ValueError(f"encoder_bn must be 'train' or 'eval', got {encoder_bn!r}")
@@ -340,6 +347,10 @@ class ReContrastModel(nn.Module):
         self.encoder_bn = encoder_bn
         self.encoder = encoder
         self.encoder_frozen = copy.deepcopy(encoder)
+        if encoder_bn_momentum is not None:  # trainable copy only: the frozen one never updates statistics
+            for m in self.encoder.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = float(encoder_bn_momentum)
         for p in self.encoder_frozen.parameters():
             p.requires_grad_(False)
         self.bottleneck = Bottleneck(channels, dim, spec)
@@ -397,7 +408,7 @@ def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = No
     """
     mode = encoder_bn or (cfg.encoder_bn if cfg.encoder_bn != "auto" else "train")
     encoder = build_backbone(cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained)
-    return ReContrastModel(encoder, cfg.bottleneck_dim, mode)
+    return ReContrastModel(encoder, cfg.bottleneck_dim, mode, cfg.encoder_bn_momentum)
 
 
 def model_state(model: ReContrastModel) -> dict[str, Tensor]:
