@@ -149,7 +149,7 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
 
     seed_everything(int(cfg.seed))
     t0 = time.perf_counter()
-    state, config = _fit(method, cfg, x, out, progress)
+    state, config, selection = _fit(method, cfg, x, out, progress, holdout, pre)
     seconds = time.perf_counter() - t0
     from safetensors.torch import save
 
@@ -157,18 +157,26 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
     run = Run(root=out, method=method, config=config, preprocess=pre,
               holdout=[str(p) for p in holdout],
               info={"data": str(data), "n_train": len(kept), "train_seconds": round(seconds, 2)})
+    if selection is not None:  # what label-free selection chose and why (also in the bundle manifest)
+        run.info["selection"] = selection
     run.save()
     log.info("trained %s in %.1f s -> %s", method, seconds, out)
     return run
 
 
-def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train; return (state dict, the config that rebuilds the model from it)."""
+def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdout: Sequence[Path],
+         pre: PreprocessConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """Train; return (state dict, the config that rebuilds the model from it, selection report or None)."""
     if method == "recontrast":
-        from .methods.recontrast import model_state, train_recontrast
+        from .methods.recontrast import model_state
+        from .methods.recontrast_train import fit_recontrast
+        from .selection import load_validation_set
 
-        model = train_recontrast(cfg, x, out, progress=progress)
-        return model_state(model), cfg.to_dict()
+        # synthetic defects pasted into the held-out normals pick BN mode, checkpoint and score
+        vs = load_validation_set(holdout, int(cfg.image_size), seed=int(cfg.seed)) if holdout else None
+        vx = None if vs is None else preprocess(vs.images, pre)
+        fit = fit_recontrast(cfg, x, out, validation=vs, validation_x=vx, progress=progress)
+        return model_state(fit.model), fit.config.to_dict(), fit.report
     if method == "patchcore":
         from .methods.patchcore import train_patchcore
 
@@ -177,7 +185,7 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool) -> tup
         from .methods.reconpatch import train_reconpatch
 
         pm = train_reconpatch(cfg, x, checkpoint_dir=out, progress=progress)
-    return pm.state_dict(), dict(pm.config)
+    return pm.state_dict(), dict(pm.config), None
 
 
 # ----------------------------------------------------------------------------- export

@@ -49,6 +49,11 @@ def test_bundle_contents(bundle: Path) -> None:
     assert all(v <= 1e-3 for v in m["model"]["parity"]["max_abs"].values())
     if m["method"] != "recontrast":
         assert "bank.euab" in m["files"]
+    else:  # label-free selection is recorded in the manifest, and the shipped config is what it chose
+        sel = m["training"]["selection"]
+        assert m["model"]["config"]["encoder_bn"] == sel["encoder_bn"]["mode"]
+        assert m["model"]["config"]["score"] == m["postprocess"]["score"] == sel["score"]["rule"]
+        assert sel["checkpoint"]["last_iteration"] == 3
 
 
 def test_detector_matches_torch_reference(bundle: Path, dataset: Path) -> None:

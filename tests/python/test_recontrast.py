@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from edgeuad.methods.common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint,
                                     save_checkpoint, seed_everything)
-from edgeuad.methods.recontrast import (CHECKPOINT_NAME, ReContrastConfig, alpha_at,
-                                        anomaly_map_torch, build_model, gaussian_blur_torch,
-                                        global_cosine_hm, load_model, model_state, recontrast_loss,
-                                        train_recontrast)
+from edgeuad.methods.recontrast import (ReContrastConfig, alpha_at, anomaly_map_torch, build_model,
+                                        gaussian_blur_torch, global_cosine_hm, load_model, model_state,
+                                        recontrast_loss)
+from edgeuad.methods.recontrast_train import CHECKPOINT_NAME, train_recontrast
 
 SIZE = 32
 
@@ -172,7 +172,7 @@ def test_loss_decreases(tmp_path: Path) -> None:
         losses.append(float(loss.detach()))
         return loss
 
-    import edgeuad.methods.recontrast as rc
+    import edgeuad.methods.recontrast_train as rc
     mp = pytest.MonkeyPatch()
     mp.setattr(rc, "recontrast_loss", spy)
     try:

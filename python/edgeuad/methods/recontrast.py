@@ -25,24 +25,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import BACKBONES, Backbone, build_backbone
-from .common import (EpochShuffleSampler, ImageArrayDataset, gaussian_blur_torch, load_checkpoint, optimizer_from_flat,
-                     optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
+from .common import gaussian_blur_torch, resolve_device
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CHECKPOINT_NAME",
     "DECODER_SPECS",
     "DecoderSpec",
     "ReContrastConfig",
@@ -55,18 +51,23 @@ __all__ = [
     "load_model",
     "model_state",
     "recontrast_loss",
-    "train_recontrast",
 ]
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
-_CKPT_FORMAT = "edgeuad.recontrast.checkpoint/1"
-
-
 # ------------------------------------------------------------------------- config
+ENCODER_BN_MODES = ("train", "eval", "auto")
+SCORES = ("max", "topk_mean", "auto")
+
+
 @dataclass
 class ReContrastConfig:
     """Hyper-parameters; defaults are the paper's / official code's MVTec AD settings
-    except the backbone (efficientnet_lite0 for edge devices; the paper uses wide_resnet50_2)."""
+    except the backbone (efficientnet_lite0 for edge devices; the paper uses wide_resnet50_2).
+
+    Fields set to None take the value of the variant (official ``recontrast_mvtec.py`` when
+    stable=False, ``recontrast_mvtec_stable.py`` when stable=True); `resolved(name)` gives it.
+    "auto" fields are decided during training on the synthetic-defect validation set built from
+    held-out normal images (`edgeuad.selection`); the run records what was chosen and why.
+    """
 
     backbone: str = "efficientnet_lite0"
     pretrained: bool | str = True          # True: default ImageNet source; str: weights file
@@ -77,15 +78,31 @@ class ReContrastConfig:
     lr_encoder: float = 1e-5               # trainable encoder copy
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-5
+    adam_eps: float | None = None          # None: 1e-8 (torch default, official), 1e-10 (stable)
     alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
     alpha_end: float = 1.0                 # ... to this value ...
-    alpha_warmup_frac: float = 0.1         # ... over this fraction of the iterations
-    encoder_bn: str = "train"              # "train": batch statistics in the trainable encoder; "eval"
+    alpha_warmup_frac: float | None = None  # ... over this fraction of the iterations (None: 0.1, stable 0.2)
+    # "train": batch statistics in the trainable encoder; "eval": ImageNet running statistics;
+    # "auto": both are trained for bn_probe_iterations and the one with the higher validation
+    # I-AUROC continues (the official code picks eval for some MVTec categories by name)
+    encoder_bn: str = "auto"
+    bn_probe_iterations: int | None = None  # None: 10% of iterations
+    # running-statistics momentum of the trainable encoder's BN in train mode: the official code trains
+    # torchvision ResNets (0.1); Lite0 keeps TensorFlow's 0.01, whose running statistics lag the batch
+    # statistics training sees (magnetic_tile validation I-AUROC 0.47 vs 0.74 after 100 iterations at 128 px)
+    encoder_bn_momentum: float | None = 0.1  # None: the backbone's own
+    stable: bool = False                   # the official "stable" variant (see resolved())
+    bn_var_floor: float | None = None      # None: off, stable 5e-4 (train-mode encoder BN channels whose
+                                           # batch variance is below min(floor, running var) use that instead)
+    opt_reset_every: int | None = None     # None: off, stable 500 (decoder optimiser state reset, then ...)
+    encoder_pause: int = 100               # ... the encoder optimiser pauses until this many iterations later
+    select_every: int = 100                # validate every N iterations and keep the best (0: keep the last)
     bottleneck_dim: int | None = None      # None: 2 x stage-3 channels (= official for ResNets)
     seed: int = 0
     checkpoint_every: int = 200
     sigma: float = 4.0                     # anomaly-map Gaussian blur (0 = off)
-    score: str = "max"                     # image score: "max" | "topk_mean"
+    score: str = "auto"                    # image score: "max" | "topk_mean" | "auto" (validation picks;
+                                           # without validation: max, stable topk_mean as official)
     topk_frac: float = 0.01
     device: str = "cpu"                    # "cpu", "cuda", "cuda:N" or "auto"
 
@@ -102,12 +119,12 @@ class ReContrastConfig:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
         if self.iterations <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
             raise ValueError("iterations, batch_size and checkpoint_every must be positive")
-        if not 0.0 <= self.alpha_warmup_frac <= 1.0:
+        if self.alpha_warmup_frac is not None and not 0.0 <= self.alpha_warmup_frac <= 1.0:
             raise ValueError(f"alpha_warmup_frac must be in [0, 1], got {self.alpha_warmup_frac}")
-        if self.encoder_bn not in ("train", "eval"):
-            raise ValueError(f"encoder_bn must be 'train' or 'eval', got {self.encoder_bn!r}")
-        if self.score not in ("max", "topk_mean"):
-            raise ValueError(f"score must be 'max' or 'topk_mean', got {self.score!r}")
+        if self.encoder_bn not in ENCODER_BN_MODES:
+            raise ValueError(f"encoder_bn must be one of {ENCODER_BN_MODES}, got {self.encoder_bn!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if not 0.0 < self.topk_frac <= 1.0:
             raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
         if self.sigma < 0:
@@ -116,6 +133,28 @@ class ReContrastConfig:
             raise ValueError("bottleneck_dim must be positive")
         if min(self.lr_decoder, self.lr_encoder) < 0 or self.weight_decay < 0:
             raise ValueError("learning rates and weight_decay must be >= 0")
+        if self.adam_eps is not None and self.adam_eps <= 0:
+            raise ValueError(f"adam_eps must be positive, got {self.adam_eps}")
+        if self.encoder_bn_momentum is not None and not 0.0 < self.encoder_bn_momentum <= 1.0:
+            raise ValueError(f"encoder_bn_momentum must be in (0, 1], got {self.encoder_bn_momentum}")
+        if self.bn_var_floor is not None and self.bn_var_floor < 0:
+            raise ValueError(f"bn_var_floor must be >= 0, got {self.bn_var_floor}")
+        if self.bn_probe_iterations == 0 and self.encoder_bn == "auto":
+            raise ValueError("encoder_bn='auto' needs bn_probe_iterations > 0 (or None for 10% of iterations)")
+        for name in ("opt_reset_every", "encoder_pause", "select_every", "bn_probe_iterations"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+
+    def resolved(self, name: str) -> Any:
+        """A field's value with None replaced by the variant's default (official / stable script)."""
+        v = getattr(self, name)
+        if v is not None:
+            return v
+        defaults = _STABLE if self.stable else _OFFICIAL
+        if name not in defaults:
+            raise KeyError(f"{name} has no variant default")
+        return defaults[name]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -134,10 +173,18 @@ class ReContrastConfig:
         return cls(**kw)
 
 
+# variant defaults of the None fields: recontrast_mvtec.py and recontrast_mvtec_stable.py
+_OFFICIAL: dict[str, Any] = {"adam_eps": 1e-8, "alpha_warmup_frac": 0.1, "bn_var_floor": 0.0,
+                             "opt_reset_every": 0}
+_STABLE: dict[str, Any] = {"adam_eps": 1e-10, "alpha_warmup_frac": 0.2, "bn_var_floor": 5e-4,
+                           "opt_reset_every": 500}
+
+
 def alpha_at(iteration: int, cfg: ReContrastConfig) -> float:
     """Hard-mining alpha at 0-based ``iteration``: linear from alpha_start to alpha_end over the
-    first alpha_warmup_frac * iterations, then constant (official: min(-3 + 4*it/(0.1*T), 1))."""
-    warm = cfg.alpha_warmup_frac * cfg.iterations
+    first alpha_warmup_frac * iterations, then constant (official: min(-3 + 4*it/(f*T), 1), f = 0.1,
+    or 0.2 in the stable script)."""
+    warm = cfg.resolved("alpha_warmup_frac") * cfg.iterations
     if warm <= 0 or iteration >= warm:
         return float(cfg.alpha_end)
     return float(cfg.alpha_start + (cfg.alpha_end - cfg.alpha_start) * iteration / warm)
@@ -286,7 +333,8 @@ class Decoder(nn.Module):
 class ReContrastModel(nn.Module):
     """Trainable + frozen encoder, shared bottleneck/decoder, crossed 1x1 heads (module docstring)."""
 
-    def __init__(self, encoder: Backbone, bottleneck_dim: int | None = None, encoder_bn: str = "train") -> None:
+    def __init__(self, encoder: Backbone, bottleneck_dim: int | None = None, encoder_bn: str = "train",
+                 encoder_bn_momentum: float | None = None) -> None:
         super().__init__()
         if encoder_bn not in ("train", "eval"):
             raise ValueError(f"encoder_bn must be 'train' or 'eval', got {encoder_bn!r}")
@@ -299,6 +347,10 @@ class ReContrastModel(nn.Module):
         self.encoder_bn = encoder_bn
         self.encoder = encoder
         self.encoder_frozen = copy.deepcopy(encoder)
+        if encoder_bn_momentum is not None:  # trainable copy only: the frozen one never updates statistics
+            for m in self.encoder.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.momentum = float(encoder_bn_momentum)
         for p in self.encoder_frozen.parameters():
             p.requires_grad_(False)
         self.bottleneck = Bottleneck(channels, dim, spec)
@@ -346,11 +398,17 @@ class ReContrastModel(nn.Module):
         return list(en_f) + list(en_t), dec_a + dec_b
 
 
-def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = None) -> ReContrastModel:
-    """Model with both encoder copies initialised from ``pretrained`` (default cfg.pretrained)."""
-    weights = cfg.pretrained if pretrained is None else pretrained
-    encoder = build_backbone(cfg.backbone, pretrained=weights)
-    return ReContrastModel(encoder, cfg.bottleneck_dim, cfg.encoder_bn)
+def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = None,
+                encoder_bn: str | None = None) -> ReContrastModel:
+    """Model with both encoder copies initialised from ``pretrained`` (default cfg.pretrained).
+
+    encoder_bn: the trainable encoder's BatchNorm mode in training (default cfg.encoder_bn). With
+    cfg.encoder_bn "auto" the training loop decides and passes it; a model built only for
+    inference (eval mode throughout) gets "train", which eval mode never reads.
+    """
+    mode = encoder_bn or (cfg.encoder_bn if cfg.encoder_bn != "auto" else "train")
+    encoder = build_backbone(cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained)
+    return ReContrastModel(encoder, cfg.bottleneck_dim, mode, cfg.encoder_bn_momentum)
 
 
 def model_state(model: ReContrastModel) -> dict[str, Tensor]:
@@ -403,115 +461,6 @@ def recontrast_loss(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float) 
     """Official combination: mean over the two crossed groups of the level-summed loss."""
     n = len(enc) // 2
     return 0.5 * global_cosine_hm(enc[:n], dec[:n], alpha) + 0.5 * global_cosine_hm(enc[n:], dec[n:], alpha)
-
-
-# ---------------------------------------------------------------------- training
-_RESUME_FREE = {"iterations", "checkpoint_every", "device", "pretrained", "sigma", "score", "topk_frac"}
-
-
-def _make_optimizers(model: ReContrastModel, cfg: ReContrastConfig) -> tuple[torch.optim.AdamW, torch.optim.AdamW]:
-    opt_dec = torch.optim.AdamW(model.new_parameters(), lr=cfg.lr_decoder, betas=cfg.betas,
-                                weight_decay=cfg.weight_decay)
-    opt_enc = torch.optim.AdamW(model.encoder.parameters(), lr=cfg.lr_encoder, betas=cfg.betas,
-                                weight_decay=cfg.weight_decay)
-    return opt_dec, opt_enc
-
-
-def _save(path: Path, model: ReContrastModel, opts: Sequence[torch.optim.Optimizer], cfg: ReContrastConfig,
-          iteration: int, loss: float) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    meta: dict[str, Any] = {"format": _CKPT_FORMAT, "iteration": iteration, "loss": loss,
-                            "config": cfg.to_dict()}
-    for name, opt in zip(("opt_dec", "opt_enc"), opts):
-        t, m = optimizer_to_flat(opt, name)
-        tensors.update(t)
-        meta[name] = m
-    save_checkpoint(path, tensors, meta)
-
-
-def _check_resumable(saved: dict[str, Any], cfg: ReContrastConfig) -> None:
-    now = cfg.to_dict()
-    diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
-    if diff:
-        raise ValueError(f"checkpoint was trained with a different configuration ({', '.join(diff)}); "
-                         "use another out_dir or resume=False")
-    if saved.get("iterations") != cfg.iterations:
-        log.warning("resuming with iterations=%d (checkpoint: %s): the alpha schedule changes",
-                    cfg.iterations, saved.get("iterations"))
-
-
-def train_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | Path, progress: bool = True,
-                     resume: bool = True, log_every: int = 50, stop_after: int | None = None) -> ReContrastModel:
-    """Train ReContrast on preprocessed normal images (float32 N x 3 x H x W).
-
-    Checkpoints go to ``out_dir/checkpoint.safetensors`` every ``cfg.checkpoint_every``
-    iterations and at the end; with resume=True an existing checkpoint is continued
-    (same batches and state as an uninterrupted run). ``stop_after`` ends the run after
-    that many total iterations (checkpointed) without changing the schedule, for
-    time-boxed runs. Returns the model in eval mode on cfg.device.
-    """
-    data = ImageArrayDataset(images)
-    if data.size_hw != (cfg.image_size, cfg.image_size):
-        raise ValueError(f"images are {data.size_hw[0]}x{data.size_hw[1]} but cfg.image_size is "
-                         f"{cfg.image_size}; preprocess with size ({cfg.image_size}, {cfg.image_size})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-
-    saved = None
-    if resume and ckpt_path.exists():
-        tensors, meta = load_checkpoint(ckpt_path)
-        if meta.get("format") != _CKPT_FORMAT:
-            raise ValueError(f"{ckpt_path} is not a ReContrast checkpoint")
-        _check_resumable(meta["config"], cfg)
-        saved = (tensors, meta)
-    # on resume every weight comes from the checkpoint: no need to fetch ImageNet weights
-    model = build_model(cfg, pretrained=False if saved else None).to(device)
-    opt_dec, opt_enc = _make_optimizers(model, cfg)
-    start = 0
-    if saved:
-        tensors, meta = saved
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-        optimizer_from_flat(opt_dec, tensors, meta["opt_dec"], "opt_dec")
-        optimizer_from_flat(opt_enc, tensors, meta["opt_enc"], "opt_enc")
-        start = int(meta["iteration"])
-        log.info("resuming ReContrast from %s at iteration %d", ckpt_path, start)
-
-    end = cfg.iterations if stop_after is None else min(cfg.iterations, int(stop_after))
-    sampler = EpochShuffleSampler(len(data), cfg.batch_size, cfg.seed)
-    if len(data) < cfg.batch_size:
-        log.warning("only %d training images for batch_size %d", len(data), cfg.batch_size)
-    model.train()
-    loss_v = float("nan")
-    window: list[float] = []
-    with progress_bar(cfg.iterations, desc=f"recontrast[{cfg.backbone}]", enabled=progress, initial=start) as bar:
-        for it in range(start, end):
-            x = data.batch(sampler.batch_indices(it), device)
-            alpha = alpha_at(it, cfg)
-            enc, dec = model(x)
-            loss = recontrast_loss(enc, dec, alpha)
-            loss_v = float(loss.detach())
-            if not math.isfinite(loss_v):  # checked before the step so the weights stay usable
-                raise FloatingPointError(f"ReContrast loss became {loss_v} at iteration {it}; last good "
-                                         f"checkpoint: {ckpt_path if ckpt_path.exists() else 'none'}")
-            opt_dec.zero_grad(set_to_none=True)
-            opt_enc.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_dec.step()
-            opt_enc.step()
-            window.append(loss_v)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_v:.4f}", alpha=f"{alpha:.2f}")
-            done = it + 1
-            if log_every > 0 and done % log_every == 0:
-                log.info("iter %d/%d loss %.4f (mean of last %d: %.4f) alpha %.2f", done, cfg.iterations,
-                         loss_v, len(window), float(np.mean(window)), alpha)
-                window.clear()
-            if done % cfg.checkpoint_every == 0 or done == end:
-                _save(ckpt_path, model, (opt_dec, opt_enc), cfg, done, loss_v)
-    return model.eval()
 
 
 # ----------------------------------------------------------- torch post-processing
