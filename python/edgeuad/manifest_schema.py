@@ -14,12 +14,15 @@ together with the code that reads it.  Dependency-free (no numpy, no torch).
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import PurePosixPath
 from typing import Any, Mapping, Optional, Sequence
 
 from . import limits
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 FORMAT = "edgeuad-bundle"
@@ -269,11 +272,13 @@ def _thresholds(c: _Checker, v: Any) -> None:
     hi = c.number(t["max"], "thresholds.max")
     if not hi > lo:
         raise c.fail("thresholds.max", f"must be greater than thresholds.min ({lo:g}), got {hi:g}")
-    # Every threshold rule puts the threshold inside the normalisation range (thresholds.py); one
-    # outside it was edited (1000: nothing is ever anomalous; -5: everything is).
+    # Every threshold rule puts the threshold inside the normalisation range (thresholds.py).  One
+    # outside it was set by hand: legitimate (operators tune thresholds; normalisation still puts 0.5
+    # at the threshold) but worth a line in the log (1000 would mean "never anomalous").  What pins
+    # a bundle against edits is its digest (Detector(expected_digest=...), --expect-digest).
     if not lo <= th <= hi:
-        raise c.fail("thresholds.threshold", f"{th:g} lies outside [thresholds.min, thresholds.max] = "
-                                             f"[{lo:g}, {hi:g}]: the manifest was edited or is corrupt")
+        log.warning("%s: thresholds.threshold %g lies outside [thresholds.min, thresholds.max] = [%g, %g]: "
+                    "set by hand? (pin the bundle with its digest to refuse edits)", c.where, th, lo, hi)
     if t.get("quantile") is not None:
         c.number(t["quantile"], "thresholds.quantile", 0.5, 1.0)
     if t.get("fpr") is not None:
