@@ -461,3 +461,34 @@ def test_readme_ensemble_command_runs_as_written(members: dict, dataset: Path, t
     a, b = Bundle.load(out_dir), Bundle.load(archive)
     assert a.digest == b.digest and [m.method for m in a.members] == ["patchcore", "recontrast"]
     assert a.manifest["training"]["normal"]["source"] == "runs_holdout"
+
+
+def test_benchmark_script_builds_and_evaluates_an_ensemble_of_finished_runs(members: dict, dataset: Path,
+                                                                            tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    for name, method in (("pc", "patchcore"), ("rc", "recontrast")):  # compare_methods.py's work-dir layout
+        run, bundle = members[name]
+        shutil.copytree(run.root, work / dataset.name / method / "run")
+        shutil.copytree(bundle, work / dataset.name / method / "bundle")
+    env = {"PYTHONPATH": str(ROOT / "python"), "PATH": "/usr/bin:/bin"}
+    script = [sys.executable, str(ROOT / "benchmarks" / "ensemble_methods.py"), "--data", str(dataset),
+              "--work", str(work), "--out", str(tmp_path / "results"), "--threads", "1"]
+    p = subprocess.run(script + ["--methods", "patchcore", "recontrast"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads((tmp_path / "results" / f"{dataset.name}_ensemble.json").read_text())
+    # compare_methods.py's row format (its table() renders it) plus the members
+    assert {"dataset", "method", "overrides", "metrics", "train_seconds", "total_seconds", "latency_ms_per_frame",
+            "eval_threads", "n_train", "bundle", "threshold", "machine", "commit", "date"} <= set(r)
+    assert r["method"] == "ensemble" and r["overrides"]["members"] == "patchcore+recontrast"
+    assert f"| {dataset.name} | ensemble | {r['metrics']['i_auroc']:.4f} |" in p.stdout
+    ens = Bundle.load(r["bundle"])
+    assert [e["digest"] for e in ens.manifest["postprocess"]["members"]] == [m["digest"] for m in r["members"]]
+    assert ens.manifest["training"]["normal"]["source"] == "runs_holdout"
+    again = api.evaluate(r["bundle"], dataset, None, threads=1, progress=False)
+    assert again.metrics == pytest.approx(r["metrics"])
+    # members that compare_methods.py has not finished: a clear message, nothing written
+    p = subprocess.run(script + ["--methods", "reconpatch", "--suffix", "_x"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode != 0 and "run compare_methods.py" in p.stderr
+    assert not (tmp_path / "results" / f"{dataset.name}_ensemble_x.json").exists()
