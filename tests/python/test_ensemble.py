@@ -348,6 +348,9 @@ def test_explicit_normal_folder_is_recorded(members: dict, tmp_path: Path) -> No
     via_runs = api.ensemble([bundle], tmp_path / "r", runs=[run])
     assert ens.manifest["postprocess"]["members"][0]["median"] == \
         pytest.approx(via_runs.manifest["postprocess"]["members"][0]["median"], rel=1e-12)
+    # a member given as an archive is copied in as the same bundle
+    via_tar = api.ensemble([pack(bundle, tmp_path / "pc.tar")], tmp_path / "t", runs=[run])
+    assert via_tar.manifest["postprocess"]["members"] == via_runs.manifest["postprocess"]["members"]
 
 
 # ----------------------------------------------------------------------------- schema
