@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ class Ensemble:
     make_member: builds the runtime for one member `Bundle` (the Detector passes itself, with its own
     backend, threads and colour order)."""
 
-    def __init__(self, bundle: Any, make_member: Callable[[Any], Any]) -> None:
+    def __init__(self, bundle: "Bundle", make_member: Callable[["Bundle"], Any]) -> None:
         entries = bundle.postprocess["members"]
         if len(bundle.members) != len(entries):  # Bundle.load fills one per entry
             raise EnsembleError(f"ensemble {bundle.root}: {len(entries)} members listed, {len(bundle.members)} loaded")
@@ -72,12 +75,7 @@ class Ensemble:
         self.dirs = [e["dir"] for e in entries]
         self.medians = [float(e["median"]) for e in entries]
         self.mads = [float(e["mad"]) for e in entries]
-        self.name = "+".join(dict.fromkeys(m.backend_name for m in self.members))
-        self.input_name = "image"  # Backend protocol; the members' real inputs are checked by their Detectors
-
-    @property
-    def output_names(self) -> list[str]:
-        return [f"{i}/{o}" for i, m in enumerate(self.members) for o in m.backend.output_names]
+        self.name = "+".join(dict.fromkeys(m.backend_name for m in self.members))  # e.g. "onnxruntime"
 
     # --- the Detector's stages -------------------------------------------------------------
     def preprocess(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
