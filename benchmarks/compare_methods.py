@@ -61,6 +61,19 @@ def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
     return run
 
 
+def stamp(r: dict) -> dict:
+    """Where and when a result was measured: machine, commit (marked when the tree is dirty), date."""
+    r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
+    r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, cwd=HERE).stdout.strip()
+    # results/ is this script's own output: a tree dirty elsewhere is what makes a number untraceable
+    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                       ":(exclude,top)benchmarks/results"], capture_output=True, text=True, cwd=HERE).stdout.strip():
+        r["commit"] += " (dirty tree)"
+    r["date"] = time.strftime("%Y-%m-%d")
+    return r
+
+
 def table(rows: list[dict]) -> str:
     head = ("| dataset | method | I-AUROC | P-AUROC | AUPRO@0.3 | F1-max | Acc@thr | train s | ms/frame | settings "
             "| commit, date |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n")
@@ -103,15 +116,7 @@ def main() -> None:
             if f.exists() and not (args.force or args.reeval):
                 rows.append(json.loads(f.read_text()))
                 continue
-            r = run_one(data, method, args, args.work / data.name / f"{method}{args.suffix}")
-            r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
-            r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                         text=True, cwd=HERE).stdout.strip()
-            # results/ is this script's own output: a tree dirty elsewhere is what makes a number untraceable
-            if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                               ":(exclude,top)benchmarks/results"], capture_output=True, text=True, cwd=HERE).stdout.strip():
-                r["commit"] += " (dirty tree)"
-            r["date"] = time.strftime("%Y-%m-%d")
+            r = stamp(run_one(data, method, args, args.work / data.name / f"{method}{args.suffix}"))
             f.write_text(json.dumps(r, indent=2) + "\n")
             logging.info("%s/%s: %s", data.name, method, r["metrics"])
             rows.append(r)

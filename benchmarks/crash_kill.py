@@ -37,7 +37,8 @@ log = logging.getLogger("edgeuad.benchmarks.crash")
 EXPORT_RUNS = {"A": {"image_size": 32, "coreset_ratio": 0.25, "pretrained": False},
                "B": {"image_size": 32, "coreset_ratio": 0.5, "sigma": 1.0, "pretrained": False}}
 TRAIN_ARGS = ["--method", "recontrast", "--image-size", "32", "--iterations", "4", "--batch-size", "2",
-              "--set", "pretrained=false", "--set", "checkpoint_every=1", "--seed", "0", "--no-progress"]
+              "--set", "pretrained=false", "--set", "checkpoint_every=1", "--seed", "0", "--no-progress",
+              "--holdout", "0.3"]  # >= 2 held-out normals: the robust threshold rule needs them
 
 # Named points: a child process patches itself to SIGKILL exactly there (no hooks in edgeuad).
 POINTS = ("after_onnx", "provisional_detector", "before_swap", "after_swap", "mid_archive")

@@ -292,13 +292,73 @@ def _replaceable_bundle_dir(out: Path) -> Path:
                               "refusing to replace it; choose an empty or new directory")
     if entries:
         try:
-            listed = set(json.loads((out / MANIFEST).read_text()).get("files", {}))
-        except (ValueError, OSError, AttributeError):
+            old = json.loads((out / MANIFEST).read_text())
+            listed = set(old.get("files", {}))
+            listed |= {e.get("dir") for e in old.get("postprocess", {}).get("members", [])}  # an ensemble's
+        except (ValueError, OSError, AttributeError, TypeError):
             listed = set()
         extra = [e for e in entries if e != MANIFEST and e not in listed]
         if extra:
             log.warning("replacing bundle %s: files not in its manifest are dropped with it: %s", out, extra)
     return out
+
+
+# ----------------------------------------------------------------------------- ensemble
+def ensemble(bundles: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+             normal_images: Sequence[str | os.PathLike] | str | os.PathLike | None = None, *,
+             runs: Sequence[Run | str | os.PathLike] | None = None, fpr: float = 0.01,
+             backend: str = "onnxruntime", threads: int = 0) -> Bundle:
+    """Combine finished bundles into one ensemble bundle (ReConPatch Eq. 11: mean of the members'
+    modified z-scores, see runtime/ensemble.py) that `Detector` scores like any other.
+
+    The members' median/MAD and the ensemble's threshold come from NORMAL images none of the members
+    trained on: give either `runs` (the members' training runs: the images held out by every one of
+    them are used) or `normal_images` (a folder or list of images you know are held out).  Which one
+    is recorded in the manifest.  Raises EnsembleError (a ValueError) for unusable inputs."""
+    from .ensemble_build import build_ensemble
+    from .runtime.ensemble import EnsembleError
+
+    if (runs is None) == (normal_images is None):
+        raise EnsembleError("give exactly one of runs (their shared held-out images) or normal_images")
+    if runs is not None:
+        loaded = [r if isinstance(r, Run) else Run.load(r) for r in runs]
+        paths = holdout_intersection(loaded)
+        provenance: dict[str, Any] = {"source": "runs_holdout", "runs": [str(r.root.resolve()) for r in loaded]}
+    elif isinstance(normal_images, (str, os.PathLike)):
+        try:
+            paths = _data.list_folder(normal_images)
+        except FileNotFoundError as e:
+            raise EnsembleError(f"normal images: {e}") from e
+        provenance = {"source": "user_heldout", "dir": str(Path(normal_images).resolve())}
+    else:
+        paths = [Path(p) for p in normal_images]
+        provenance = {"source": "user_heldout"}
+    if not paths:
+        raise EnsembleError("the normal image set is empty")
+    out = _replaceable_bundle_dir(Path(out_dir))
+    remove_stale_temps(out.parent, name=out.name)
+    return build_ensemble([Path(b) for b in bundles], out, paths, provenance, fpr=fpr, backend=backend,
+                          threads=threads)
+
+
+def holdout_intersection(runs: Sequence[Run]) -> list[Path]:
+    """The held-out normal images shared by every run (none of them trained on these), in the first
+    run's order; images that no longer exist are left out.  EnsembleError when nothing is shared."""
+    from .runtime.ensemble import EnsembleError
+
+    if not runs:
+        raise EnsembleError("no runs given")
+    shared = set.intersection(*({Path(p).resolve() for p in r.holdout} for r in runs))
+    paths = [Path(p).resolve() for p in runs[0].holdout if Path(p).resolve() in shared]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        log.warning("%d shared held-out images no longer exist and are left out (first: %s)", len(missing), missing[0])
+    paths = [p for p in paths if p.exists()]
+    if not paths:
+        raise EnsembleError(f"the {len(runs)} runs share no (existing) held-out image: train them on the same "
+                            "data with the same seed and holdout fraction, or pass held-out images explicitly")
+    log.info("%d held-out normal images shared by %d runs", len(paths), len(runs))
+    return paths
 
 
 def _scores(det: Any, paths: Sequence[Path], batch: int = 8) -> np.ndarray:

@@ -26,14 +26,14 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from . import limits
 from ._version import __version__
 from .atomic import atomic_path, atomic_write_bytes, remove_stale_temps
-from .manifest_schema import (FORMAT, MANIFEST, METHODS, PROVISIONAL, SCHEMA_VERSION, BundleError, file_name_ok,
-                              validate_manifest)
+from .manifest_schema import (ENSEMBLE, FORMAT, MANIFEST, METHODS, PROVISIONAL, SCHEMA_VERSION, BundleError,
+                              check_ensemble_member, file_name_ok, validate_manifest)
 from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Bundle:
     root: Path
     manifest: dict[str, Any]
     digest: str = ""   # sha256 of manifest.json (hex): identifies the whole bundle
+    members: list["Bundle"] = field(default_factory=list)  # an ensemble's member bundles, loaded and checked
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     # --- accessors -------------------------------------------------------------
@@ -131,17 +132,50 @@ class Bundle:
             raise BundleError(f"bundle {path} has digest {digest}, not the expected {want}: "
                               "a different or modified bundle", field="digest")
         manifest = parse_manifest(data, root / MANIFEST)
-        if tmp is not None:  # an archive holds the manifest and its files, nothing else
-            extra = sorted({p.name for p in root.iterdir()} - {MANIFEST, *manifest["files"]})
-            if extra:
-                raise BundleError(f"{path}: archive members {extra} are not listed in the manifest")
-        if manifest["thresholds"]["source"] == PROVISIONAL and not allow_provisional:
-            raise BundleError(f"bundle {path} has provisional thresholds (an export that did not finish): "
-                              "re-export it; Detector(..., allow_provisional=True) loads it for inspection only",
-                              field="thresholds.source")
-        if verify:
-            verify_files(root, manifest)
-        return cls(root=root, manifest=manifest, digest=digest, _tmpdir=tmp)
+        try:
+            if tmp is not None:  # an archive holds the manifest and its files (and members), nothing else
+                _check_only_listed(root, manifest, path)
+            if manifest["thresholds"]["source"] == PROVISIONAL and not allow_provisional:
+                raise BundleError(f"bundle {path} has provisional thresholds (an export that did not finish): "
+                                  "re-export it; Detector(..., allow_provisional=True) loads it for inspection only",
+                                  field="thresholds.source")
+            if verify:
+                verify_files(root, manifest)
+            members = _load_members(cls, root, manifest, verify, archive=tmp is not None)
+        except BaseException:
+            if tmp is not None:
+                tmp.cleanup()
+            raise
+        return cls(root=root, manifest=manifest, digest=digest, members=members, _tmpdir=tmp)
+
+
+def _member_dirs(manifest: Mapping[str, Any]) -> list[str]:
+    return [e["dir"] for e in manifest["postprocess"]["members"]] if manifest["method"] == ENSEMBLE else []
+
+
+def _check_only_listed(root: Path, manifest: Mapping[str, Any], path: Path) -> None:
+    extra = sorted({p.name for p in root.iterdir()} - {MANIFEST, *manifest["files"], *_member_dirs(manifest)})
+    if extra:
+        raise BundleError(f"{path}: archive members {extra} are not listed in the manifest")
+
+
+def _load_members(cls: type["Bundle"], root: Path, manifest: Mapping[str, Any], verify: bool,
+                  archive: bool) -> list["Bundle"]:
+    """An ensemble's members: each sub-directory is a whole bundle whose manifest must have exactly the
+    sha256 the ensemble manifest records (so a member's files, hashed in its own manifest, are pinned
+    too), and whose method, backbone and colour convention agree with the entry."""
+    members = []
+    for i, d in enumerate(_member_dirs(manifest)):
+        f = f"postprocess.members[{i}]"
+        try:
+            b = cls.load(root / d, verify=verify, expected_digest=manifest["postprocess"]["members"][i]["digest"])
+        except BundleError as e:
+            raise BundleError(f"bundle {root}: member {i} ({d}): {e}", field=f"{f}.{e.field}" if e.field else f) from e
+        if archive:
+            _check_only_listed(b.root, b.manifest, root / d)
+        check_ensemble_member(manifest, i, b.manifest, where=str(root / MANIFEST))
+        members.append(b)
+    return members
 
 
 def normalize_digest(d: str) -> str:
@@ -226,10 +260,13 @@ def pack(root: Path, archive: Path) -> Path:
     root, archive = Path(root), Path(archive)
     manifest = read_manifest(root)
     verify_files(root, manifest)
+    names = [MANIFEST, *manifest["files"]]
+    for m in _load_members(Bundle, root, manifest, verify=True, archive=False):  # an ensemble's, checked
+        names += [f"{m.root.name}/{n}" for n in (MANIFEST, *m.manifest["files"])]
     archive.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(archive.parent, name=archive.name)  # left by a killed earlier pack
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w") as tf:
-        for name in [MANIFEST, *manifest["files"]]:
+        for name in names:
             tf.add(root / name, arcname=name)
     return archive
 
@@ -245,17 +282,28 @@ def _is_tar(path: Path) -> bool:
 _MAX_MEMBERS = 256
 
 
+def _archive_name_ok(name: str) -> bool:
+    """Plain top-level files, or plain files one directory down (an ensemble's member bundles)."""
+    parts = name.split("/")
+    if len(parts) > 2 or str(PurePosixPath(name)) != name:  # no "./x", "x/", "a//b" aliases
+        return False
+    *dirs, base = parts
+    return all(file_name_ok(d) for d in dirs) and (file_name_ok(base) or base == MANIFEST)
+
+
 def _safe_extract(archive: Path, dest: Path) -> Path:
-    """Extract a bundle archive: plain top-level files only, each name once (a second manifest.json
-    would silently replace the first: refused), nothing outside `dest`."""
+    """Extract a bundle archive: plain files at the top level or one directory down (ensemble members;
+    which names are expected is checked against the manifests after extraction), each name once (a
+    second manifest.json would silently replace the first: refused), nothing outside `dest`."""
     try:
         with tarfile.open(archive, "r") as tf:
             seen: set[str] = set()
             for i, m in enumerate(tf):
                 if i >= _MAX_MEMBERS:
                     raise BundleError(f"{archive}: more than {_MAX_MEMBERS} members: not a bundle archive")
-                if not m.isfile() or not file_name_ok(m.name) and m.name != MANIFEST:
-                    raise BundleError(f"{archive}: refusing archive member {m.name!r} (only plain top-level files)")
+                if not m.isfile() or not _archive_name_ok(m.name):
+                    raise BundleError(f"{archive}: refusing archive member {m.name!r} (only plain files, at the "
+                                      "top level or in an ensemble member's directory)")
                 if m.name in seen:
                     raise BundleError(f"{archive}: member {m.name!r} appears twice (ambiguous: which one is meant?)")
                 seen.add(m.name)

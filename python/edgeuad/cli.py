@@ -1,4 +1,4 @@
-"""edgeuad command line: train | export | eval | predict | bench | serve | demo | info.
+"""edgeuad command line: train | export | ensemble | eval | predict | bench | serve | demo | info.
 
 Every flag maps to one named field of a config or one argument of the API function it calls;
 `tests/python/test_cli.py` checks that they arrive there.
@@ -118,6 +118,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-batch", type=int, default=8, help="TensorRT optimisation profile max batch")
     e.add_argument("--threads", type=int, default=0, help="CPU threads for export checks and thresholds "
                                                           "(0 = every CPU this process may use)")
+
+    en = sub.add_parser("ensemble", help="combine bundles into one ensemble bundle (mean modified z-score)",
+                        description="Combine finished bundles (other backbones or methods) into ONE bundle that every "
+                                    "command scores like any other: each member's score is normalised by the modified "
+                                    "z-score (s - median) / (1.4826 MAD) of its scores on held-out normal images, and "
+                                    "the ensemble score is their mean (ReConPatch Eq. 11); maps likewise. The normal "
+                                    "images must be held out from every member's training: --runs uses the images "
+                                    "every run held out, --normal DIR images you know none of them trained on.",
+                        formatter_class=_Help)
+    en.add_argument("--bundles", nargs="+", required=True, metavar="BUNDLE", help="member bundles (directories or .tar)")
+    src = en.add_mutually_exclusive_group(required=True)
+    src.add_argument("--runs", nargs="+", metavar="RUN", help="the members' training runs: their shared held-out images")
+    src.add_argument("--normal", metavar="DIR", help="folder of normal images none of the members trained on")
+    en.add_argument("--out", required=True, help="ensemble bundle directory to write")
+    en.add_argument("--archive", default=None, help="also pack the bundle into this .tar file")
+    en.add_argument("--fpr", type=float, default=0.01,
+                    help="target false-positive rate of the robust threshold on the combined normal scores")
+    en.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt"),
+                    help="backend scoring the normal images")
+    en.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every CPU this process may use)")
 
     v = sub.add_parser("eval", formatter_class=_Help, help="score a test split and print I-AUROC, P-AUROC, AUPRO, F1-max",
                        description="Evaluate a bundle on <data>/test (and ground_truth masks when present) using the "
@@ -278,6 +298,21 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(a: argparse.Namespace) -> int:
+    from . import api
+    from .bundle import pack
+
+    bundle = api.ensemble(a.bundles, a.out, normal_images=a.normal, runs=a.runs, fpr=a.fpr, backend=a.backend,
+                          threads=a.threads)
+    normal = bundle.manifest["training"]["normal"]
+    sys.stdout.write(f"bundle: {bundle.root}\ndigest: {bundle.digest}\nmembers: {len(bundle.members)}\n"
+                     f"normal images: {normal['n_images']} ({normal['source']})\n"
+                     f"threshold: {bundle.thresholds['threshold']:.6g} ({bundle.thresholds['source']})\n")
+    if a.archive:
+        sys.stdout.write(f"archive: {pack(bundle.root, Path(a.archive))}\n")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from . import api
 
@@ -375,19 +410,28 @@ def cmd_info(a: argparse.Namespace) -> int:
         bd = Bundle.load(a.bundle, allow_provisional=True)  # shown, flagged below; Detector refuses it
         m = bd.manifest
         # a .tar is extracted to a temporary folder: name what the user gave, not that folder
-        lines += [f"bundle {a.bundle}: verified ({len(m['files'])} files, sha256 ok)",
+        n_files = len(m["files"]) + sum(1 + len(b.manifest["files"]) for b in bd.members)
+        lines += [f"bundle {a.bundle}: verified ({n_files} files, sha256 ok)",
                   f"  digest {bd.digest}",
                   f"  method {m['method']}, backbone {m['backbone']}, input {m['preprocess']['size']}",
-                  f"  outputs {len(m['model']['outputs'])}, post-processing {m['postprocess']['kind']}",
+                  (f"  outputs {len(m['model']['outputs'])}, " if "model" in m else "  ")
+                  + f"post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
                   f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
+        for e, b in zip(m["postprocess"].get("members", []), bd.members):
+            lines.append(f"  member {e['dir']}: {e['method']}/{e['backbone']}, input {b.preprocess.size[0]}x"
+                         f"{b.preprocess.size[1]}, normal median {e['median']:.6g}, MAD {e['mad']:.6g}, "
+                         f"digest {e['digest'][:12]}")
+        if bd.members:
+            normal = m.get("training", {}).get("normal", {})
+            lines.append(f"  normal images: {normal.get('n_images', '?')} ({normal.get('source', '?')})")
         if m["thresholds"]["source"] == "provisional":
             lines.append("  PROVISIONAL thresholds: an unfinished export; Detector refuses this bundle")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "predict": cmd_predict,
+COMMANDS = {"train": cmd_train, "export": cmd_export, "ensemble": cmd_ensemble, "eval": cmd_eval, "predict": cmd_predict,
             "bench": cmd_bench, "serve": cmd_serve, "demo": cmd_demo, "info": cmd_info}
 
 

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from .bundle import Bundle, BundleError
+from .bundle import Bundle, BundleError, normalize_digest
 from .cpus import resolve_threads
-from .manifest_schema import check_against_bank, check_against_graph
+from .manifest_schema import ENSEMBLE, check_against_bank, check_against_graph
 from .preprocess import preprocess as _preprocess
 from .preprocess import validate_frame
 from .runtime import maps as _maps
@@ -50,23 +50,18 @@ class Result:
 class Detector:
     """Scores frames with an exported bundle (directory or .tar) or a TensorRT engine inside one."""
 
-    def __init__(self, bundle_or_engine: str | os.PathLike, backend: str = "auto", threads: int = 0,
+    def __init__(self, bundle_or_engine: str | os.PathLike | Bundle, backend: str = "auto", threads: int = 0,
                  color: str = "rgb", exact_search: bool | None = None,
                  device_postprocess: bool | None = None, *, expected_digest: str | None = None,
                  allow_provisional: bool = False) -> None:
-        """expected_digest: refuse any bundle whose manifest sha256 differs (`edgeuad info` prints it).
+        """bundle_or_engine: a bundle directory or .tar, a TensorRT engine inside a bundle, or a loaded Bundle.
+        An ensemble bundle runs each member with this backend, threads and colour order (runtime/ensemble.py).
+        expected_digest: refuse any bundle whose manifest sha256 differs (`edgeuad info` prints it).
         allow_provisional: load a bundle whose thresholds are still provisional (the exporter only)."""
-        path = Path(bundle_or_engine)
-        engine_path: Path | None = None
-        if path.suffix in ENGINE_SUFFIXES:
-            engine_path = path
-            path = path.parent  # engines live inside the bundle that describes them
-            if not path.joinpath("manifest.json").is_file():
-                raise BundleError(f"engine {engine_path} must sit inside its bundle directory (no manifest.json "
-                                  f"beside it); build it with `edgeuad export --fp16 --bundle DIR`")
         if color not in ("rgb", "bgr"):
             raise ValueError(f"color must be 'rgb' or 'bgr', got {color!r}")
-        self.bundle = Bundle.load(path, expected_digest=expected_digest, allow_provisional=allow_provisional)
+        self.bundle, engine_path = _open(bundle_or_engine, expected_digest, allow_provisional)
+        path = self.bundle.root
         self.digest = self.bundle.digest
         self.color = color
         self.method = self.bundle.method
@@ -75,9 +70,26 @@ class Detector:
         self.thresholds = Thresholds.from_dict(self.bundle.thresholds)
         # 0 = the CPUs this process may use (affinity, cgroup quota), for the backend and the _rt kernels
         self.threads = resolve_threads(threads)
+        self.bank = None
+        self.ensemble = None
+        self.device_post = None
+        if self.method == ENSEMBLE:
+            from .runtime.ensemble import Ensemble
+
+            if engine_path is not None:
+                raise BundleError(f"{engine_path}: an ensemble has no engine of its own (its members may)")
+            if device_postprocess:
+                raise RuntimeError("device_postprocess=True but an ensemble post-processes its members on the CPU")
+            # members run stage by stage under the ensemble, never through their own device path
+            self.ensemble = Ensemble(self.bundle, lambda b: Detector(b, backend, threads, color, exact_search,
+                                                                     device_postprocess=False))
+            self.backend = self.ensemble  # type: ignore[assignment]  # runs the members' networks
+            self.backend_name = self.ensemble.name
+            log.info("Detector: ensemble of %d members (%s) %s on %s", len(self.ensemble.members),
+                     self.bundle.backbone, path, self.backend_name)
+            return
         self.backend: Backend = make_backend(self.bundle, backend, threads=self.threads, engine_path=engine_path)
         self.backend_name = self.backend.name
-        self.bank = None
         where = str(self.bundle.root / "manifest.json")
         out_shapes = getattr(self.backend, "output_shapes", None)
         try:
@@ -134,6 +146,8 @@ class Detector:
 
     # --- the three stages ------------------------------------------------------
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        if self.ensemble is not None:
+            return self.ensemble.preprocess(frames)  # type: ignore[return-value]  # one input per member
         return _preprocess(frames, self.pre_cfg, color=self.color)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,6 +155,15 @@ class Detector:
 
     def postprocess(self, outputs: dict[str, np.ndarray], frame_sizes: Sequence[tuple[int, int]],
                     return_map: bool = True) -> list[Result]:
+        if self.ensemble is not None:
+            scores, maps, timings = self.ensemble.postprocess(outputs, frame_sizes, return_map)
+        else:
+            scores, maps, timings = self.raw_postprocess(outputs, frame_sizes, return_map)
+        return self._results(scores, maps, timings)
+
+    def raw_postprocess(self, outputs: dict[str, np.ndarray], frame_sizes: Sequence[tuple[int, int]],
+                        return_map: bool = True) -> tuple[np.ndarray, list[np.ndarray] | None, dict[str, float]]:
+        """Network outputs -> (raw image scores, raw maps at each frame's size or None, timings in ms)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         p = self.post
@@ -167,23 +190,32 @@ class Detector:
                                              topk_frac=p["topk_frac"], threads=self.threads)
             timings["distance_map"] = (time.perf_counter() - t1) * 1e3
         scores = smax if p["score"] == "max" else stopk
-        return self._results(scores, amap, frame_sizes, return_map, timings)
+        return scores, self._frame_maps(amap, frame_sizes, return_map, timings), timings
 
-    def _results(self, scores: np.ndarray, amap: np.ndarray | None, frame_sizes: Sequence[tuple[int, int]],
-                 return_map: bool, timings: dict[str, float]) -> list[Result]:
+    def _frame_maps(self, amap: np.ndarray | None, frame_sizes: Sequence[tuple[int, int]], return_map: bool,
+                    timings: dict[str, float]) -> list[np.ndarray] | None:
+        """Maps at the network input's size -> at each frame's size (timed into timings["postprocess"])."""
+        if not return_map or amap is None:
+            return None
+        t = time.perf_counter()
         h, w = self.pre_cfg.size
-        t2 = time.perf_counter()
+        maps = [amap[i] if (fh, fw) == (h, w) else cv2.resize(amap[i], (fw, fh), interpolation=cv2.INTER_LINEAR)
+                for i, (fh, fw) in enumerate(frame_sizes)]
+        timings["postprocess"] = timings.get("postprocess", 0.0) + (time.perf_counter() - t) * 1e3
+        return maps
+
+    def _results(self, scores: np.ndarray, maps: list[np.ndarray] | None, timings: dict[str, float]) -> list[Result]:
+        """Raw scores and raw maps at the frames' sizes -> normalised results."""
+        t = time.perf_counter()
         results = []
-        for i, (fh, fw) in enumerate(frame_sizes):
+        for i in range(len(scores)):
             s = float(scores[i])
-            nm = raw = None
-            if return_map:
-                raw = amap[i] if (fh, fw) == (h, w) else cv2.resize(amap[i], (fw, fh), interpolation=cv2.INTER_LINEAR)
-                nm = self.thresholds.normalize(raw).astype(np.float32)
+            raw = maps[i] if maps is not None else None
+            nm = self.thresholds.normalize(raw).astype(np.float32) if raw is not None else None
             results.append(Result(score=s, normalized=float(self.thresholds.normalize(s)),
                                   is_anomaly=bool(s >= self.thresholds.threshold), anomaly_map=nm, raw_map=raw,
                                   timings=dict(timings)))
-        post_ms = (time.perf_counter() - t2) * 1e3
+        post_ms = timings.get("postprocess", 0.0) + (time.perf_counter() - t) * 1e3
         for r in results:
             r.timings["postprocess"] = post_ms
         return results
@@ -228,7 +260,9 @@ class Detector:
         d = self.device_post.run(x, return_map=return_map)
         if not np.all(np.isfinite(d.scores)):  # the outputs never reach the host: check what comes back
             raise FloatingPointError(f"backend {self.backend_name} produced non-finite scores {d.scores.tolist()}")
-        results = self._results(d.scores, d.maps, [f.shape[:2] for f in frames], return_map, dict(d.timings))
+        timings = dict(d.timings)
+        results = self._results(d.scores, self._frame_maps(d.maps, [f.shape[:2] for f in frames], return_map,
+                                                            timings), timings)
         total = (time.perf_counter() - t0) * 1e3
         for r in results:
             r.timings["preprocess"] = (t1 - t0) * 1e3
@@ -253,3 +287,22 @@ class Detector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open(bundle_or_engine: str | os.PathLike | Bundle, expected_digest: str | None,
+          allow_provisional: bool) -> tuple[Bundle, Path | None]:
+    """(the loaded bundle, the TensorRT engine inside it or None)."""
+    if isinstance(bundle_or_engine, Bundle):  # loaded and checked by the caller (an ensemble's members)
+        if expected_digest is not None and normalize_digest(expected_digest) != bundle_or_engine.digest:
+            raise BundleError(f"bundle {bundle_or_engine.root} has digest {bundle_or_engine.digest}, not the "
+                              f"expected {normalize_digest(expected_digest)}", field="digest")
+        return bundle_or_engine, None
+    path = Path(bundle_or_engine)
+    engine_path: Path | None = None
+    if path.suffix in ENGINE_SUFFIXES:
+        engine_path = path
+        path = path.parent  # engines live inside the bundle that describes them
+        if not path.joinpath("manifest.json").is_file():
+            raise BundleError(f"engine {engine_path} must sit inside its bundle directory (no manifest.json "
+                              f"beside it); build it with `edgeuad export --fp16 --bundle DIR`")
+    return Bundle.load(path, expected_digest=expected_digest, allow_provisional=allow_provisional), engine_path

@@ -29,5 +29,11 @@ MAX_THREADS = 1024
 # Normalisation constants of the preprocessing (images are scaled to [0, 1] first).
 MEAN_RANGE = (0.0, 1.0)
 STD_RANGE = (1e-3, 10.0)
+# Members of an ensemble bundle (each is a whole bundle, run on every frame).
+MAX_ENSEMBLE_MEMBERS = 16
+# Robust statistics of an ensemble member's normal scores (raw score units: distances, 1 - cos).
+# Beyond these the modified z-score (s - median) / (1.4826 * MAD) loses all precision.
+MAX_ABS_MEDIAN = 1e12
+MAD_RANGE = (1e-12, 1e12)
 # manifest.json is small; anything far larger is not a manifest.
 MAX_MANIFEST_BYTES = 16 << 20

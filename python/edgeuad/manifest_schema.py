@@ -14,6 +14,7 @@ together with the code that reads it.  Dependency-free (no numpy, no torch).
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import PurePosixPath
@@ -21,11 +22,15 @@ from typing import Any, Mapping, Optional, Sequence
 
 from . import limits
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 FORMAT = "edgeuad-bundle"
 MANIFEST = "manifest.json"
-METHODS = ("recontrast", "patchcore", "reconpatch")
-KINDS = {"recontrast": "cos_pairs", "patchcore": "nn_l2", "reconpatch": "nn_l2"}
+ENSEMBLE = "ensemble"
+MEMBER_METHODS = ("recontrast", "patchcore", "reconpatch")   # what an ensemble may hold: no nesting
+METHODS = (*MEMBER_METHODS, ENSEMBLE)
+KINDS = {"recontrast": "cos_pairs", "patchcore": "nn_l2", "reconpatch": "nn_l2", ENSEMBLE: "modified_z"}
 SCORES = ("max", "topk_mean")
 INTERPOLATIONS = ("area_or_linear",)
 THRESHOLD_SOURCES = ("normal_robust", "normal_quantile", "f1_optimal", "provisional")
@@ -35,6 +40,10 @@ PROVISIONAL = "provisional"
 _REQUIRED = ("schema_version", "format", "method", "backbone", "preprocess", "model", "postprocess",
              "thresholds", "files")
 _OPTIONAL = ("edgeuad_version", "training", "engines", "quantization")
+# An ensemble has no network of its own: its members (sub-directories, each a whole bundle) do.
+_ENSEMBLE_REQUIRED = ("schema_version", "format", "method", "backbone", "preprocess", "postprocess",
+                      "thresholds", "files")
+_ENSEMBLE_OPTIONAL = ("edgeuad_version", "training")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -143,7 +152,8 @@ def validate_manifest(m: Any, where: str = MANIFEST) -> dict[str, Any]:
     if isinstance(sv, bool) or not isinstance(sv, int) or not 1 <= sv <= SCHEMA_VERSION:
         raise c.fail("schema_version", f"{_show(sv)} is not supported by this edgeuad (supports 1..{SCHEMA_VERSION}); "
                                        "upgrade edgeuad or re-export the bundle")
-    c.obj(m, "", _REQUIRED, _OPTIONAL)
+    ensemble = m.get("method") == ENSEMBLE
+    c.obj(m, "", *((_ENSEMBLE_REQUIRED, _ENSEMBLE_OPTIONAL) if ensemble else (_REQUIRED, _OPTIONAL)))
     if not isinstance(m["method"], str) or m["method"] not in METHODS:
         raise c.fail("method", f"names an unknown method {_show(m['method'])} (known: {', '.join(METHODS)})")
     c.string(m["backbone"], "backbone")
@@ -153,10 +163,13 @@ def validate_manifest(m: Any, where: str = MANIFEST) -> dict[str, Any]:
         if free in m and not isinstance(m[free], dict):
             raise c.fail(free, f"must be a JSON object, got {_kind(m[free])}")
 
-    files = _files(c, m["files"])
+    files = _files(c, m["files"], allow_empty=ensemble)
     _preprocess(c, m["preprocess"])
-    outputs = _model(c, m["model"], files)
-    _postprocess(c, m["postprocess"], m["method"], outputs, files)
+    if ensemble:
+        _ensemble(c, m["postprocess"], files)
+    else:
+        outputs = _model(c, m["model"], files)
+        _postprocess(c, m["postprocess"], m["method"], outputs, files)
     _thresholds(c, m["thresholds"])
     if "engines" in m:
         _engines(c, m["engines"], files)
@@ -180,8 +193,8 @@ def _engines(c: _Checker, v: Any, files: Mapping[str, Any]) -> None:
             raise c.fail(f"engines.{prec}", f"names {onnx!r}, which is not listed in 'files'")
 
 
-def _files(c: _Checker, v: Any) -> Mapping[str, Any]:
-    if not isinstance(v, dict) or not v:
+def _files(c: _Checker, v: Any, allow_empty: bool = False) -> Mapping[str, Any]:
+    if not isinstance(v, dict) or not (v or allow_empty):
         raise c.fail("files", "must map file names to sha256 digests (a non-empty object)")
     for name, digest in v.items():
         if not file_name_ok(name):
@@ -260,6 +273,31 @@ def _postprocess(c: _Checker, v: Any, method: str, outputs: list[str], files: Ma
     c.number(p["topk_frac"], "postprocess.topk_frac", 0.0, 1.0)
 
 
+def _ensemble(c: _Checker, v: Any, files: Mapping[str, Any]) -> None:
+    """postprocess of an ensemble: each member's directory, manifest digest and the median/MAD of its
+    scores on held-out normal images (the modified z-score of ReConPatch Eq. 11)."""
+    p = c.obj(v, "postprocess", ("kind", "members"))
+    c.string(p["kind"], "postprocess.kind", (KINDS[ENSEMBLE],))
+    dirs: set[str] = set()
+    for i, e in enumerate(c.array(p["members"], "postprocess.members", 1, limits.MAX_ENSEMBLE_MEMBERS)):
+        f = f"postprocess.members[{i}]"
+        e = c.obj(e, f, ("dir", "digest", "method", "backbone", "median", "mad", "n_normal"))
+        d = c.string(e["dir"], f"{f}.dir")
+        if not file_name_ok(d):
+            raise c.fail(f"{f}.dir", f"{_show(d)} is not a plain directory name")
+        if d in files or d in dirs:
+            raise c.fail(f"{f}.dir", f"{_show(d)} is used twice (by another member or a file)")
+        dirs.add(d)
+        if not isinstance(e["digest"], str) or not _SHA256.match(e["digest"]):
+            raise c.fail(f"{f}.digest", f"must be the lowercase hex sha256 of the member's manifest.json, "
+                                        f"got {_show(e['digest'])}")
+        c.string(e["method"], f"{f}.method", MEMBER_METHODS)
+        c.string(e["backbone"], f"{f}.backbone")
+        c.number(e["median"], f"{f}.median", -limits.MAX_ABS_MEDIAN, limits.MAX_ABS_MEDIAN)
+        c.number(e["mad"], f"{f}.mad", *limits.MAD_RANGE)
+        c.integer(e["n_normal"], f"{f}.n_normal", 2, 2 ** 53)
+
+
 def _thresholds(c: _Checker, v: Any) -> None:
     t = c.obj(v, "thresholds", ("threshold", "min", "max", "source"),
               ("quantile", "n_normal", "n_anomalous", "pixel_threshold", "fpr"))
@@ -269,11 +307,13 @@ def _thresholds(c: _Checker, v: Any) -> None:
     hi = c.number(t["max"], "thresholds.max")
     if not hi > lo:
         raise c.fail("thresholds.max", f"must be greater than thresholds.min ({lo:g}), got {hi:g}")
-    # Every threshold rule puts the threshold inside the normalisation range (thresholds.py); one
-    # outside it was edited (1000: nothing is ever anomalous; -5: everything is).
+    # Every threshold rule puts the threshold inside the normalisation range (thresholds.py).  One
+    # outside it was set by hand: legitimate (operators tune thresholds; normalisation still puts 0.5
+    # at the threshold) but worth a line in the log (1000 would mean "never anomalous").  What pins
+    # a bundle against edits is its digest (Detector(expected_digest=...), --expect-digest).
     if not lo <= th <= hi:
-        raise c.fail("thresholds.threshold", f"{th:g} lies outside [thresholds.min, thresholds.max] = "
-                                             f"[{lo:g}, {hi:g}]: the manifest was edited or is corrupt")
+        log.warning("%s: thresholds.threshold %g lies outside [thresholds.min, thresholds.max] = [%g, %g]: "
+                    "set by hand? (pin the bundle with its digest to refuse edits)", c.where, th, lo, hi)
     if t.get("quantile") is not None:
         c.number(t["quantile"], "thresholds.quantile", 0.5, 1.0)
     if t.get("fpr") is not None:
@@ -339,3 +379,33 @@ def check_against_bank(m: Mapping[str, Any], bank_dim: int, bank_size: int,
     if embedding_dim is not None and embedding_dim != bank_dim:
         raise c.fail("postprocess.bank", f"holds {bank_dim}-d features but the network's embedding is "
                                          f"{embedding_dim}-d")
+
+
+def check_ensemble_member(m: Mapping[str, Any], i: int, member: Mapping[str, Any], where: str = MANIFEST) -> None:
+    """An ensemble's entry `i` against the (validated) manifest found in that member's directory.
+
+    Members may differ in input size, backbone and method, but not in colour convention: the
+    ensemble's preprocess mean/std/interpolation are those of every member (one convention for the
+    frames all members read; the ensemble preprocesses once per distinct input size)."""
+    c = _Checker(where)
+    f = f"postprocess.members[{i}]"
+    e = m["postprocess"]["members"][i]
+    for key in ("method", "backbone"):
+        if member[key] != e[key]:
+            raise c.fail(f"{f}.{key}", f"is {_show(e[key])} but the member's manifest says {_show(member[key])}")
+    for key in ("mean", "std", "interpolation"):
+        want, got = _convention(m["preprocess"], key), _convention(member["preprocess"], key)
+        if want != got:
+            raise c.fail(f"preprocess.{key}", f"is {_show(want)} but member {i} ({e['dir']}) uses {_show(got)}: "
+                                             "ensemble members must share one colour convention")
+
+
+def _convention(pre: Mapping[str, Any], key: str) -> Any:
+    if key == "interpolation":
+        return pre.get(key, INTERPOLATIONS[0])  # absent = the only one there is
+    return [float(x) for x in pre[key]]        # 0 and 0.0 are the same convention
+
+
+def colour_convention(pre: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a network assumes about its input's colours: (mean, std, interpolation) of `preprocess`."""
+    return tuple(_convention(pre, k) for k in ("mean", "std", "interpolation"))

@@ -81,12 +81,19 @@ def _normal_range(s: np.ndarray, t: float) -> tuple[float, float]:
 def robust_tail(values: np.ndarray, fpr: float) -> float:
     """median + z(1 - fpr) * 1.4826 * MAD of `values`: the (1 - fpr) quantile of a Gaussian fitted with
     outlier-insensitive estimates (1.4826 * MAD estimates the standard deviation of a normal law)."""
+    med, mad = median_mad(values)
+    return med + NormalDist().inv_cdf(1.0 - fpr) * 1.4826 * mad
+
+
+def median_mad(values: np.ndarray | Sequence[float]) -> tuple[float, float]:
+    """(median, median absolute deviation) of `values`; a zero MAD (a constant majority, e.g. identical
+    frames) falls back to std / 1.4826, the plain spread in MAD units (0 only if all values are equal)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med)))
-    if mad == 0.0:  # a constant majority (e.g. identical frames): fall back to the plain spread
+    if mad == 0.0:
         mad = float(v.std()) / 1.4826
-    return med + NormalDist().inv_cdf(1.0 - fpr) * 1.4826 * mad
+    return med, mad
 
 
 def from_normal_robust(scores: Sequence[float], fpr: float = 0.01,

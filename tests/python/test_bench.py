@@ -129,6 +129,8 @@ def _maps(x: np.ndarray) -> np.ndarray:
 
 
 class FakeDetector:
+    input_size = PRE.size
+
     def __init__(self, backend, threads):
         self.backend_name, self.threads, self.closed = backend, threads, False
         self.calls = {"preprocess": 0, "infer": 0, "postprocess": 0}

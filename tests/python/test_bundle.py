@@ -133,8 +133,8 @@ DELETE = object()
     ("schema_version", "1", "schema_version"),
     ("thresholds.threshold", None, "thresholds.threshold"),
     ("thresholds.threshold", "0.5", "thresholds.threshold"),
-    ("thresholds.threshold", 1000.0, "thresholds.threshold"),   # outside [min, max]: edited
-    ("thresholds.threshold", -5.0, "thresholds.threshold"),
+    ("thresholds.threshold", float("inf"), "thresholds.threshold"),
+    ("thresholds.threshold", 10 ** 400, "thresholds.threshold"),
     ("thresholds.threshold", DELETE, "thresholds.threshold"),
     ("thresholds.max", 0.0, "thresholds.max"),
     ("thresholds.source", "guess", "thresholds.source"),
@@ -299,3 +299,17 @@ def test_engines_and_robust_thresholds(tmp_path: Path) -> None:
     with pytest.raises(BundleError) as e:
         Bundle.load(root)
     assert e.value.field == "thresholds.fpr"
+
+
+def test_hand_set_threshold_outside_the_range_loads_with_a_warning(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Operators tune thresholds, so an edit is not an error; it is logged, and a deployment that
+    must refuse edits pins the digest."""
+    root = make_bundle(tmp_path / "b")
+    digest = Bundle.load(root).digest
+    _edit(root, "thresholds.threshold", 1000.0)
+    with caplog.at_level("WARNING", logger="edgeuad.manifest_schema"):
+        assert Bundle.load(root).thresholds["threshold"] == 1000.0
+    assert "outside [thresholds.min, thresholds.max]" in caplog.text
+    with pytest.raises(BundleError, match="not the expected"):
+        Bundle.load(root, expected_digest=digest)

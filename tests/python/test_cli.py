@@ -10,7 +10,7 @@ import pytest
 from edgeuad import api, cli
 
 
-@pytest.mark.parametrize("cmd", ["train", "export", "eval", "predict", "bench", "demo", "info"])
+@pytest.mark.parametrize("cmd", ["train", "export", "ensemble", "eval", "predict", "bench", "demo", "info"])
 def test_help_for_every_command(cmd: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main([cmd, "--help"])

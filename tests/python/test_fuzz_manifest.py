@@ -49,7 +49,13 @@ def valid_manifests() -> list[dict[str, Any]]:
     legacy = {**pc, "files": {**pc["files"], "model.fp16.engine": H}, "engines": ["model.fp16.engine"],
               "thresholds": {"threshold": 0.7, "min": 0.1, "max": 1.3, "source": "normal_robust", "fpr": 0.01,
                              "n_normal": 5}}
-    return [rc, pc, legacy]
+    member = {"dir": "m0_patchcore", "digest": H, "method": "patchcore", "backbone": "efficientnet_lite0",
+              "median": 0.4, "mad": 0.05, "n_normal": 20}
+    ens = {**common, "method": "ensemble",
+           "postprocess": {"kind": "modified_z",
+                           "members": [member, dict(member, dir="m1_recontrast", method="recontrast", median=6.2)]},
+           "files": {}}
+    return [rc, pc, legacy, ens]
 
 
 VALID = valid_manifests()
@@ -58,6 +64,7 @@ JSON = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.integers(-(10 ** 400), 10 ** 400),
               st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
               st.sampled_from(["max", "topk_mean", "median", "cos_pairs", "nn_l2", "provisional", "model.onnx",
+                               "ensemble", "modified_z", "m0_patchcore",
                                "enc_a", "embeddings", "bank.euab", "../x", "manifest.json", H, ""])),
     lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=8), kids, max_size=4)),
     max_leaves=8)
@@ -95,7 +102,10 @@ def mutated(draw: st.DrawFn) -> Any:
         elif op == "add_key" and isinstance(parent[key], dict):
             parent[key][draw(st.text(min_size=1, max_size=6))] = draw(JSON)
         elif op == "numeric_nudge" and isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool):
-            parent[key] = parent[key] * draw(st.sampled_from([-1, 0, 2, 1e3, 1e9])) + draw(st.sampled_from([0, 1, -1]))
+            try:
+                parent[key] = parent[key] * draw(st.sampled_from([-1, 0, 2, 1e3, 1e9])) + draw(st.sampled_from([0, 1, -1]))
+            except OverflowError:  # an earlier mutation put a huge integer here: times a float factor overflows
+                pass
     return m
 
 
@@ -105,6 +115,12 @@ def usable(m: dict[str, Any]) -> None:
     th = Thresholds.from_dict(m["thresholds"])
     assert math.isfinite(float(th.normalize(th.threshold)))
     post = m["postprocess"]
+    if m["method"] == "ensemble":  # the members' own manifests hold the map parameters
+        assert 1 <= len(post["members"]) and len({e["dir"] for e in post["members"]}) == len(post["members"])
+        for e in post["members"]:
+            assert e["method"] in ("recontrast", "patchcore", "reconpatch") and len(e["digest"]) == 64
+            assert math.isfinite((0.0 - e["median"]) / (1.4826 * e["mad"]))  # a zero score's modified z
+        return
     check_map_params(pre.size, post["sigma"], post["topk_frac"])
     assert post["score"] in ("max", "topk_mean")
     outs = set(m["model"]["outputs"])

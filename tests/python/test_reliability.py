@@ -65,8 +65,8 @@ def test_export_swaps_whole_bundle_and_a_failed_export_changes_nothing(
     def fail(*_a: object, **_k: object) -> None:
         raise RuntimeError("power cut while fitting the threshold")
 
-    monkeypatch.setattr(api, "from_normal_scores", fail)
-    monkeypatch.setattr(api, "from_normal_robust", fail)   # the default threshold rule
+    monkeypatch.setattr(api, "from_normal_scores", fail)  # whichever rule is the default
+    monkeypatch.setattr(api, "from_normal_robust", fail)
     with pytest.raises(RuntimeError, match="power cut"):
         api.export(runs[1], out)
     # the previous bundle is untouched, byte for byte, and nothing is left beside it

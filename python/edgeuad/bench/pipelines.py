@@ -65,7 +65,7 @@ class DetectorPipeline:
 
     def parity(self, imgs: list[np.ndarray]) -> dict[str, np.ndarray]:
         x = self.det.preprocess(imgs)
-        h, w = x.shape[2], x.shape[3]
+        h, w = self.det.input_size  # maps at the network input's size (an ensemble's: its largest member's)
         res = self.det.postprocess(self.det.infer(x), [(h, w)] * len(imgs), return_map=True)
         out = {"scores": np.asarray([r.score for r in res], np.float64)}
         maps = [getattr(r, "raw_map", None) for r in res]

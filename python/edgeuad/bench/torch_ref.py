@@ -105,6 +105,9 @@ class TorchReference:
         if variant not in REFERENCES:
             raise ValueError(f"unknown reference {variant!r}; known: {', '.join(REFERENCES)}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        if "model" not in self.bundle.manifest:
+            raise ValueError(f"this {self.bundle.method} bundle has no network of its own to write a torch reference "
+                             "for: time it with --no-reference")
         if threads > 0:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()

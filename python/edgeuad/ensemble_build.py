@@ -1,0 +1,144 @@
+"""Build an ensemble bundle: finished member bundles + held-out normal images -> one bundle.
+
+Layout: the ensemble directory holds its manifest.json (method "ensemble") and one sub-directory per
+member, `m<i>_<method>/`, a byte-for-byte copy of that member bundle (its own manifest and sha256
+list).  The ensemble manifest records each member's manifest sha256, so changing any member file is
+caught at load (member manifest -> file hashes), and the median/MAD of the member's image scores on
+the normal images (ReConPatch Eq. 11, runtime/ensemble.py).  The ensemble's thresholds come from the
+combined scores of the same images by the project's default rule (`thresholds.from_normal_robust`).
+
+The normal images must be held out from every member's training: the caller says where they come
+from (`provenance`, recorded in the manifest).  Everything is scored by the copies inside the new
+bundle with the runtime Detector, and the finished bundle is checked to reproduce the combined scores
+before it is swapped in whole (atomic.atomic_dir).  Sits beside `api` (it drives the Detector); no torch.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import data as _data
+from .atomic import atomic_dir
+from .bundle import MANIFEST, Bundle, write_manifest
+from .detector import Detector
+from .manifest_schema import ENSEMBLE, colour_convention
+from .runtime.ensemble import EnsembleError, combine_scores
+from .thresholds import from_normal_robust, median_mad
+from .limits import MAD_RANGE, MAX_ENSEMBLE_MEMBERS
+
+log = logging.getLogger(__name__)
+
+# The finished bundle must reproduce the scores it was calibrated on (float32 maps, float64 combination).
+_CHECK_IMAGES = 4
+_CHECK_RTOL = 1e-5
+_CHECK_ATOL = 1e-5
+
+
+def load_members(bundles: Sequence[str | Path]) -> list[Bundle]:
+    """Load and verify the member bundles; refuse what cannot be ensembled (EnsembleError)."""
+    if not bundles:
+        raise EnsembleError("an ensemble needs at least one member bundle, got none")
+    if len(bundles) > MAX_ENSEMBLE_MEMBERS:
+        raise EnsembleError(f"at most {MAX_ENSEMBLE_MEMBERS} members, got {len(bundles)}")
+    members = [Bundle.load(b) for b in bundles]
+    for src, b in zip(bundles, members):
+        if b.method == ENSEMBLE:
+            raise EnsembleError(f"{src} is itself an ensemble: list its members instead (ensembles do not nest)")
+    ref = colour_convention(members[0].manifest["preprocess"])
+    for src, b in zip(bundles[1:], members[1:]):
+        conv = colour_convention(b.manifest["preprocess"])
+        if conv != ref:
+            raise EnsembleError(f"{src} expects inputs normalised as mean/std/interpolation {list(conv)} but "
+                                f"{bundles[0]} as {list(ref)}: ensemble members must share one colour convention "
+                                "(input sizes may differ)")
+    seen: dict[str, str] = {}
+    for src, b in zip(bundles, members):
+        if b.digest in seen:
+            log.warning("%s is the same bundle as %s: it counts twice in the ensemble mean", src, seen[b.digest])
+        seen[b.digest] = str(src)
+    return members
+
+
+def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequence[str | Path],
+                   provenance: dict[str, Any], fpr: float = 0.01, backend: str = "onnxruntime",
+                   threads: int = 0, batch: int = 8) -> Bundle:
+    """Write the ensemble bundle to `out` (replaced whole); returns it loaded.
+
+    provenance: where `normal_images` come from, e.g. {"source": "runs_holdout", "runs": [...]} or
+    {"source": "user_heldout", "dir": ...}; recorded in the manifest's `training.normal`."""
+    members = load_members(bundles)
+    if not normal_images:
+        raise EnsembleError("no normal images: an ensemble is calibrated on held-out normal images")
+    try:
+        loaded = _data.load_images(normal_images, None)
+    except ValueError as e:
+        raise EnsembleError(f"no readable normal image: {e}") from e
+    images = loaded.images
+    if len(images) < 2:
+        raise EnsembleError(f"{len(images)} readable normal image: the median/MAD of each member's scores need "
+                            "at least 2 (hold out more normal images)")
+    if loaded.skipped:
+        log.warning("%d of %d normal images could not be read and are not used", len(loaded.skipped),
+                    len(normal_images))
+
+    with atomic_dir(out) as tmp:
+        entries, scores = [], []
+        for i, (src, b) in enumerate(zip(bundles, members)):
+            d = f"m{i}_{b.method}"
+            copy = _copy_bundle(b, tmp / d)
+            with Detector(copy, backend=backend, threads=threads) as det:
+                s = _score(det, images, batch)
+            med, mad = median_mad(s)
+            if not MAD_RANGE[0] <= mad <= MAD_RANGE[1]:
+                raise EnsembleError(f"member {src} gives the {len(s)} normal images scores with MAD {mad:.3g} "
+                                    f"(allowed {MAD_RANGE[0]:g}..{MAD_RANGE[1]:g}): its scores cannot be normalised")
+            log.info("member %d %s (%s/%s): median %.6g, MAD %.6g on %d normal images", i, src, b.method,
+                     b.backbone, med, mad, len(s))
+            entries.append({"dir": d, "digest": copy.digest, "method": b.method, "backbone": b.backbone,
+                            "median": med, "mad": mad, "n_normal": len(s)})
+            scores.append(s)
+        z = combine_scores(np.stack(scores), [e["median"] for e in entries], [e["mad"] for e in entries])
+        th = from_normal_robust(z, fpr=fpr)
+        largest = max((b.preprocess.size for b in members), key=lambda hw: hw[0] * hw[1])
+        manifest: dict[str, Any] = {
+            "method": ENSEMBLE,
+            "backbone": "+".join(dict.fromkeys(b.backbone for b in members)),
+            # size: where evaluation compares maps with masks (the largest member input); the rest is
+            # the members' shared colour convention
+            "preprocess": {**members[0].manifest["preprocess"], "size": list(largest)},
+            "postprocess": {"kind": "modified_z", "members": entries},
+            "thresholds": th.to_dict(),
+            "training": {"normal": {**provenance, "n_images": len(images),
+                                    "images": [str(p) for p in loaded.paths]},
+                         "members": [str(b) for b in bundles]},
+            "files": {},
+        }
+        write_manifest(tmp, manifest)
+        with Detector(tmp, backend=backend, threads=threads) as det:  # what is published must score as built
+            k = min(_CHECK_IMAGES, len(images))
+            got = _score(det, images[:k], batch)
+        if not np.allclose(got, z[:k], rtol=_CHECK_RTOL, atol=_CHECK_ATOL):
+            raise RuntimeError(f"the ensemble bundle scores {got} where its members' combined scores are {z[:k]}")
+    log.info("ensemble %s: %d members, threshold %.4g (%s, %d normal images)", out, len(members), th.threshold,
+             th.source, len(images))
+    return Bundle.load(out)
+
+
+def _copy_bundle(b: Bundle, dest: Path) -> Bundle:
+    """Copy a loaded bundle's manifest and listed files (nothing else) and load the copy, pinned to the
+    original's digest."""
+    dest.mkdir()
+    for name in (MANIFEST, *b.manifest["files"]):
+        shutil.copyfile(b.root / name, dest / name)
+    return Bundle.load(dest, expected_digest=b.digest)
+
+
+def _score(det: Detector, images: Sequence[np.ndarray], batch: int) -> np.ndarray:
+    out: list[float] = []
+    for i in range(0, len(images), batch):
+        out += [r.score for r in det.score_batch(images[i:i + batch], return_map=False)]
+    return np.asarray(out, dtype=np.float64)
