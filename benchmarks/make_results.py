@@ -259,7 +259,7 @@ def goals13() -> dict[str, tuple[str, Optional[bool]]]:
     if rows:
         best = max(rows, key=lambda r: r["metrics"]["i_auroc"])
         m = best["metrics"]
-        bb = best["overrides"].get("backbone", "efficientnet_lite0")
+        bb = best["overrides"].get("members") or best["overrides"].get("backbone", "efficientnet_lite0")
         out["best13"] = (f"{best['method']} ({bb}, seed 0): I-AUROC {m['i_auroc']:.4f}, "
                          f"P-AUROC {m.get('p_auroc', float('nan')):.4f}",
                          m["i_auroc"] >= 0.95 and m.get("p_auroc", 0.0) >= 0.85)
