@@ -31,17 +31,19 @@ TINY = {
 MAKE_TARGETS = {"setup": ".ci/run", "test": ".ci/run", "demo": "this test"}
 
 
-# README sections whose commands another test runs as written
-ELSEWHERE = {"Serving": "tests/python/test_serve_cli.py"}
+# README sections (heading as written) whose commands another test runs as written
+ELSEWHERE = {"## Serving": "tests/python/test_serve_cli.py", "### Ensembles": "tests/python/test_ensemble.py"}
 
 
 def readme_commands() -> list[str]:
     """Command lines of the README's ```bash blocks (sections in ELSEWHERE left out), comments stripped."""
     text = (ROOT / "README.md").read_text()
-    for title, test in ELSEWHERE.items():
-        head, sep, rest = text.partition(f"\n## {title}\n")
-        assert sep and f"## {title}" in (ROOT / test).read_text(), f"{test} no longer runs README's {title}"
-        text = head + "\n## " + rest.split("\n## ", 1)[1]
+    for heading, test in ELSEWHERE.items():
+        head, sep, rest = text.partition(f"\n{heading}\n")
+        assert sep and heading in (ROOT / test).read_text(), f"{test} no longer runs README's {heading}"
+        # the section ends at the next heading of its level or above
+        nxt = re.search(rf"^#{{1,{heading.index(' ')}}} ", rest, flags=re.M)
+        text = head + "\n" + (rest[nxt.start():] if nxt else "")
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for ln in block.splitlines():
