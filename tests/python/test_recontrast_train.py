@@ -300,3 +300,13 @@ def test_cli_train_logs_and_stores_the_selection(tmp_path: Path, caplog: pytest.
     assert sel["validation"]["n_normal"] == sel["validation"]["n_defective"] == 2
     assert [e["iteration"] for e in sel["curve"]] == [1, 2, 3]    # probe (1 iteration), then every iteration
     assert sel["checkpoint"]["iteration"] in (1, 2, 3) and sel["checkpoint"]["last_iteration"] == 3
+
+
+def test_exported_score_is_never_auto() -> None:
+    """A model built without a validation set ships the official default rule, never "auto" (the runtime
+    and the manifest schema know only max / topk_mean)."""
+    from edgeuad.methods.recontrast import ReContrastConfig, resolved_score
+
+    assert resolved_score(ReContrastConfig(score="auto")) == "max"
+    assert resolved_score(ReContrastConfig(score="auto", stable=True)) == "topk_mean"
+    assert resolved_score(ReContrastConfig(score="topk_mean")) == "topk_mean"

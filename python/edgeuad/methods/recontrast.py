@@ -54,6 +54,15 @@ __all__ = [
 ]
 
 # ------------------------------------------------------------------------- config
+def resolved_score(cfg: "ReContrastConfig") -> str:
+    """The image score a model ships with: cfg.score, or for "auto" when no validation decided it (a model
+    built or trained without a validation set) the official default: top-1% mean for the stable variant,
+    max otherwise.  Training with validation stores the decided rule in the config it returns."""
+    if cfg.score != "auto":
+        return cfg.score
+    return "topk_mean" if cfg.stable else "max"
+
+
 ENCODER_BN_MODES = ("train", "eval", "auto")
 SCORES = ("max", "topk_mean", "auto")
 

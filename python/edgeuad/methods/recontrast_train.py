@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from .common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint, optimizer_from_flat,
                      optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
-from .recontrast import ReContrastConfig, ReContrastModel, alpha_at, anomaly_map_torch, build_model, recontrast_loss
+from .recontrast import (ReContrastConfig, ReContrastModel, alpha_at, anomaly_map_torch, build_model, recontrast_loss,
+                         resolved_score)
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ def fit_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt, best_path = out_dir / CHECKPOINT_NAME, out_dir / BEST_NAME
-    default_score = "topk_mean" if cfg.stable else "max"
+    default_score = resolved_score(replace(cfg, score="auto"))
     end = cfg.iterations if stop_after is None else min(cfg.iterations, int(stop_after))
     sampler = EpochShuffleSampler(len(data), cfg.batch_size, cfg.seed)
     if len(data) < cfg.batch_size:

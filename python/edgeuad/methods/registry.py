@@ -47,6 +47,8 @@ class ExportSpec:
 
 
 def recontrast_spec(model: nn.Module, cfg: Any) -> ExportSpec:
+    from .recontrast import resolved_score
+
     names = list(model.pair_names())
     outputs = [f"enc_{n}" for n in names] + [f"dec_{n}" for n in names]
     post = {
@@ -55,7 +57,7 @@ def recontrast_spec(model: nn.Module, cfg: Any) -> ExportSpec:
         "weights": [1.0] * len(names),
         "align_corners": True,
         "sigma": float(cfg.sigma),
-        "score": str(cfg.score),
+        "score": resolved_score(cfg),   # never "auto" in a bundle: the runtime needs the rule
         "topk_frac": float(cfg.topk_frac),
     }
     return ExportSpec(PairsExport(model).eval(), outputs, post)
