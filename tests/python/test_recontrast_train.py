@@ -19,7 +19,7 @@ from edgeuad.methods.recontrast_train import (BEST_NAME, CHECKPOINT_NAME, Floore
 from edgeuad.preprocess import PreprocessConfig, preprocess
 from edgeuad.selection import make_validation_set
 
-SIZE = 32
+from test_recontrast import SIZE, _cfg, _images  # noqa: E402  one tiny config and data for both files
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,17 +30,6 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def _cfg(**kw: object) -> ReContrastConfig:
-    base: dict[str, object] = dict(pretrained=False, image_size=SIZE, batch_size=4, iterations=4,
-                                   checkpoint_every=100, seed=3)
-    base.update(kw)
-    return ReContrastConfig(**base)  # type: ignore[arg-type]
-
-
-def _images(n: int = 6, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.normal(size=(1, 3, SIZE, SIZE))
-    return (base + 0.2 * rng.normal(size=(n, 3, SIZE, SIZE))).astype(np.float32)
 
 
 def _validation(n: int = 3) -> tuple[Any, np.ndarray]:
