@@ -46,7 +46,9 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
             "latency_ms_per_frame": round(res.latency_ms_mean, 2), "eval_threads": args.threads,
             "n_train": run.info["n_train"], "bundle": str(bundle.root),
             "threshold": bundle.thresholds["threshold"],
-            "reused_run": reused}  # True: total_seconds covers export + eval only
+            "reused_run": reused,  # True: total_seconds covers export + eval only
+            # what label-free selection chose and its validation curve (ReContrast), for the record
+            **({"selection": run.info["selection"]} if run.info.get("selection") else {})}
 
 
 def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
