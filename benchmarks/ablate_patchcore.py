@@ -17,6 +17,13 @@ Euclidean distances, bilinear upsampling (align_corners True and False), Gaussia
 `api.train` makes with seed 0) and one synthetic-defect copy of each (edgeuad.synthetic.add_defect at full
 strength).  Test-split numbers are printed for the record only.  `--train-every 3` keeps every third
 training image so that a space costs minutes instead of ~10 minutes on 2 cores.
+
+Training-set size (does a bank over more normal images score better?):
+    python benchmarks/ablate_patchcore.py --data ../shared/data/magnetic_tile --spaces product,T,raw \
+        --val blended --splits val --train-drop 9        # 560 of the 630 training images
+`--train-drop K` leaves out every K-th training image; `--val blended` uses the label-free selection's
+validation set instead (`edgeuad.selection.load_validation_set`: the same held-out normals, defects
+blended in at 20-60 %, so the AUROC does not saturate); `--splits val` skips the test split.
 Writes benchmarks/results/methods/<dataset>_patchcore_ablation.jsonl (one record per space x split x align).
 """
 from __future__ import annotations
@@ -46,10 +53,20 @@ S = 256
 log = logging.getLogger("ablate_patchcore")
 
 
-def load_splits(root: Path, every: int) -> dict:
+def load_splits(root: Path, every: int, drop: int = 0, val_kind: str = "full", splits: tuple = ("val", "test")) -> dict:
     train_p, hold_p = D.split_holdout(sorted((root / "train" / "good").iterdir()), 0.1, seed=0)
-    test = D.list_mvtec(root, "test")
-    imgs = {"train": [D.read_image(p) for p in train_p[::every]], "test": [D.read_image(s.path) for s in test]}
+    train_p = train_p[::every]
+    if drop:
+        train_p = [p for i, p in enumerate(train_p) if (i + 1) % drop]
+    test = D.list_mvtec(root, "test") if "test" in splits else []
+    imgs = {"train": [D.read_image(p) for p in train_p], "test": [D.read_image(s.path) for s in test]}
+    if val_kind == "blended":
+        from edgeuad.selection import load_validation_set
+
+        vs = load_validation_set(hold_p, S, seed=0)
+        imgs["val"] = vs.images
+        return {"imgs": imgs, "labels": {"val": vs.labels, "test": np.array([s.label for s in test])},
+                "masks": {"val": vs.masks, "test": [D.load_mask(s, (S, S)) for s in test]}}
     val, vlab, vmask = [], [], []
     for i, p in enumerate(hold_p):
         r = cv2.resize(D.read_image(p), (S, S), interpolation=cv2.INTER_AREA)
@@ -105,6 +122,9 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--train-every", type=int, default=1, help="keep every N-th training image")
     ap.add_argument("--spaces", nargs="+", default=["product,F,proj256", "product,F,raw", "product,T,raw", "area,T,raw"])
+    ap.add_argument("--train-drop", type=int, default=0, help="leave out every K-th training image (0: none)")
+    ap.add_argument("--val", choices=("full", "blended"), default="full", help="synthetic-defect validation set")
+    ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val", "test"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -113,16 +133,16 @@ def main() -> None:
     out = args.out or HERE / "results" / "methods" / f"{args.data.name}_patchcore_ablation.jsonl"
     spaces = [(i, c == "T", f) for i, c, f in (s.split(",") for s in args.spaces)]
     t0 = time.time()
-    sp = load_splits(args.data, args.train_every)
+    sp = load_splits(args.data, args.train_every, args.train_drop, args.val, tuple(args.splits))
     bb = build_backbone(args.backbone, True).eval()
     feats = {(interp, k): stage_features(bb, ims, interp)
-             for interp in sorted({s[0] for s in spaces}) for k, ims in sp["imgs"].items()}
+             for interp in sorted({s[0] for s in spaces}) for k, ims in sp["imgs"].items() if ims}
     log.info("features in %.0f s", time.time() - t0)
     for interp, cip, kind in spaces:
         tr, grid = embed(*feats[interp, "train"], cip, kind)
         x = tr.reshape(-1, tr.shape[-1]).numpy()
         bank = torch.from_numpy(x[np.sort(greedy_coreset(x, 0.01, proj_dim=128, seed=0, min_items=1000))])
-        for split in ("val", "test"):
+        for split in args.splits:
             q, _ = embed(*feats[interp, split], cip, kind)
             d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
             for align in (True, False):
@@ -131,6 +151,7 @@ def main() -> None:
                 mm = maps.numpy()
                 keep = [i for i, m in enumerate(masks) if m is not None]
                 rec = {"dataset": args.data.name, "backbone": args.backbone, "train_every": args.train_every,
+                       "train_drop": args.train_drop, "val": args.val,
                        "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
                        "count_include_pad": cip, "features": kind, "align_corners": align,
                        "i_auroc": round(auroc(sp["labels"][split], mm.reshape(len(mm), -1).max(1)), 4),
