@@ -21,7 +21,7 @@ import numpy as np
 
 from . import data as _data
 from .atomic import atomic_dir, atomic_write_bytes, remove_stale_temps
-from .bundle import MANIFEST, Bundle, write_manifest
+from .bundle import MANIFEST, Bundle, sha256_file, write_manifest
 from .overrides import parse_overrides
 from .preprocess import PreprocessConfig, preprocess
 from .thresholds import from_labelled, from_normal_robust, from_normal_scores
@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 RUN_WEIGHTS = "weights.safetensors"
+# a patch run's bank without its held-out images (bank_includes_holdout): thresholds are calibrated on it
+CALIBRATION_BANK = "calibration_bank"
 TILE = 256  # px, longer side of each picture in eval's overlays.png
 
 
@@ -157,8 +159,8 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
     run = Run(root=out, method=method, config=config, preprocess=pre,
               holdout=[str(p) for p in holdout],
               info={"data": str(data), "n_train": len(kept), "train_seconds": round(seconds, 2)})
-    if selection is not None:  # what label-free selection chose and why (also in the bundle manifest)
-        run.info["selection"] = selection
+    if selection is not None:  # what label-free selection chose and why, what the bank covers (also in the manifest)
+        run.info.update(selection)
     run.save()
     log.info("trained %s in %.1f s -> %s", method, seconds, out)
     return run
@@ -166,7 +168,8 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
 
 def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdout: Sequence[Path],
          pre: PreprocessConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """Train; return (state dict, the config that rebuilds the model from it, selection report or None)."""
+    """Train; return (state dict, the config that rebuilds the model from it, run.info additions or None:
+    ReContrast's label-free selection report, a patch method's bank provenance)."""
     if method == "recontrast":
         from .methods.recontrast import model_state
         from .methods.recontrast_train import fit_recontrast
@@ -176,7 +179,7 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
         vs = load_validation_set(holdout, int(cfg.image_size), seed=int(cfg.seed)) if holdout else None
         vx = None if vs is None else preprocess(vs.images, pre)
         fit = fit_recontrast(cfg, x, out, validation=vs, validation_x=vx, progress=progress)
-        return model_state(fit.model), fit.config.to_dict(), fit.report
+        return model_state(fit.model), fit.config.to_dict(), None if fit.report is None else {"selection": fit.report}
     if method == "patchcore":
         from .methods.patchcore import train_patchcore
 
@@ -185,7 +188,21 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
         from .methods.reconpatch import train_reconpatch
 
         pm = train_reconpatch(cfg, x, checkpoint_dir=out, progress=progress)
-    return pm.state_dict(), dict(pm.config), None
+    if not (holdout and cfg.bank_includes_holdout):
+        return pm.state_dict(), dict(pm.config), None
+    import torch
+
+    from .methods.memory_bank import refit_bank
+
+    # the held-out normals join the shipped bank; the bank without them stays in the run, and the
+    # threshold is calibrated on it at export (there the held-out images are as unseen as a test image)
+    xh, used = load_array(holdout, pre)
+    full = refit_bank(pm, cfg, np.concatenate([x, xh]), progress=progress)
+    state = full.state_dict()
+    state[CALIBRATION_BANK] = torch.from_numpy(np.ascontiguousarray(pm.bank, dtype=np.float32))
+    report = {"bank": {"images": len(x) + len(xh), "calibration_images": len(x), "entries": len(full.bank),
+                       "calibration_entries": len(pm.bank)}}
+    return state, dict(full.config), report
 
 
 # ----------------------------------------------------------------------------- export
@@ -217,6 +234,7 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     out = _replaceable_bundle_dir(Path(bundle_dir))
     remove_stale_temps(out.parent, name=out.name)
     state = load_file(str(run.root / RUN_WEIGHTS))
+    calibration_bank = state.pop(CALIBRATION_BANK, None)  # see PatchBankConfig.bank_includes_holdout
     trained, cfg = load_trained(run.method, state, run.config)
     spec = spec_for(run.method, trained, cfg)
     holdout = [Path(p) for p in run.holdout if Path(p).exists()]
@@ -224,7 +242,12 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
         raise ValueError(f"run {run.root} has no readable held-out normal images: cannot set a threshold")
     with atomic_dir(out) as tmp:
         export_onnx(spec.module, tmp / "model.onnx", run.preprocess.size, spec.output_names)
-        shutil.copyfile(run.root / RUN_WEIGHTS, tmp / "weights.safetensors")
+        if calibration_bank is None:
+            shutil.copyfile(run.root / RUN_WEIGHTS, tmp / "weights.safetensors")
+        else:  # the bundle carries the shipped model only
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp / "weights.safetensors"))
         files = ["model.onnx", "weights.safetensors"]
 
         xh, holdout = load_array(holdout, run.preprocess)
@@ -234,10 +257,13 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
         if spec.postprocess["kind"] == "nn_l2":
             from .runtime.bank import Bank
 
-            # the Eq. 10 neighbour table is built once here and shipped, not on the Detector's first frame
-            bank = Bank.build(np.ascontiguousarray(trained.bank, dtype=np.float32),
-                              neighbor_b=int(spec.postprocess["reweight_b"]))
-            bank.save(tmp / spec.postprocess["bank"])
+            def write_bank(entries: np.ndarray) -> None:
+                # the Eq. 10 neighbour table is built once here and shipped, not on the Detector's first frame
+                Bank.build(np.ascontiguousarray(entries, dtype=np.float32),
+                           neighbor_b=int(spec.postprocess["reweight_b"])).save(tmp / spec.postprocess["bank"])
+
+            # thresholds are calibrated on the bank the held-out images are not in
+            write_bank(trained.bank if calibration_bank is None else calibration_bank.numpy())
             files.append(spec.postprocess["bank"])
 
         manifest: dict[str, Any] = {
@@ -271,6 +297,14 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
                 th = (from_normal_robust(normal, fpr=fpr) if threshold_rule == "robust"
                       else from_normal_scores(normal, quantile=quantile))
         manifest["thresholds"] = th.to_dict()
+        # which scores the threshold came from, per image (an ensemble of bundles whose banks hold
+        # these images normalises with these scores, see ensemble_build)
+        manifest["training"] = {**run.info, "calibration": {
+            "bank": "shipped" if calibration_bank is None else "without_holdout",
+            "images": [str(Path(p).resolve()) for p in holdout], "sha256": [sha256_file(Path(p)) for p in holdout],
+            "scores": [float(v) for v in normal]}}
+        if calibration_bank is not None:
+            write_bank(trained.bank)  # the shipped bank: every normal image
         write_manifest(tmp, manifest)
         Bundle.load(tmp)  # what is published must load as it is
     log.info("bundle %s: threshold %.4g (%s, %d normal images)", out, th.threshold, th.source, len(normal))

@@ -9,8 +9,10 @@ combined scores of the same images by the project's default rule (`thresholds.fr
 
 The normal images must be held out from every member's training: the caller says where they come
 from (`provenance`, recorded in the manifest).  Everything is scored by the copies inside the new
-bundle with the runtime Detector, and the finished bundle is checked to reproduce the combined scores
-before it is swapped in whole (atomic.atomic_dir).  Sits beside `api` (it drives the Detector); no torch.
+bundle with the runtime Detector, except images a patch member's shipped bank holds (its held-out
+images, bank_includes_holdout): for those the scores recorded at its calibration are used.  The
+finished bundle is checked to reproduce the combined live scores of its members before it is swapped
+in whole (atomic.atomic_dir).  Sits beside `api` (it drives the Detector); no torch.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 
 from . import data as _data
 from .atomic import atomic_dir
-from .bundle import MANIFEST, Bundle, write_manifest
+from .bundle import MANIFEST, Bundle, sha256_file, write_manifest
 from .detector import Detector
 from .manifest_schema import ENSEMBLE, colour_convention
 from .runtime.ensemble import EnsembleError, combine_scores
@@ -86,12 +88,15 @@ def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequ
                     len(normal_images))
 
     with atomic_dir(out) as tmp:
-        entries, scores = [], []
+        entries, scores, live = [], [], []
+        n_check = min(_CHECK_IMAGES, len(images))
         for i, (src, b) in enumerate(zip(bundles, members)):
             d = f"m{i}_{b.method}"
             copy = _copy_bundle(b, tmp / d)
             with Detector(copy, backend=backend, threads=threads) as det:
-                s = _score(det, images, batch)
+                s, recorded = _normal_scores(b, det, images, loaded.paths, batch)
+                # the finished bundle is checked against live member scores (recorded ones are not live)
+                live.append(_score(det, images[:n_check], batch) if recorded else s[:n_check])
             med, mad = median_mad(s)
             if not MAD_RANGE[0] <= mad <= MAD_RANGE[1]:
                 raise EnsembleError(f"member {src} gives the {len(s)} normal images scores with MAD {mad:.3g} "
@@ -100,6 +105,9 @@ def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequ
                      b.backbone, med, mad, len(s))
             entries.append({"dir": d, "digest": copy.digest, "method": b.method, "backbone": b.backbone,
                             "median": med, "mad": mad, "n_normal": len(s)})
+            if recorded:
+                log.info("member %d: %d of the normal images are in its bank; their scores are the ones its "
+                         "threshold was calibrated on, from the bank without them", i, recorded)
             scores.append(s)
         z = combine_scores(np.stack(scores), [e["median"] for e in entries], [e["mad"] for e in entries])
         th = from_normal_robust(z, fpr=fpr)
@@ -118,11 +126,11 @@ def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequ
             "files": {},
         }
         write_manifest(tmp, manifest)
+        want = combine_scores(np.stack(live), [e["median"] for e in entries], [e["mad"] for e in entries])
         with Detector(tmp, backend=backend, threads=threads) as det:  # what is published must score as built
-            k = min(_CHECK_IMAGES, len(images))
-            got = _score(det, images[:k], batch)
-        if not np.allclose(got, z[:k], rtol=_CHECK_RTOL, atol=_CHECK_ATOL):
-            raise RuntimeError(f"the ensemble bundle scores {got} where its members' combined scores are {z[:k]}")
+            got = _score(det, images[:n_check], batch)
+        if not np.allclose(got, want, rtol=_CHECK_RTOL, atol=_CHECK_ATOL):
+            raise RuntimeError(f"the ensemble bundle scores {got} where its members' combined scores are {want}")
     log.info("ensemble %s: %d members, threshold %.4g (%s, %d normal images)", out, len(members), th.threshold,
              th.source, len(images))
     return Bundle.load(out)
@@ -135,6 +143,35 @@ def _copy_bundle(b: Bundle, dest: Path) -> Bundle:
     for name in (MANIFEST, *b.manifest["files"]):
         shutil.copyfile(b.root / name, dest / name)
     return Bundle.load(dest, expected_digest=b.digest)
+
+
+def _normal_scores(b: Bundle, det: Detector, images: Sequence[np.ndarray], paths: Sequence[Path],
+                   batch: int) -> tuple[np.ndarray, int]:
+    """The member's image scores of the normal images, and how many of them are recorded ones.
+
+    A patch bundle whose shipped bank holds its held-out images (bank_includes_holdout) would score
+    them like training images: for those its manifest records the scores its threshold came from, on
+    the bank without them (`training.calibration`), and they are used instead.  Images are matched by
+    the sha256 of their file, so a copy of a held-out image elsewhere is still recognised.  Other
+    images are scored live."""
+    cal = (b.manifest.get("training") or {}).get("calibration")
+    if not isinstance(cal, dict) or cal.get("bank") != "without_holdout":
+        return _score(det, images, batch), 0
+    digests, values = cal.get("sha256"), cal.get("scores")
+    if (not isinstance(digests, list) or not isinstance(values, list) or len(digests) != len(values)
+            or not all(isinstance(n, str) for n in digests)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values)):
+        raise EnsembleError(f"{b.root}: training.calibration must list as many image sha256 as finite scores")
+    recorded = dict(zip(digests, values))
+    keys = [sha256_file(Path(p)) for p in paths]
+    out = np.empty(len(images), dtype=np.float64)
+    todo = [i for i, k in enumerate(keys) if k not in recorded]
+    for i, k in enumerate(keys):
+        if k in recorded:
+            out[i] = recorded[k]
+    if todo:
+        out[todo] = _score(det, [images[i] for i in todo], batch)
+    return out, len(keys) - len(todo)
 
 
 def _score(det: Detector, images: Sequence[np.ndarray], batch: int) -> np.ndarray:

@@ -23,7 +23,7 @@ import pytest
 
 from edgeuad import api, cli
 from edgeuad import ensemble_build
-from edgeuad.bundle import Bundle, BundleError, pack, write_manifest
+from edgeuad.bundle import Bundle, BundleError, pack, sha256_file, write_manifest
 from edgeuad.data import read_image
 from edgeuad.detector import Detector
 from edgeuad.manifest_schema import validate_manifest
@@ -128,7 +128,10 @@ def test_round_trip_scores_equal_the_formula_on_the_members(members: dict, ensem
     assert len(ens.members) == 3 and [b.preprocess.size for b in ens.members] == [(64, 64), (64, 64), (96, 96)]
     assert m["preprocess"]["size"] == [96, 96]  # evaluation maps at the largest member input
 
-    # median/MAD recomputed here from the members' own Detectors on the shared held-out images
+    # median/MAD recomputed here on the shared held-out images: from the members' own Detectors, except
+    # for the patch members, whose shipped bank holds those images (bank_includes_holdout): for them the
+    # scores their threshold came from (recorded at export, on the bank without them; that those equal a
+    # live Detector on that bank is test_patchcore's) are the normal scores
     runs = [members[n][0] for n in MEMBERS]
     shared = sorted(set.intersection(*({str(Path(p).resolve()) for p in r.holdout} for r in runs)))
     assert sorted(m["training"]["normal"]["images"]) == shared and m["training"]["normal"]["source"] == "runs_holdout"
@@ -137,6 +140,15 @@ def test_round_trip_scores_equal_the_formula_on_the_members(members: dict, ensem
     for n, e in zip(MEMBERS, entries):
         with Detector(members[n][1]) as d:
             s, _ = det_scores(d, normal)
+            cal = d.bundle.manifest["training"]["calibration"]
+        assert cal["bank"] == ("without_holdout" if n.startswith("pc") else "shipped"), n
+        assert cal["sha256"] == [sha256_file(Path(p)) for p in cal["images"]]
+        recorded = dict(zip(cal["images"], cal["scores"]))
+        if cal["bank"] == "without_holdout":
+            assert np.mean(s) < np.mean([recorded[p] for p in shared]), n  # in the shipped bank: closer
+            s = np.array([recorded[p] for p in shared])
+        else:
+            np.testing.assert_allclose(s, [recorded[p] for p in shared], rtol=1e-6, atol=1e-9)
         v = np.asarray(s, np.float64)
         med = np.median(v)
         mad = np.median(np.abs(v - med))

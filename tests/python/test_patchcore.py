@@ -160,6 +160,22 @@ def test_train_patchcore_scores_defect_and_round_trips(tmp_path):
     assert pm3.grid == pm.grid and pm3.reweight_b == pm.reweight_b
 
 
+def test_refit_bank_equals_training_on_all_the_images():
+    """refit_bank rebuilds only the bank, by the training's own rule: a model trained on part of the
+    images and refitted over all of them holds the bank of a model trained on all of them."""
+    from edgeuad.methods.memory_bank import refit_bank
+
+    part, rest = _images(4, seed=0), _images(2, seed=5)
+    cfg = _cfg()
+    pm = train_patchcore(cfg, part, progress=False)
+    full = refit_bank(pm, cfg, np.concatenate([part, rest]))
+    ref = train_patchcore(cfg, np.concatenate([part, rest]), progress=False)
+    np.testing.assert_array_equal(full.bank, ref.bank)
+    assert full.embedder is pm.embedder and len(pm.bank) == int(np.ceil(0.25 * 4 * 64)) < len(full.bank)
+    with pytest.raises(ValueError, match="image_size"):
+        refit_bank(pm, cfg, part[:, :, :32, :32])
+
+
 def test_config_roundtrip_and_validation():
     cfg = _cfg(image_size=(64, 96), layers=[0, 2])
     d = cfg.to_dict()

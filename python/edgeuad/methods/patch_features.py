@@ -407,6 +407,11 @@ class PatchBankConfig:
     coreset_ratio: fraction of training patches kept (PatchCore: 0.1 or 0.01; ReConPatch: 0.01);
         coreset_min_items floors it so small training sets keep a usable bank.
     coreset_proj_dim: random-projection dimension used by the greedy selection.
+    bank_includes_holdout: `edgeuad train` holds normal images out for the threshold; True (default)
+        rebuilds the shipped bank over all normal images once they have served: the threshold is
+        calibrated at export on the bank without them (kept in the run as `calibration_bank`), where
+        they are unseen like a test image.  More normal data in the bank is what a plain PatchCore
+        has (it fits on every training image); False ships the bank the threshold was calibrated on.
     reweight_b: Eq. 10 neighbourhood size (0 = plain NN distance; PatchCore uses 9 in
         anomalib's image-level form; here applied per patch as ReConPatch does).
     sigma: Gaussian blur of the anomaly map (4 as in PatchCore); topk_frac for the top-k score.
@@ -424,6 +429,7 @@ class PatchBankConfig:
     coreset_ratio: float = 0.01  # the same 1% for both methods, so the baseline comparison is fair
     coreset_min_items: int = 1000
     coreset_proj_dim: int = 128
+    bank_includes_holdout: bool = True
     reweight_b: int = 9
     sigma: float = 4.0
     topk_frac: float = 0.01

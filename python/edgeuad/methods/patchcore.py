@@ -16,7 +16,7 @@ import numpy as np
 
 from ..backbones import build_backbone
 from .common import resolve_device, seed_everything
-from .coreset import greedy_coreset
+from .memory_bank import coreset_bank
 from .patch_features import (PatchBankConfig, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
                              image_hw)
 
@@ -56,10 +56,7 @@ def train_patchcore(cfg: PatchCoreConfig, images: np.ndarray, progress: bool = T
     feats = extract_patch_features(extractor, images, cfg.batch_size, device, progress=progress,
                                    desc="patchcore features")
     t1 = time.perf_counter()
-    idx = greedy_coreset(feats, cfg.coreset_ratio, proj_dim=cfg.coreset_proj_dim, seed=cfg.seed,
-                         min_items=cfg.coreset_min_items, progress=progress,
-                         device="cpu" if device.type == "cpu" else str(device))
-    bank = np.ascontiguousarray(feats[np.sort(idx)], dtype=np.float32)
+    bank = coreset_bank(feats, cfg, device="cpu" if device.type == "cpu" else str(device), progress=progress)
     t2 = time.perf_counter()
     extractor = extractor.cpu().eval()
     grid = extractor.grid_size(image_hw(cfg.image_size))

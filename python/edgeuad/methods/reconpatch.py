@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from .common import (load_checkpoint, optimizer_from_flat, optimizer_to_flat, progress_bar, resolve_device,
                      save_checkpoint, seed_everything)
-from .coreset import greedy_coreset
+from .memory_bank import coreset_bank
 from .patch_features import (PatchBankConfig, PatchFeatureExtractor, PatchModel, check_images, extract_patch_features,
                              image_hw)
 from .patchcore import build_extractor
@@ -450,10 +450,7 @@ def train_reconpatch(cfg: ReConPatchConfig, images: np.ndarray, progress: bool =
         reps = extract_patch_features(embedder, images, cfg.batch_size, device, progress=progress,
                                       desc="reconpatch bank features")
     del feats
-    idx = greedy_coreset(reps, cfg.coreset_ratio, proj_dim=cfg.coreset_proj_dim, seed=cfg.seed,
-                         min_items=cfg.coreset_min_items, progress=progress,
-                         device="cpu" if device.type == "cpu" else str(device))
-    bank = np.ascontiguousarray(reps[np.sort(idx)], dtype=np.float32)
+    bank = coreset_bank(reps, cfg, device="cpu" if device.type == "cpu" else str(device), progress=progress)
     t3 = time.perf_counter()
     log.info("reconpatch: %d steps in %.1fs (final loss %.4f); coreset %d/%d in %.1fs", cfg.steps, t2 - t1,
              trainer.losses[-1] if trainer.losses else float("nan"), len(bank), len(reps), t3 - t2)
