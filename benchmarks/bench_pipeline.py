@@ -60,6 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the quick default of `edgeuad bench` instead of --full")
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default: the sweep's 1,2)")
     ap.add_argument("--repetitions", type=int, default=None, help="interleaved rounds (default: the sweep's)")
+    ap.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default: the sweep's 1,4,8)")
     ap.add_argument("--images", default=None, help="folder/glob of frames (default: synthetic 640x480 JPEG)")
     ap.add_argument("--int8-calib", default=None, help="normal images calibrating the INT8 row (default: the frames)")
     ap.add_argument("--frame-size", default="480x640", help="HxW of synthetic frames")
@@ -78,6 +79,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             kw["threads"] = [int(x) for x in a.threads.split(",") if x]
         if a.repetitions:
             kw["repetitions"] = a.repetitions
+        if a.batch_sizes:
+            kw["batch_sizes"] = [int(x) for x in a.batch_sizes.split(",") if x]
         cfg = BenchConfig(bundle=bundle, out_dir=a.out, stem=a.stem, images=a.images, frame_size=(fh, fw),
                           int8_calib=a.int8_calib, isolate=not a.in_process, progress=True, **kw)
         report = run_bench(cfg)

@@ -186,12 +186,14 @@ def methods_verdict() -> tuple[str, bool]:
     return "; ".join(parts), met
 
 
-def seeds_table(dataset: str, methods: tuple[str, ...] = ("patchcore", "reconpatch")) -> str:
-    """Per-seed metrics from <dataset>_<method>.json (seed 0) and <dataset>_<method>_seed<N>.json."""
+def seeds_table(dataset: str, methods: tuple[str, ...] = ("patchcore", "reconpatch"), variant: str = "") -> str:
+    """Per-seed metrics from <dataset>_<method><variant>.json (seed 0) and ..._seed<N>.json
+    (variant: an archived set such as "_bank630")."""
     head = "| method | seed | " + " | ".join(label for _, label in METRICS) + " |\n|---|---:|" + "---:|" * len(METRICS) + "\n"
     rows, means = [], []
     for m in methods:
-        names = [f"{dataset}_{m}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{dataset}_{m}_seed*.json"))
+        stem = f"{dataset}_{m}{variant}"
+        names = [f"{stem}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{stem}_seed*.json"))
         runs = [r for r in (_json(f"methods/{n}") for n in names) if r is not None]
         for r in runs:
             rows.append(f"| {m} | {r['overrides'].get('seed', '?')} | "
@@ -282,6 +284,18 @@ def goals13() -> dict[str, tuple[str, Optional[bool]]]:
     return out
 
 
+def bank_size_table(dataset: str = "magnetic_tile") -> str:
+    """Validation I-/P-AUROC of the PatchCore default by training-set size (ablate_patchcore.py --train-drop)."""
+    p = RES / "methods" / f"{dataset}_patchcore_bank_size.jsonl"
+    if not p.exists():
+        return f"(not measured: {p.relative_to(HERE)} missing)"
+    recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out = ["| bank built from | val I-AUROC | val P-AUROC |", "|---|---:|---:|"]
+    for r in sorted((r for r in recs if r["align_corners"] and r["split"] == "val"), key=lambda r: r["n_train"]):
+        out.append(f"| {r['n_train']} training images | {r['i_auroc']:.4f} | {r['p_auroc']:.4f} |")
+    return "\n".join(out)
+
+
 def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
     """The PatchCore feature ablation (benchmarks/ablate_patchcore.py): validation (selection) and test
     (record) I-/P-AUROC per feature space, at the product's align_corners=True."""
@@ -345,6 +359,8 @@ def main() -> None:
         **{f"{k}_met": (lambda k=k: "yes" if g13[k][1] else "**no**") for k in g13},
         "methods_cmp": lambda: mv,
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
+        "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
+        "bank_size": bank_size_table,
         "seeds_bottle": lambda: seeds_table("bottle"),
         "rcp_mt_old": lambda: patch_summary("methods/magnetic_tile_reconpatch_sigma1-margin0.5.json"),
         "methods_met": lambda: "yes" if mvmet else "**no**",
