@@ -284,6 +284,28 @@ def goals13() -> dict[str, tuple[str, Optional[bool]]]:
     return out
 
 
+def rc_curve(name: str = "methods/magnetic_tile_recontrast.json") -> str:
+    """ReContrast's training curve on the synthetic-defect validation set (the selection report that
+    compare_methods.py keeps in the result JSON): the BN-mode probes, then the chosen mode's run."""
+    r = _json(name)
+    sel = (r or {}).get("selection")
+    if not sel:
+        return f"(not measured: {name} has no selection report)"
+    bn, ck = sel["encoder_bn"], sel["checkpoint"]
+    out = [f"Encoder BN mode chosen: **{bn['mode']}** ({bn['how']}: "
+           + ", ".join(f"{k} {v:.4f}" for k, v in bn["val_i_auroc"].items()) + f"); checkpoint kept: iteration "
+           f"{ck['iteration']} of {ck['last_iteration']} ({ck['how']}); image score: {sel['score']['rule']} "
+           f"({sel['score']['how']}).", "",
+           "| arm | iteration | loss | val I-AUROC (max) | val I-AUROC (top-1 %) | val P-AUROC |",
+           "|---|---:|---:|---:|---:|---:|"]
+    rows = [(f"probe {k}", e) for k, c in bn.get("probe_curves", {}).items() for e in c]
+    rows += [(f"{bn['mode']} (run)", e) for e in sel["curve"]]
+    for arm, e in rows:
+        out.append(f"| {arm} | {e['iteration']} | {e.get('loss', float('nan')):.4f} | {e['i_auroc_max']:.4f} | "
+                   f"{e['i_auroc_topk_mean']:.4f} | {e.get('p_auroc', float('nan')):.4f} |")
+    return "\n".join(out)
+
+
 def bank_size_table(dataset: str = "magnetic_tile") -> str:
     """Validation I-/P-AUROC of the PatchCore default by training-set size (ablate_patchcore.py --train-drop)."""
     p = RES / "methods" / f"{dataset}_patchcore_bank_size.jsonl"
@@ -361,6 +383,7 @@ def main() -> None:
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
         "bank_size": bank_size_table,
+        "rc_curve": rc_curve,
         "seeds_bottle": lambda: seeds_table("bottle"),
         "rcp_mt_old": lambda: patch_summary("methods/magnetic_tile_reconpatch_sigma1-margin0.5.json"),
         "methods_met": lambda: "yes" if mvmet else "**no**",

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -313,10 +312,3 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
     except (tarfile.TarError, OSError, EOFError, ValueError, UnicodeError) as e:
         raise BundleError(f"{archive}: unreadable bundle archive ({type(e).__name__}: {e})") from e
     return dest
-
-
-def copy_into(root: Path, src: Path, name: str | None = None) -> str:
-    """Copy a file into a bundle directory; returns its name in the bundle."""
-    name = name or Path(src).name
-    shutil.copyfile(src, Path(root) / name)
-    return name

@@ -7,7 +7,6 @@ wrap a `bench.torch_ref.TorchReference` (imported only when a reference is built
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,9 @@ def _effective_threads(name: str, threads: int) -> Optional[int]:
         return threads
     if name in REFERENCES and "torch" in sys.modules:
         return int(sys.modules["torch"].get_num_threads())
-    return os.cpu_count()  # onnxruntime's default intra-op pool = physical/logical cores
+    from ..cpus import resolve_threads
+
+    return resolve_threads(0)  # what the Detector sizes its pool to (the CPUs this process may use)
 
 
 class DetectorPipeline:
