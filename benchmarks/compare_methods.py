@@ -45,6 +45,7 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
             "train_seconds": run.info["train_seconds"], "total_seconds": round(time.perf_counter() - t0, 1),
             "latency_ms_per_frame": round(res.latency_ms_mean, 2), "eval_threads": args.threads,
             "n_train": run.info["n_train"], "bundle": str(bundle.root),
+            **({"bank": run.info["bank"]} if run.info.get("bank") else {}),  # bank_includes_holdout
             "threshold": bundle.thresholds["threshold"],
             "reused_run": reused,  # True: total_seconds covers export + eval only
             # what label-free selection chose and its validation curve (ReContrast), for the record

@@ -42,6 +42,12 @@ def start_cluster(cfg: ServeConfig) -> bool:
     """Join `cfg.address` or start a local cluster (no dashboard, no usage stats).  Returns True when
     this process started the cluster (and so must shut it down)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Serve marks its HTTP proxy unhealthy and kills it after three 5 s readiness checks; on a busy
+    # edge box (other jobs on the cores) the proxy can take longer to start, and `serve.start` then
+    # fails with ActorDiedError.  Read by the Serve controller, which inherits this environment.
+    for var, seconds in (("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"),
+                         ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")):
+        os.environ.setdefault(var, seconds)
     try:
         import ray
     except ImportError as e:
