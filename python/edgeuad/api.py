@@ -272,7 +272,9 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
             "preprocess": run.preprocess.to_dict(),
             "model": {"onnx": "model.onnx", "input": "image", "outputs": spec.output_names, "opset": 17,
                       "weights": "weights.safetensors", "config": run.config,
-                      "parity": {"max_abs": rep.max_abs, "atol": rep.atol, "rtol": rep.rtol}},
+                      "parity": {"max_abs": rep.max_abs, "atol": rep.atol, "rtol": rep.rtol,
+                                 # present when float32 itself was the limit (export.onnx.check_parity)
+                                 **({"float32_error_vs_float64": rep.float32_error} if rep.float32_error else {})}},
             "postprocess": spec.postprocess,
             # placeholder until the deployed pipeline has scored the held-out images; only this
             # temporary directory ever holds it, and loading it needs allow_provisional=True
