@@ -298,7 +298,10 @@ def rc_curve(name: str = "methods/magnetic_tile_recontrast.json") -> str:
            f"({sel['score']['how']}).", "",
            "| arm | iteration | loss | val I-AUROC (max) | val I-AUROC (top-1 %) | val P-AUROC |",
            "|---|---:|---:|---:|---:|---:|"]
-    rows = [(f"probe {k}", e) for k, c in bn.get("probe_curves", {}).items() for e in c]
+    # the probe arms up to the probe length only (results before the fix of commit after d9eb01b
+    # recorded the chosen arm's whole run under its probe curve)
+    n_probe = bn.get("probe_iterations", 0)
+    rows = [(f"probe {k}", e) for k, c in bn.get("probe_curves", {}).items() for e in c if e["iteration"] <= n_probe]
     rows += [(f"{bn['mode']} (run)", e) for e in sel["curve"]]
     for arm, e in rows:
         out.append(f"| {arm} | {e['iteration']} | {e.get('loss', float('nan')):.4f} | {e['i_auroc_max']:.4f} | "

@@ -234,6 +234,8 @@ def test_encoder_bn_auto_probes_both_modes_and_continues_the_better(
     bn = fit.report["encoder_bn"]
     assert bn["mode"] == "eval" and fit.config.encoder_bn == "eval" and fit.model.encoder_bn == "eval"
     assert bn["val_i_auroc"] == {"train": 0.6, "eval": 0.75} and bn["probe_iterations"] == 2
+    # each probe curve stops at the probe: the winner's continued run is the report's "curve"
+    assert {k: [e["iteration"] for e in c] for k, c in bn["probe_curves"].items()} == {"train": [2], "eval": [2]}
     assert "encoder BN mode: eval" in caplog.text and "ReContrast selection: encoder BN eval" in caplog.text
     _, meta = load_checkpoint(tmp_path / "auto" / CHECKPOINT_NAME)
     assert meta["encoder_bn_mode"] == "eval" and meta["bn_choice"]["mode"] == "eval"

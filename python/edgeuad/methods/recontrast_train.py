@@ -419,7 +419,8 @@ def _choose_bn(cfg: ReContrastConfig, device: torch.device, data: ImageArrayData
              mode, probe, at["train"], at["eval"])
     return arms[mode], {"mode": mode, "how": f"validation I-AUROC after a {probe}-iteration probe of each mode",
                         "probe_iterations": probe, "val_i_auroc": {k: round(v, 6) for k, v in at.items()},
-                        "probe_curves": {k: a.curve for k, a in arms.items()}}
+                        # copies: the chosen arm goes on training and its curve keeps growing
+                        "probe_curves": {k: list(a.curve) for k, a in arms.items()}}
 
 
 def _finish(arm: _Arm, cfg: ReContrastConfig, bn_choice: dict[str, Any], validator: _Validator | None,
