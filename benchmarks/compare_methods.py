@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from edgeuad import api
+from edgeuad.bench.machine import git_dirty
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "methods"
@@ -69,9 +70,7 @@ def stamp(r: dict) -> dict:
     r["machine"] = f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores"
     r["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True, cwd=HERE).stdout.strip()
-    # results/ is this script's own output: a tree dirty elsewhere is what makes a number untraceable
-    if subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
-                       ":(exclude,top)benchmarks/results"], capture_output=True, text=True, cwd=HERE).stdout.strip():
+    if git_dirty():  # changed outside benchmarks/results (this script's own output)
         r["commit"] += " (dirty tree)"
     r["date"] = time.strftime("%Y-%m-%d")
     return r
