@@ -150,8 +150,12 @@ def bank_gflops() -> str:
     if t is None:
         return "(not measured: python benchmarks/bench_bank.py --gemm)"
     rows = [r for tab in _tables(t) for r in tab if r.get("kernel", "").startswith("_rt exact") and r.get("threads") == "1"]
-    return "; ".join(f"{r['kernel']}: {r['GFLOP/s per thread']} GFLOP/s per thread = {r['% of peak']} of peak"
-                     for r in rows) or "(no 1-thread _rt row in bank_gemm.md)"
+    gemm = {(r["items"], r["dim"]): r for tab in _tables(t) for r in tab
+            if r.get("kernel", "") == "torch GEMM (MKL/oneDNN)" and r.get("threads") == "1"}
+    return "; ".join(f"{r['kernel']} {r['items']}x{r['dim']}: {r['GFLOP/s per thread']} GFLOP/s per thread = "
+                     f"{r['% of peak']} of peak" + (f" (MKL GEMM alone: {gemm[(r['items'], r['dim'])]['% of peak']})"
+                                                     if (r["items"], r["dim"]) in gemm else "")
+                     for r in rows if "portable" not in r["kernel"]) or "(no 1-thread _rt row in bank_gemm.md)"
 
 
 def patch_summary(name: str) -> str:
@@ -385,6 +389,7 @@ def main() -> None:
         "methods_cmp": lambda: mv,
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
+        "seeds_mt_lite2": lambda: seeds_table("magnetic_tile", ("patchcore",), variant="_lite2"),
         "bank_size": bank_size_table,
         "rc_curve": rc_curve,
         "seeds_bottle": lambda: seeds_table("bottle"),
