@@ -119,6 +119,20 @@ def pipe_summary(name: str, reference: str = "torch-eager", goal: float = 2.0) -
     return txt, ok
 
 
+def fp16_summary() -> str:
+    """fp16 graph (TensorRT 11's fp16 source, run in onnxruntime on the CPU) vs fp32, from results/fp16_*.json."""
+    parts = []
+    for f in sorted(RES.glob("fp16_*.json")):
+        r = json.loads(f.read_text())
+        a, b = r["fp32"], r["fp16"]
+        txt = f"{r['dataset']} {r['method']}: I-AUROC {a['i_auroc']:.4f} -> {b['i_auroc']:.4f}"
+        if "p_auroc" in a and "p_auroc" in b:
+            txt += f", P-AUROC {a['p_auroc']:.4f} -> {b['p_auroc']:.4f}"
+        dirty = " (dirty tree)" if r["machine"].get("git_dirty") else ""
+        parts.append(txt + f" (commit {r['machine']['git_commit'][:7]}{dirty})")
+    return "; ".join(parts) or "(not measured: python benchmarks/int8_accuracy.py --precision fp16 ...)"
+
+
 def int8_summary() -> tuple[str, str, bool]:
     """(per-bundle text, file list, met): INT8 I-AUROC drop from results/int8_*.json (int8_accuracy.py),
     and the INT8 pipeline time at batch 1, 1 thread from the pipeline files.  Met = every dataset of the
@@ -411,6 +425,7 @@ def main() -> None:
         "int8": lambda: i8_txt,
         "int8_met": lambda: "yes" if i8_met else "**no**",
         "int8_files": lambda: i8_files,
+        "fp16": fp16_summary,
         "bank_gflops": bank_gflops,
         "bank_gemm": lambda: _read("bank_gemm.md") or "(not measured: python benchmarks/bench_bank.py --gemm)",
         "pipe_recontrast": lambda: _read("pipeline_recontrast_bottle.md") or "(not measured)",
