@@ -203,3 +203,27 @@ def test_int8_export_writes_checked_qdq_graph_then_needs_tensorrt(bundle: Path, 
 
     ops = {n.op_type for n in onnx.load(str(copy / "model.int8.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_fp16_accuracy_bundle_scores_like_fp32(bundle: Path, tmp_path: Path) -> None:
+    """benchmarks/int8_accuracy.py --precision fp16: the copy's graph is float16 inside (what TensorRT 11
+    builds from), the Detector loads it unchanged and its scores stay within float16 rounding of fp32."""
+    import importlib.util
+
+    import onnx
+
+    from edgeuad.bundle import Bundle
+
+    spec = importlib.util.spec_from_file_location(
+        "int8_accuracy", Path(__file__).resolve().parents[2] / "benchmarks" / "int8_accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    half = mod.low_precision_bundle(Bundle.load(bundle), "fp16", "", tmp_path)
+    assert json.loads((half / "manifest.json").read_text())["quantization"]["kind"] == "fp16"
+    g = onnx.load(str(half / "model.onnx")).graph
+    assert {t.data_type for t in g.initializer if t.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
+    frames = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(4)]
+    s32 = np.array([r.score for r in Detector(bundle).score_batch(frames)])
+    s16 = np.array([r.score for r in Detector(half).score_batch(frames)])
+    assert not np.array_equal(s16, s32)  # the float16 graph really ran
+    np.testing.assert_allclose(s16, s32, rtol=2e-2)
