@@ -125,11 +125,14 @@ def main() -> None:
     ap.add_argument("--train-drop", type=int, default=0, help="leave out every K-th training image (0: none)")
     ap.add_argument("--val", choices=("full", "blended"), default="full", help="synthetic-defect validation set")
     ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val", "test"])
+    ap.add_argument("--size", type=int, default=256, help="input size (square, a multiple of 32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    global S
+    S = args.size  # one input size per run (the loaders and the map read it)
     out = args.out or HERE / "results" / "methods" / f"{args.data.name}_patchcore_ablation.jsonl"
     spaces = [(i, c == "T", f) for i, c, f in (s.split(",") for s in args.spaces)]
     t0 = time.time()
@@ -151,7 +154,7 @@ def main() -> None:
                 mm = maps.numpy()
                 keep = [i for i, m in enumerate(masks) if m is not None]
                 rec = {"dataset": args.data.name, "backbone": args.backbone, "train_every": args.train_every,
-                       "train_drop": args.train_drop, "val": args.val,
+                       "train_drop": args.train_drop, "val": args.val, "size": S,
                        "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
                        "count_include_pad": cip, "features": kind, "align_corners": align,
                        "i_auroc": round(auroc(sp["labels"][split], mm.reshape(len(mm), -1).max(1)), 4),
