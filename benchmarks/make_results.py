@@ -339,6 +339,31 @@ def bank_size_table(dataset: str = "magnetic_tile") -> str:
     return "\n".join(out)
 
 
+def size_table(dataset: str = "magnetic_tile") -> str:
+    """PatchCore default at 256 vs 320 px: synthetic-defect validation (ablate_patchcore.py --size, the
+    630-image bank, align_corners=True) beside the shipped path's test result (compare_methods.py)."""
+    val = {}
+    for name in (f"{dataset}_patchcore_bank_size.jsonl", f"{dataset}_patchcore_size.jsonl"):
+        p = RES / "methods" / name
+        if p.exists():
+            for line in p.read_text().splitlines():
+                r = json.loads(line) if line.strip() else None
+                if r and r["align_corners"] and r["split"] == "val" and r["n_train"] == 630:
+                    val[r.get("size", 256)] = r
+    out = ["| input size | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | ms/frame (eval) |",
+           "|---:|---:|---:|---:|---:|---:|"]
+    for size, suffix in ((256, ""), (320, "_320")):
+        t = _json(f"methods/{dataset}_patchcore{suffix}.json")
+        v = val.get(size)
+        if t is None and v is None:
+            continue
+        vi, vp = (f"{v['i_auroc']:.4f}", f"{v['p_auroc']:.4f}") if v else ("-", "-")
+        ti, tp, ms = ((f"{t['metrics']['i_auroc']:.4f}", f"{t['metrics']['p_auroc']:.4f}",
+                       f"{t['latency_ms_per_frame']:.1f}") if t else ("-", "-", "-"))
+        out.append(f"| {size} | {vi} | {vp} | {ti} | {tp} | {ms} |")
+    return "\n".join(out) if len(out) > 2 else "(not measured)"
+
+
 def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
     """The PatchCore feature ablation (benchmarks/ablate_patchcore.py): validation (selection) and test
     (record) I-/P-AUROC per feature space, at the product's align_corners=True."""
@@ -404,6 +429,7 @@ def main() -> None:
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
         "seeds_mt_lite2": lambda: seeds_table("magnetic_tile", ("patchcore",), variant="_lite2"),
+        "size_mt": size_table,
         "bank_size": bank_size_table,
         "rc_curve": rc_curve,
         "seeds_bottle": lambda: seeds_table("bottle"),
