@@ -350,17 +350,18 @@ def size_table(dataset: str = "magnetic_tile") -> str:
                 r = json.loads(line) if line.strip() else None
                 if r and r["align_corners"] and r["split"] == "val" and r["n_train"] == 630:
                     val[r.get("size", 256)] = r
-    out = ["| input size | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | ms/frame (eval) |",
-           "|---:|---:|---:|---:|---:|---:|"]
-    for size, suffix in ((256, ""), (320, "_320")):
+    out = ["| backbone | input size | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | ms/frame (eval) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for bb, size, suffix in (("lite0", 256, ""), ("lite0", 320, "_320"), ("lite2", 256, "_lite2"),
+                             ("lite2", 320, "_lite2_320")):
         t = _json(f"methods/{dataset}_patchcore{suffix}.json")
-        v = val.get(size)
+        v = val.get(size) if bb == "lite0" else None  # validation was run for the Lite0 default only
         if t is None and v is None:
             continue
         vi, vp = (f"{v['i_auroc']:.4f}", f"{v['p_auroc']:.4f}") if v else ("-", "-")
         ti, tp, ms = ((f"{t['metrics']['i_auroc']:.4f}", f"{t['metrics']['p_auroc']:.4f}",
                        f"{t['latency_ms_per_frame']:.1f}") if t else ("-", "-", "-"))
-        out.append(f"| {size} | {vi} | {vp} | {ti} | {tp} | {ms} |")
+        out.append(f"| {bb} | {size} | {vi} | {vp} | {ti} | {tp} | {ms} |")
     return "\n".join(out) if len(out) > 2 else "(not measured)"
 
 
