@@ -28,6 +28,12 @@ def _json(name: str) -> Optional[dict]:
     return json.loads(p.read_text()) if p.exists() else None
 
 
+def _jsonl(name: str) -> Optional[list[dict]]:
+    """Records of a JSON-lines results file (blank lines skipped), or None when it does not exist."""
+    p = RES / name
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else None
+
+
 def _md_rows(text: str) -> list[dict[str, str]]:
     """Rows of the first markdown table that follows a header line, as dicts keyed by header."""
     rows, header = [], None
@@ -329,10 +335,10 @@ def rc_curve(name: str = "methods/magnetic_tile_recontrast.json") -> str:
 
 def bank_size_table(dataset: str = "magnetic_tile") -> str:
     """Validation I-/P-AUROC of the PatchCore default by training-set size (ablate_patchcore.py --train-drop)."""
-    p = RES / "methods" / f"{dataset}_patchcore_bank_size.jsonl"
-    if not p.exists():
-        return f"(not measured: {p.relative_to(HERE)} missing)"
-    recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    name = f"methods/{dataset}_patchcore_bank_size.jsonl"
+    recs = _jsonl(name)
+    if recs is None:
+        return f"(not measured: results/{name} missing)"
     out = ["| bank built from | val I-AUROC | val P-AUROC |", "|---|---:|---:|"]
     for r in sorted((r for r in recs if r["align_corners"] and r["split"] == "val"), key=lambda r: r["n_train"]):
         out.append(f"| {r['n_train']} training images | {r['i_auroc']:.4f} | {r['p_auroc']:.4f} |")
@@ -344,12 +350,9 @@ def size_table(dataset: str = "magnetic_tile") -> str:
     630-image bank, align_corners=True) beside the shipped path's test result (compare_methods.py)."""
     val = {}
     for name in (f"{dataset}_patchcore_bank_size.jsonl", f"{dataset}_patchcore_size.jsonl"):
-        p = RES / "methods" / name
-        if p.exists():
-            for line in p.read_text().splitlines():
-                r = json.loads(line) if line.strip() else None
-                if r and r["align_corners"] and r["split"] == "val" and r["n_train"] == 630:
-                    val[r.get("size", 256)] = r
+        for r in _jsonl(f"methods/{name}") or []:
+            if r["align_corners"] and r["split"] == "val" and r["n_train"] == 630:
+                val[r.get("size", 256)] = r
     out = ["| backbone | input size | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | ms/frame (eval) |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for bb, size, suffix in (("lite0", 256, ""), ("lite0", 320, "_320"), ("lite2", 256, "_lite2"),
@@ -368,10 +371,10 @@ def size_table(dataset: str = "magnetic_tile") -> str:
 def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
     """The PatchCore feature ablation (benchmarks/ablate_patchcore.py): validation (selection) and test
     (record) I-/P-AUROC per feature space, at the product's align_corners=True."""
-    p = RES / "methods" / f"{dataset}_patchcore_ablation.jsonl"
-    if not p.exists():
-        return f"(not measured: {p.relative_to(HERE)} missing)"
-    recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    name = f"methods/{dataset}_patchcore_ablation.jsonl"
+    recs = _jsonl(name)
+    if recs is None:
+        return f"(not measured: results/{name} missing)"
     rows: dict[tuple, dict[str, dict]] = {}
     for r in recs:
         if r["align_corners"]:

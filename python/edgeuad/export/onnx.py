@@ -157,5 +157,4 @@ def parity_verdict(names: list[str], ref32: list[np.ndarray], got: list[np.ndarr
                      if ref64 is not None else "")
             bad.append(f"{name}: max abs diff {float(d.max()):.3g} (allowed {atol:.0e} x RMS {scale:.3g} + "
                        f"{rtol:.0e} x |torch|{extra})")
-    return ParityReport(max_abs, max_rel, atol, rtol, failures=bad,
-                        float32_error={k: v for k, v in f32_err.items()})
+    return ParityReport(max_abs, max_rel, atol, rtol, failures=bad, float32_error=f32_err)
