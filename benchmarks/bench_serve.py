@@ -76,34 +76,74 @@ class InProcess:
         return n / (time.perf_counter() - t0)
 
 
-def paired_overhead(local: InProcess, url: str, frames: Sequence[bytes], rounds: int, n: int) -> dict[str, Any]:
-    """Added latency at batch 1, robust to a shared machine's drifting load: in-process and served blocks
-    of n frames alternate (ABBA); per round p50(served) - p50(in process).  Also, per request, what the
-    server did besides the in-process work: round trip - (decode + the replica's batch time)."""
+# A valid score answer for `Client.score` (request id filled in per request), with no work behind it.
+_FLOOR_ANSWER = {"score": 0.0, "normalized": 0.0, "is_anomaly": False, "threshold": 1.0, "bundle": "floor",
+                 "digest": "", "replica": "floor", "batch_size": 1, "frame_shape": [0, 0],
+                 "latency_ms": {"batch": 0.0, "decode": 0.0}}
+
+
+def deploy_floor(cfg: ServeConfig, name: str = "floor") -> str:
+    """Ray Serve's own cost on this machine: an application on the same proxy that reads the request body
+    and answers a fixed score JSON (no decode, no model, no batching).  What `edgeuad serve` adds beyond
+    this is the replica's code; this much any Ray Serve HTTP deployment pays."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from edgeuad.serve import protocol as P
+    from edgeuad.serve.server import QUIET_LOGS, base_url
+
+    answer = dict(_FLOOR_ANSWER)
+
+    # reserves no CPU: it idles unless measured, and must not take a replica's place in the cluster
+    @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
+    class ServeFloor:
+        async def __call__(self, request: Request) -> Response:
+            await request.body()
+            return Response(json.dumps({**answer, "request_id": request.headers.get(P.REQUEST_ID_HEADER)}),
+                            media_type=P.JSON_TYPE)
+
+    serve.run(ServeFloor.bind(), name=name, route_prefix=f"/{name}", logging_config=QUIET_LOGS)
+    return base_url(cfg, name)
+
+
+def paired_overhead(local: InProcess, url: str, floor_url: str, frames: Sequence[bytes], rounds: int,
+                    n: int) -> dict[str, Any]:
+    """Added latency at batch 1, robust to a shared machine's drifting load: blocks of n frames in process,
+    served, and to Ray Serve's floor app (`deploy_floor`) alternate, the order rotating every round; per
+    round p50(served) - p50(in process), and p50(floor): the part of it any Ray Serve HTTP app pays here.
+    Also, per request, what the server did besides the in-process work: round trip - (decode + the
+    replica's batch time)."""
     from edgeuad.client import Client
 
-    diffs, direct, lat_local, lat_served = [], [], [], []
-    with Client(url, retries=0) as c:
+    diffs, floors, direct = [], [], []
+    lat: dict[str, list[float]] = {"local": [], "served": [], "floor": []}
+    sides = ("local", "served", "floor")
+    with Client(url, retries=0) as c, Client(floor_url, retries=0) as cf:
         c.score(frames[0])
+        cf.score(frames[0])
         for r in range(rounds):
-            order = ("local", "served") if r % 2 == 0 else ("served", "local")
             got: dict[str, list[float]] = {}
-            for side in order:
+            for side in sides[r % 3:] + sides[:r % 3]:
                 if side == "local":
                     got[side] = local.latencies(n)
-                else:
-                    ms = []
-                    for k in range(n):
-                        res = c.score(frames[(r * n + k) % len(frames)])
-                        ms.append(res.round_trip_ms)
+                    continue
+                ms = []
+                for k in range(n):
+                    res = (c if side == "served" else cf).score(frames[(r * n + k) % len(frames)])
+                    ms.append(res.round_trip_ms)
+                    if side == "served":
                         direct.append(res.round_trip_ms - res.latency_ms["batch"] - res.latency_ms["decode"])
-                    got[side] = ms
+                got[side] = ms
             diffs.append(float(np.median(got["served"]) - np.median(got["local"])))
-            lat_local += got["local"]
-            lat_served += got["served"]
+            floors.append(float(np.median(got["floor"])))
+            for side in sides:
+                lat[side] += got[side]
     return {"rounds": rounds, "frames_per_block": n, "added_p50_ms_median": float(np.median(diffs)),
-            "added_p50_ms_rounds": diffs, "direct_overhead_ms": percentiles(direct, (50, 99)),
-            "in_process_ms": percentiles(lat_local, (50, 99)), "served_ms": percentiles(lat_served, (50, 99))}
+            "added_p50_ms_rounds": diffs, "floor_p50_ms_median": float(np.median(floors)),
+            "floor_p50_ms_rounds": floors, "direct_overhead_ms": percentiles(direct, (50, 99)),
+            "in_process_ms": percentiles(lat["local"], (50, 99)), "served_ms": percentiles(lat["served"], (50, 99)),
+            "floor_ms": percentiles(lat["floor"], (50, 99))}
 
 
 def paired_throughput(local: InProcess, load: LoadConfig, clients: int, batch: int, rounds: int,
@@ -190,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sweeps = {"1 replica": run_load(load),
                       "2 replicas": run_load(dataclasses.replace(load, url=urls["r2"]))}
             enc = [bytes(b) for b in frames]
-            overhead = paired_overhead(local[a.threads], urls["b1"], enc, a.rounds, a.round_frames)
+            overhead = paired_overhead(local[a.threads], urls["b1"], deploy_floor(cfg), enc, a.rounds, a.round_frames)
             tput = paired_throughput(local[a.threads], load, max(levels), a.max_batch, a.rounds // 2 * 2 or 2,
                                      a.duration)
         finally:
@@ -226,6 +266,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"per request, round trip minus the replica's decode and Detector time: p50 "
         f"{overhead['direct_overhead_ms']['p50']:.1f} ms, p99 {overhead['direct_overhead_ms']['p99']:.1f} ms. "
         f"Goal <= 3 ms: **{'met' if added <= 3.0 else 'NOT met'}**.",
+        f"- Ray Serve's floor on this machine (an app on the same proxy that reads the body and answers a fixed "
+        f"score JSON: no decode, no model; same client, same frames, in the same rotating rounds): round trip "
+        f"p50 **{overhead['floor_p50_ms_median']:.1f} ms** (rounds: "
+        f"{', '.join(f'{d:.1f}' for d in overhead['floor_p50_ms_rounds'])}). Of the added latency, "
+        f"{added - overhead['floor_p50_ms_median']:.1f} ms is the replica's own code (body read, decode thread, "
+        f"batch queue, inference thread, JSON) beyond that floor.",
         f"- Throughput at saturation with batching (1 replica, {tput['clients']} clients, vs in-process "
         f"`score_batch({a.max_batch})` with the same {t1} thread(s), {tput['rounds']} alternating rounds of "
         f"{tput['seconds']:g} s): served {', '.join(f'{v:.1f}' for v in tput['served_fps'])} vs in process "

@@ -346,19 +346,20 @@ def bank_size_table(dataset: str = "magnetic_tile") -> str:
 
 
 def size_table(dataset: str = "magnetic_tile") -> str:
-    """PatchCore default at 256 vs 320 px: synthetic-defect validation (ablate_patchcore.py --size, the
-    630-image bank, align_corners=True) beside the shipped path's test result (compare_methods.py)."""
+    """PatchCore by backbone and input size: synthetic-defect validation (ablate_patchcore.py --backbone
+    --size, the 630-image bank, align_corners=True) beside the shipped path's test result (compare_methods.py)."""
     val = {}
-    for name in (f"{dataset}_patchcore_bank_size.jsonl", f"{dataset}_patchcore_size.jsonl"):
+    for name in (f"{dataset}_patchcore_bank_size.jsonl", f"{dataset}_patchcore_size.jsonl",
+                 f"{dataset}_patchcore_backbone.jsonl"):
         for r in _jsonl(f"methods/{name}") or []:
             if r["align_corners"] and r["split"] == "val" and r["n_train"] == 630:
-                val[r.get("size", 256)] = r
+                val[r["backbone"].replace("efficientnet_", ""), r.get("size", 256)] = r
     out = ["| backbone | input size | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | ms/frame (eval) |",
            "|---|---:|---:|---:|---:|---:|---:|"]
     for bb, size, suffix in (("lite0", 256, ""), ("lite0", 320, "_320"), ("lite2", 256, "_lite2"),
                              ("lite2", 320, "_lite2_320")):
         t = _json(f"methods/{dataset}_patchcore{suffix}.json")
-        v = val.get(size) if bb == "lite0" else None  # validation was run for the Lite0 default only
+        v = val.get((bb, size))
         if t is None and v is None:
             continue
         vi, vp = (f"{v['i_auroc']:.4f}", f"{v['p_auroc']:.4f}") if v else ("-", "-")
@@ -366,6 +367,27 @@ def size_table(dataset: str = "magnetic_tile") -> str:
                        f"{t['latency_ms_per_frame']:.1f}") if t else ("-", "-", "-"))
         out.append(f"| {bb} | {size} | {vi} | {vp} | {ti} | {tp} | {ms} |")
     return "\n".join(out) if len(out) > 2 else "(not measured)"
+
+
+def geometry_table(dataset: str = "magnetic_tile") -> str:
+    """Squash vs letterbox (benchmarks/ablate_geometry.py): validation (selection) and test (record)."""
+    name = f"methods/{dataset}_patchcore_geometry.jsonl"
+    recs = _jsonl(name)
+    if recs is None:
+        return f"(not measured: results/{name} missing)"
+    arms: dict[tuple, dict[str, dict]] = {}
+    for r in recs:
+        arms.setdefault((r["resize"], r["size"], r["n_train"]), {})[r["split"]] = r
+    types = sorted({k[len("i_auroc_"):] for r in recs if r["split"] == "test" for k in r if k.startswith("i_auroc_")})
+    out = ["| resize | input size | training images | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | "
+           + " | ".join(f"test {t}" for t in types) + " |",
+           "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(types)]
+    for (mode, size, n), sp in arms.items():
+        v, t = sp.get("val", {}), sp.get("test", {})
+        f = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
+        out.append(f"| {mode} | {size} | {n} | {f(v, 'i_auroc')} | {f(v, 'p_auroc')} | {f(t, 'i_auroc')} | "
+                   f"{f(t, 'p_auroc')} | " + " | ".join(f(t, f"i_auroc_{ty}") for ty in types) + " |")
+    return "\n".join(out)
 
 
 def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
@@ -434,6 +456,7 @@ def main() -> None:
         "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
         "seeds_mt_lite2": lambda: seeds_table("magnetic_tile", ("patchcore",), variant="_lite2"),
         "size_mt": size_table,
+        "geometry_mt": geometry_table,
         "bank_size": bank_size_table,
         "rc_curve": rc_curve,
         "seeds_bottle": lambda: seeds_table("bottle"),

@@ -367,3 +367,30 @@ def test_bench_serve_load_generator(served: Any, tmp_path: Path) -> None:
         assert lv["latency_ms"]["n"] == lv["requests"] and lv["latency_ms"]["p99"] >= lv["latency_ms"]["p50"]
     assert rep["server"]["name"] == "two"
     assert "| clients |" in (tmp_path / "serve_bench.md").read_text()
+
+
+def test_bench_serve_floor_app_answers_like_a_replica(served: Any, bundles: dict[str, Any]) -> None:
+    """benchmarks/bench_serve.py measures Ray Serve's own cost with a no-op app on the same proxy; the
+    same `Client.score` must read its answer (request id echoed), or the floor would time another path."""
+    import importlib.util
+    import sys
+
+    from edgeuad.serve.server import undeploy
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_serve", bench / "bench_serve.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    url = mod.deploy_floor(served["cfg"], "floor_t")
+    try:
+        assert url.endswith("/floor_t")
+        with Client(url, retries=0) as c:
+            got = [c.score(f, encoding="jpeg", request_id=f"f{i}") for i, f in enumerate(bundles["frames"][:3])]
+        assert [r.request_id for r in got] == ["f0", "f1", "f2"]
+        assert {(r.bundle, r.score, r.batch_size) for r in got} == {("floor", 0.0, 1)}
+    finally:
+        undeploy("floor_t")
