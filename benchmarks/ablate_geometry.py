@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablate_patchcore import embed, nn_distance
+from ablate_patchcore import embed, nn_distance, stage_features
 from edgeuad import data as D
 from edgeuad.backbones import build_backbone
 from edgeuad.methods.common import gaussian_blur_torch
 from edgeuad.methods.coreset import greedy_coreset
 from edgeuad.metrics import auroc, pixel_auroc
-from edgeuad.preprocess import PreprocessConfig, preprocess, resize
+from edgeuad.preprocess import resize
 from edgeuad.selection import make_validation_set
 
 HERE = Path(__file__).resolve().parent
@@ -81,17 +81,6 @@ def load(root: Path, every: int) -> dict:
             "defects": {"val": vs.defects, "test": [s.defect for s in test]}}
 
 
-def stage_features(bb: torch.nn.Module, ims: list, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x = preprocess(ims, PreprocessConfig(size=(size, size)))
-    a, b = [], []
-    with torch.inference_mode():
-        for s in range(0, len(x), 32):
-            f = bb(torch.from_numpy(x[s:s + 32]))
-            a.append(f[1])
-            b.append(f[2])
-    return torch.cat(a), torch.cat(b)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -110,7 +99,9 @@ def main() -> None:
         if mode not in ("squash", "letterbox"):
             raise SystemExit(f"unknown resize mode {mode!r} (squash, letterbox)")
         t0 = time.time()
-        fx = {k: stage_features(bb, [to_input(im, mode, size) for im in v], size) for k, v in sp["imgs"].items()}
+        # the inputs are already size x size: "product" resizing is the identity on them
+        fx = {k: stage_features(bb, [to_input(im, mode, size) for im in v], "product", size)
+              for k, v in sp["imgs"].items()}
         tr, grid = embed(*fx["train"], True, "raw")
         x = tr.reshape(-1, tr.shape[-1]).numpy()
         bank = torch.from_numpy(x[np.sort(greedy_coreset(x, 0.01, proj_dim=128, seed=0, min_items=1000))])

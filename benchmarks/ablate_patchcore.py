@@ -79,10 +79,12 @@ def load_splits(root: Path, every: int, drop: int = 0, val_kind: str = "full", s
             "masks": {"val": vmask, "test": [D.load_mask(s, (S, S)) for s in test]}}
 
 
-def stage_features(bb: torch.nn.Module, ims: list, interp: str) -> tuple[torch.Tensor, torch.Tensor]:
+def stage_features(bb: torch.nn.Module, ims: list, interp: str, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stride-8 and stride-16 stages of `ims` resized to size x size (0: this run's --size)."""
+    size = size or S
     if interp == "area":
-        ims = [cv2.resize(im, (S, S), interpolation=cv2.INTER_AREA) for im in ims]
-    x = preprocess(ims, PreprocessConfig(size=(S, S)))
+        ims = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in ims]
+    x = preprocess(ims, PreprocessConfig(size=(size, size)))
     a, b = [], []
     with torch.inference_mode():
         for s in range(0, len(x), 32):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results"
@@ -32,6 +32,19 @@ def _jsonl(name: str) -> Optional[list[dict]]:
     """Records of a JSON-lines results file (blank lines skipped), or None when it does not exist."""
     p = RES / name
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.exists() else None
+
+
+def _splits_by_arm(name: str, key: Callable[[dict], tuple], keep: Optional[Callable[[dict], bool]] = None) -> Optional[dict[tuple, dict[str, dict]]]:
+    """An ablation's JSON-lines records grouped as {arm key: {split: record}} (records failing `keep`
+    dropped), or None when the file does not exist."""
+    recs = _jsonl(name)
+    if recs is None:
+        return None
+    arms: dict[tuple, dict[str, dict]] = {}
+    for r in recs:
+        if keep is None or keep(r):
+            arms.setdefault(key(r), {})[r["split"]] = r
+    return arms
 
 
 def _md_rows(text: str) -> list[dict[str, str]]:
@@ -372,13 +385,10 @@ def size_table(dataset: str = "magnetic_tile") -> str:
 def geometry_table(dataset: str = "magnetic_tile") -> str:
     """Squash vs letterbox (benchmarks/ablate_geometry.py): validation (selection) and test (record)."""
     name = f"methods/{dataset}_patchcore_geometry.jsonl"
-    recs = _jsonl(name)
-    if recs is None:
+    arms = _splits_by_arm(name, lambda r: (r["resize"], r["size"], r["n_train"]))
+    if arms is None:
         return f"(not measured: results/{name} missing)"
-    arms: dict[tuple, dict[str, dict]] = {}
-    for r in recs:
-        arms.setdefault((r["resize"], r["size"], r["n_train"]), {})[r["split"]] = r
-    types = sorted({k[len("i_auroc_"):] for r in recs if r["split"] == "test" for k in r if k.startswith("i_auroc_")})
+    types = sorted({k[len("i_auroc_"):] for sp in arms.values() for k in sp.get("test", {}) if k.startswith("i_auroc_")})
     out = ["| resize | input size | training images | val I-AUROC | val P-AUROC | test I-AUROC | test P-AUROC | "
            + " | ".join(f"test {t}" for t in types) + " |",
            "|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(types)]
@@ -394,14 +404,10 @@ def patchcore_ablation(dataset: str = "magnetic_tile") -> str:
     """The PatchCore feature ablation (benchmarks/ablate_patchcore.py): validation (selection) and test
     (record) I-/P-AUROC per feature space, at the product's align_corners=True."""
     name = f"methods/{dataset}_patchcore_ablation.jsonl"
-    recs = _jsonl(name)
-    if recs is None:
+    rows = _splits_by_arm(name, lambda r: (r["backbone"], r["n_train"], r["interp"], r["count_include_pad"],
+                                           r["features"]), keep=lambda r: r["align_corners"])
+    if rows is None:
         return f"(not measured: results/{name} missing)"
-    rows: dict[tuple, dict[str, dict]] = {}
-    for r in recs:
-        if r["align_corners"]:
-            key = (r["backbone"], r["n_train"], r["interp"], r["count_include_pad"], r["features"])
-            rows.setdefault(key, {})[r["split"]] = r
     out = ["| backbone | training images | resize | zero pad counted | features | val I-AUROC | val P-AUROC "
            "| test I-AUROC | test P-AUROC |", "|---|---:|---|---|---|---:|---:|---:|---:|"]
     for (bb, n, interp, cip, feats), by in rows.items():
