@@ -132,6 +132,10 @@ def test_scores_equal_detector_score(served: Any, bundles: dict[str, Any], refer
     assert info["digest"] == bundles["digest"]["a"] and info["bundle"]["method"] == "recontrast"
     assert info["bundle"]["input_size"] == [64, 64] and info["server"]["ray"] == ray.__version__
     assert info["batching"] == {"max_batch": 8, "batch_wait_ms": 5.0}
+    # the low-latency request path reached the replica (a cluster this process started; nothing overrode it)
+    from edgeuad.serve.config import LOW_LATENCY_ENV
+
+    assert info["server"]["ray_serve_env"] == LOW_LATENCY_ENV
 
 
 def test_two_replicas_concurrent_clients_no_lost_or_duplicated_answer(served: Any, bundles: dict[str, Any],

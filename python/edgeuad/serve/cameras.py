@@ -270,10 +270,13 @@ class CameraWorker:
 @lru_cache(maxsize=1)
 def camera_actor() -> Any:
     """The Ray actor class of `CameraWorker` (made on first use: parsing cameras.yaml needs no ray).
-    num_cpus=0: a camera waits on I/O and on the replicas, which hold the CPUs; restarted if it dies."""
+    num_cpus=0: a camera waits on I/O and on the replicas, which hold the CPUs; restarted if it dies.
+    Its handle calls come from the stream's plain threads, which need Serve's router on its own loop
+    (config.LOW_LATENCY_ENV turns that off for the proxy and the replicas, where an event loop runs)."""
     import ray
 
-    return ray.remote(num_cpus=0, max_restarts=-1)(CameraWorker)
+    return ray.remote(num_cpus=0, max_restarts=-1,
+                      runtime_env={"env_vars": {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}})(CameraWorker)
 
 
 class CameraFleet:

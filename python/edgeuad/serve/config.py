@@ -11,6 +11,23 @@ from . import protocol as P
 from .codec import Limits
 
 
+# Ray Serve's request path on a small box (read by the proxy, the controller and the replicas, which
+# inherit this process's environment when it starts the cluster; a joined cluster keeps its own).
+# By default a replica runs user code on a second event-loop thread and its router on a third, and
+# the proxy talks to replicas through Ray actor calls; on 2 cores those threads fight the Detector for
+# the GIL and the CPU (section 7 of benchmarks/RESULTS.md measures both settings).  These are the
+# settings Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode picks, without its direct-ingress part (replicas
+# listening on their own ports), which would bypass the one --host/--port of `edgeuad serve`.  Our
+# replica keeps blocking work (decode, inference) off the event loop, which running user code on the
+# replica's main loop requires; handles called from plain threads (the camera actors) need the router
+# on its own loop, so cameras.py turns that one back on for them.
+LOW_LATENCY_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+}
+
+
 @dataclass
 class BundleSpec:
     """A bundle to serve under a name: from `--bundle PATH` (name = the folder's name) or `--bundle NAME=PATH`."""

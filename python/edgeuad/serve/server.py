@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from ..bundle import Bundle
 from . import protocol as P
-from .config import BundleSpec, ServeConfig, parse_bundles
+from .config import LOW_LATENCY_ENV, BundleSpec, ServeConfig, parse_bundles
 
 __all__ = ["BundleSpec", "ServeConfig", "ServeError", "deploy_bundle", "parse_bundles", "run_server", "shutdown",
            "start_cluster", "start_http", "undeploy"]
@@ -48,6 +48,9 @@ def start_cluster(cfg: ServeConfig) -> bool:
     for var, seconds in (("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"),
                          ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")):
         os.environ.setdefault(var, seconds)
+    if not cfg.address:  # a user's own setting of any of them wins
+        for var, value in LOW_LATENCY_ENV.items():
+            os.environ.setdefault(var, value)
     try:
         import ray
     except ImportError as e:
