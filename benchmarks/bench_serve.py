@@ -201,6 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--round-frames", type=int, default=8, help="frames per side per round (added latency)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--stem", default="serve")
+    ap.add_argument("--ray-defaults", action="store_true",
+                    help="Ray Serve's default request path instead of edgeuad's (serve.config.LOW_LATENCY_ENV)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     levels = [int(x) for x in a.concurrency.split(",") if x]
@@ -216,7 +218,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "throughput": d.throughput(a.max_batch, a.duration)} for t, d in local.items()}
         log.info("in process: %s", inproc)
 
+        from edgeuad.serve.config import LOW_LATENCY_ENV
         from edgeuad.serve.server import shutdown, start_cluster, start_http
+
+        if a.ray_defaults:  # Ray 2.60's own defaults, set before start_cluster would put edgeuad's
+            os.environ.update({"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
+                               "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"})
+        ray_path = {k: os.environ.get(k, v) for k, v in LOW_LATENCY_ENV.items()}
 
         cfg = ServeConfig(port=a.port, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, threads=a.threads,
                           num_cpus=8, replica_cpus=1.0)
@@ -248,7 +256,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"\n`edgeuad serve` on a local Ray {info['server']['ray']} cluster, loopback HTTP, {bundle_desc}, "
         f"640x480 JPEG frames decoded by the server; {t1} intra-op thread(s) per replica; max batch "
         f"{a.max_batch}, batch wait {a.batch_wait_ms} ms; closed loop, {a.duration:g} s or {a.max_requests} "
-        f"answers per client count. Client threads, Ray (proxy, controller, raylet) and the replicas share the "
+        f"answers per client count. Ray Serve request path: "
+        f"{'Ray defaults' if a.ray_defaults else 'edgeuad (serve.config.LOW_LATENCY_ENV)'}: "
+        f"{', '.join(f'{k}={v}' for k, v in ray_path.items())}. "
+        f"Client threads, Ray (proxy, controller, raylet) and the replicas share the "
         f"machine's cores; load average at the end: {os.getloadavg()[0]:.1f} (a shared machine: other jobs ran).\n",
         f"In process (decode + `Detector.score`): {t1} thread(s) p50 {inproc[t1]['latency_ms']['p50']:.1f} ms / "
         f"decode + `score_batch({a.max_batch})` {inproc[t1]['throughput']:.1f} frames/s; {t2} threads p50 "
@@ -282,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     publish(a.stem, "\n".join(body))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{a.stem}.json").write_text(json.dumps(
-        {"bundle": bundle_desc, "in_process": inproc, "served": {k: r.to_dict() for k, r in sweeps.items()},
+        {"bundle": bundle_desc, "ray_serve_env": ray_path, "in_process": inproc, "served": {k: r.to_dict() for k, r in sweeps.items()},
          "paired_overhead": overhead, "paired_throughput": tput}, indent=2))
     return 0
 
