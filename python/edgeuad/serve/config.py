@@ -15,7 +15,9 @@ from .codec import Limits
 # inherit this process's environment when it starts the cluster; a joined cluster keeps its own).
 # By default a replica runs user code on a second event-loop thread and its router on a third, and
 # the proxy talks to replicas through Ray actor calls; on 2 cores those threads fight the Detector for
-# the GIL and the CPU (section 7 of benchmarks/RESULTS.md measures both settings).  These are the
+# the GIL and the CPU.  Interleaved runs here (one replica, batch 1, JPEG 640x480): a no-op app's
+# round trip 9-11 -> 6-8 ms, a served ReContrast frame 60-67 -> 56-58 ms (RESULTS section 7 has the
+# benchmark of both settings).  These are the
 # settings Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode picks, without its direct-ingress part (replicas
 # listening on their own ports), which would bypass the one --host/--port of `edgeuad serve`.  Our
 # replica keeps blocking work (decode, inference) off the event loop, which running user code on the
