@@ -201,8 +201,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--round-frames", type=int, default=8, help="frames per side per round (added latency)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--stem", default="serve")
-    ap.add_argument("--ray-defaults", action="store_true",
-                    help="Ray Serve's default request path instead of edgeuad's (serve.config.LOW_LATENCY_ENV)")
+    ap.add_argument("--low-latency", action="store_true",
+                    help="serve on `edgeuad serve --low-latency`'s request path (serve.config.LOW_LATENCY_ENV)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     levels = [int(x) for x in a.concurrency.split(",") if x]
@@ -221,14 +221,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from edgeuad.serve.config import LOW_LATENCY_ENV
         from edgeuad.serve.server import shutdown, start_cluster, start_http, undeploy
 
-        if a.ray_defaults:  # Ray 2.60's own defaults, set before start_cluster would put edgeuad's
-            os.environ.update({"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
-                               "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1", "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"})
-        ray_path = {k: os.environ.get(k, v) for k, v in LOW_LATENCY_ENV.items()}
-
         cfg = ServeConfig(port=a.port, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, threads=a.threads,
-                          num_cpus=8, replica_cpus=1.0)
+                          num_cpus=8, replica_cpus=1.0, low_latency=a.low_latency)
         started = start_cluster(cfg)
+        ray_path = {k: os.environ.get(k, "Ray's default") for k in LOW_LATENCY_ENV}
         try:
             start_http(cfg)
             # Each measurement runs with only its own applications deployed: on two cores an idle replica's
@@ -261,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"640x480 JPEG frames decoded by the server; {t1} intra-op thread(s) per replica; max batch "
         f"{a.max_batch}, batch wait {a.batch_wait_ms} ms; closed loop, {a.duration:g} s or {a.max_requests} "
         f"answers per client count. Ray Serve request path: "
-        f"{'Ray defaults' if a.ray_defaults else 'edgeuad (serve.config.LOW_LATENCY_ENV)'}: "
+        f"{'--low-latency' if a.low_latency else 'default'}: "
         f"{', '.join(f'{k}={v}' for k, v in ray_path.items())}. "
         f"Client threads, Ray (proxy, controller, raylet) and the replicas share the "
         f"machine's cores; load average at the end: {os.getloadavg()[0]:.1f} (a shared machine: other jobs ran).\n",

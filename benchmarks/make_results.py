@@ -453,6 +453,8 @@ def main() -> None:
         "serve17": lambda: serve_summary()[0],
         "serve17_met": lambda: serve_summary()[1],
         "serve": lambda: _read("serve.md") or "(not measured: python benchmarks/bench_serve.py)",
+        "serve_low_latency": lambda: _read("serve_low_latency.md")
+        or "(not measured: python benchmarks/bench_serve.py --low-latency --stem serve_low_latency)",
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
         "pc13_mean": lambda: g13["pc13"][0],
         **{k: (lambda k=k: g13[k][0]) for k in g13},

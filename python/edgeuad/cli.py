@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cameras", default=None, metavar="YAML", help="cameras.yaml: one Ray actor per camera, JSONL + overlays")
     sv.add_argument("--detach", action="store_true",
                     help="deploy/update and exit, leaving the apps on the cluster (needs --address; the hot swap)")
+    sv.add_argument("--low-latency", action="store_true",
+                    help="Ray Serve's request path without its extra event-loop threads, gRPC to the replicas "
+                         "(a cluster this command starts; benchmarks/RESULTS.md section 7)")
 
     i = sub.add_parser("info", formatter_class=_Help,
                        help="versions, compiled runtime (_rt, CUDA), backends, CPUs; a bundle's manifest",
@@ -372,7 +375,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         bundles=parse_bundles(a.bundles), replicas=a.replicas, host=a.host, port=a.port, max_batch=a.max_batch,
         batch_wait_ms=a.batch_wait_ms, address=a.address, num_cpus=a.num_cpus, replica_cpus=a.replica_cpus,
         backend=a.backend, threads=a.threads, max_body_mb=a.max_body_mb, max_pixels=a.max_pixels,
-        cameras=a.cameras, detach=a.detach))
+        cameras=a.cameras, detach=a.detach, low_latency=a.low_latency))
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

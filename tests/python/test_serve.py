@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -52,9 +53,14 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def served(bundles: dict[str, Any]) -> Any:
-    """A local cluster (4 logical CPUs, replicas reserve 0.5) with three applications."""
+    """A local cluster (4 logical CPUs, replicas reserve 0.5) with three applications, on the --low-latency
+    request path (so the kill, swap and camera tests below cover it; test_serve_cli.py runs the README's
+    commands on Ray's default path)."""
+    from edgeuad.serve.config import LOW_LATENCY_ENV
+
     cfg = ServeConfig(port=free_port(), num_cpus=4, replica_cpus=0.5, threads=1, max_body_mb=LIMIT_BYTES / (1 << 20),
-                      max_pixels=1_000_000)
+                      max_pixels=1_000_000, low_latency=True)
+    added = [k for k in LOW_LATENCY_ENV if k not in os.environ]
     started = start_cluster(cfg)
     try:
         start_http(cfg)
@@ -66,6 +72,8 @@ def served(bundles: dict[str, Any]) -> Any:
         yield {"cfg": cfg, "urls": urls}
     finally:
         shutdown(started)
+        for k in added:  # later clusters in this process (and the CLI tests' subprocesses) get Ray's defaults
+            os.environ.pop(k, None)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +140,7 @@ def test_scores_equal_detector_score(served: Any, bundles: dict[str, Any], refer
     assert info["digest"] == bundles["digest"]["a"] and info["bundle"]["method"] == "recontrast"
     assert info["bundle"]["input_size"] == [64, 64] and info["server"]["ray"] == ray.__version__
     assert info["batching"] == {"max_batch": 8, "batch_wait_ms": 5.0}
-    # the low-latency request path reached the replica (a cluster this process started; nothing overrode it)
+    # the replica runs with the settings --low-latency asked for (they reached the replica's process)
     from edgeuad.serve.config import LOW_LATENCY_ENV
 
     assert info["server"]["ray_serve_env"] == LOW_LATENCY_ENV

@@ -253,13 +253,42 @@ def test_serve_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path:
     rc = cli.main(["-q", "serve", "--bundle", str(tmp_path / "bottle"), "--bundle", "tile=t.tar", "--replicas", "2",
                    "--host", "127.0.0.2", "--port", "8123", "--max-batch", "4", "--batch-wait-ms", "2.5",
                    "--address", "127.0.0.1:6379", "--num-cpus", "6", "--replica-cpus", "0.5", "--backend", "onnxruntime",
-                   "--threads", "1", "--max-body-mb", "3", "--max-pixels", "1000", "--cameras", "c.yaml"])
+                   "--threads", "1", "--max-body-mb", "3", "--max-pixels", "1000", "--cameras", "c.yaml",
+                   "--low-latency"])
     assert rc == 0
     c = seen[0]
     assert [(b.name, Path(b.path).name) for b in c.bundles] == [("bottle", "bottle"), ("tile", "t.tar")]
     assert (c.replicas, c.host, c.port, c.max_batch, c.batch_wait_ms, c.address, c.num_cpus, c.replica_cpus,
-            c.backend, c.threads, c.max_body_mb, c.max_pixels, c.cameras, c.detach) == \
-        (2, "127.0.0.2", 8123, 4, 2.5, "127.0.0.1:6379", 6, 0.5, "onnxruntime", 1, 3.0, 1000, "c.yaml", False)
+            c.backend, c.threads, c.max_body_mb, c.max_pixels, c.cameras, c.detach, c.low_latency) == \
+        (2, "127.0.0.2", 8123, 4, 2.5, "127.0.0.1:6379", 6, 0.5, "onnxruntime", 1, 3.0, 1000, "c.yaml", False, True)
+    assert cli.main(["-q", "serve", "--bundle", "b"]) == 0 and seen[1].low_latency is False
+
+
+def test_low_latency_request_path_is_set_only_where_the_cluster_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--low-latency puts LOW_LATENCY_ENV in the environment the local cluster inherits (a user's own value
+    wins); without it nothing is set; with --address it is a typed error (the joined cluster's `ray start`
+    decides)."""
+    import os
+    import sys
+    import types
+
+    from edgeuad.serve import server
+    from edgeuad.serve.config import LOW_LATENCY_ENV
+
+    inits: list[dict] = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: inits.append(dict(os.environ)))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    base = {k: v for k, v in os.environ.items() if k not in LOW_LATENCY_ENV}
+    monkeypatch.setattr(os, "environ", dict(base))
+    assert server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")])) is True
+    assert not set(LOW_LATENCY_ENV) & set(inits[-1])
+    os.environ["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "0"
+    assert server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")], low_latency=True)) is True
+    assert {k: inits[-1][k] for k in LOW_LATENCY_ENV} == {**LOW_LATENCY_ENV, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}
+    monkeypatch.setattr(os, "environ", dict(base))
+    with pytest.raises(server.ServeError, match="ray start"):
+        server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")], address="127.0.0.1:6379", low_latency=True))
+    assert not set(LOW_LATENCY_ENV) & set(os.environ) and len(inits) == 2
 
 
 def test_serve_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,18 +11,17 @@ from . import protocol as P
 from .codec import Limits
 
 
-# Ray Serve's request path on a small box (read by the proxy, the controller and the replicas, which
-# inherit this process's environment when it starts the cluster; a joined cluster keeps its own).
-# By default a replica runs user code on a second event-loop thread and its router on a third, and
-# the proxy talks to replicas through Ray actor calls; on 2 cores those threads fight the Detector for
-# the GIL and the CPU.  Interleaved runs here (one replica, batch 1, JPEG 640x480): a no-op app's
-# round trip 9-11 -> 6-8 ms, a served ReContrast frame 60-67 -> 56-58 ms (RESULTS section 7 has the
-# benchmark of both settings).  These are the
-# settings Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode picks, without its direct-ingress part (replicas
-# listening on their own ports), which would bypass the one --host/--port of `edgeuad serve`.  Our
-# replica keeps blocking work (decode, inference) off the event loop, which running user code on the
-# replica's main loop requires; handles called from plain threads (the camera actors) need the router
-# on its own loop, so cameras.py turns that one back on for them.
+# `edgeuad serve --low-latency`: Ray Serve's request path without its extra threads (read by the proxy,
+# the controller and the replicas, which inherit this process's environment when it starts the cluster;
+# a joined cluster keeps the environment of its `ray start`).  By default a replica runs user code on a
+# second event-loop thread and its router on a third, and the proxy reaches replicas through Ray actor
+# calls.  These are the settings Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode picks, without its
+# direct-ingress part (replicas on their own ports), which would bypass the one --host/--port.  Opt-in,
+# not the default: interleaved bare runs here (one replica, batch 1) took ~3 ms off a request, but the
+# full benchmark (RESULTS section 7) could not tell the two apart on this noisy 2-core VM, and with the
+# router on the caller's loop any handle called from a plain thread fails (cameras.py keeps the router
+# loop for its actors).  Our replica keeps blocking work (decode, inference) off the event loop, which
+# running user code on the replica's main loop requires.
 LOW_LATENCY_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
@@ -71,6 +70,7 @@ class ServeConfig:
     max_pixels: int = 40_000_000
     cameras: Optional[str] = None         # cameras.yaml
     detach: bool = False                  # deploy/update and exit, leaving the apps on the cluster
+    low_latency: bool = False             # LOW_LATENCY_ENV for a cluster this process starts
 
     def __post_init__(self) -> None:
         if self.replicas < 1:

@@ -48,8 +48,12 @@ def start_cluster(cfg: ServeConfig) -> bool:
     for var, seconds in (("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"),
                          ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")):
         os.environ.setdefault(var, seconds)
-    if not cfg.address:  # a user's own setting of any of them wins
-        for var, value in LOW_LATENCY_ENV.items():
+    if cfg.low_latency:
+        if cfg.address:
+            raise ServeError("--low-latency sets Ray Serve's request path where the cluster starts; for a joined "
+                             f"cluster set {', '.join(f'{k}={v}' for k, v in LOW_LATENCY_ENV.items())} in the "
+                             "environment of its `ray start`")
+        for var, value in LOW_LATENCY_ENV.items():  # a user's own setting of any of them wins
             os.environ.setdefault(var, value)
     try:
         import ray
