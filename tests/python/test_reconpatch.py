@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from edgeuad.methods.patch_features import load_patch_model
 from edgeuad.methods.reconpatch import (ReConPatchConfig, ReConPatchTrainer, contextual_similarity, ema_update,
@@ -223,3 +224,46 @@ def test_untrained_representation_preserves_distances(repr_dim):
         exact = "donot_use_mm_for_euclid_dist"  # the mm shortcut's rounding exceeds the tolerance
         d_in, d_out = torch.cdist(x, x, compute_mode=exact), torch.cdist(f(x), f(x), compute_mode=exact)
     assert torch.allclose(d_in, d_out, atol=1e-4)
+
+
+def test_compress_head_keeps_every_distance_in_fewer_dims():
+    from edgeuad.methods.reconpatch import compress_head
+
+    torch.manual_seed(0)
+    f = nn.Linear(24, 80)
+    g = compress_head(f)
+    assert (g.in_features, g.out_features) == (24, 24)
+    x = torch.randn(40, 24) * 3
+    with torch.no_grad():
+        exact = "donot_use_mm_for_euclid_dist"
+        d_f, d_g = torch.cdist(f(x), f(x), compute_mode=exact), torch.cdist(g(x), g(x), compute_mode=exact)
+        np.testing.assert_allclose(d_g.numpy(), d_f.numpy(), rtol=1e-5, atol=1e-5)
+        assert d_f.max() > 1.0  # the distances compared are not all ~0
+        # g(x) = Q^T f(x): a bank of f's outputs maps into g's space by the same Q
+        assert not torch.allclose(g(x), f(x)[:, :24])
+    narrow = nn.Linear(24, 16)
+    assert compress_head(narrow) is narrow  # nothing to gain when f does not widen
+
+
+def test_compressed_reconpatch_scores_as_the_whole_head(tmp_path):
+    """Same seed, same training, every patch in the bank: with and without compress_head the bank holds the
+    same patches, in 32 instead of 64 dims, and every map and score agrees."""
+    from safetensors.torch import load_file, save_file
+
+    train, test = _images(4, 0), np.concatenate([_images(2, 10), _images(2, 11, defect=True)])
+    whole = train_reconpatch(_tcfg(steps=10, repr_dim=64, coreset_ratio=1.0, compress_head=False), train, progress=False)
+    small = train_reconpatch(_tcfg(steps=10, repr_dim=64, coreset_ratio=1.0), train, progress=False)
+    assert whole.bank.shape == (4 * 64, 64) and small.bank.shape == (4 * 64, 32)
+    m_whole, s_whole = whole.score_torch(test)
+    m_small, s_small = small.score_torch(test)
+    assert s_whole[2:].min() > s_whole[:2].max()  # defects found: the scores compared mean something
+    np.testing.assert_allclose(s_small, s_whole, rtol=1e-4)
+    np.testing.assert_allclose(m_small, m_whole, rtol=1e-4, atol=1e-4 * float(m_whole.max()))
+    # both rebuild from their saved state and config; a config without the key is a whole head
+    for pm in (small, whole):
+        save_file(pm.state_dict(), str(tmp_path / "w.safetensors"))
+        cfg = dict(pm.config)
+        if not cfg["compress_head"]:
+            del cfg["compress_head"]  # as saved before the option existed
+        again = load_patch_model(load_file(str(tmp_path / "w.safetensors")), cfg)
+        np.testing.assert_allclose(again.score_torch(test)[1], pm.score_torch(test)[1], rtol=1e-6)

@@ -104,6 +104,11 @@ class ReConPatchConfig(PatchBankConfig):
         or "auto" (float32 up to 1 GiB, else float16: 200 images x 1024 patches x 256 dims
         is 210 MB in float32).  max_patches_per_image: optional random subsample per image.
     checkpoint_every: steps between atomic checkpoints when a checkpoint_dir is given.
+    compress_head: after training, replace f (in_dim -> repr_dim, repr_dim > in_dim) by the exact
+        in_dim -> in_dim map R with f = Q R (QR decomposition): every f(x) - f(y) lies in the span of
+        f's in_dim columns, so ||R(x - y)|| = ||f(x) - f(y)|| and every bank distance, map and score is
+        unchanged while the bank and its search shrink by repr_dim / in_dim (512 / 152 on lite0: the
+        search is most of a patch method's time).  Runs saved before this option rebuild without it.
     """
 
     repr_dim: int = 512
@@ -122,6 +127,7 @@ class ReConPatchConfig(PatchBankConfig):
     feature_dtype: str = "auto"
     max_patches_per_image: int | None = None
     checkpoint_every: int = 100
+    compress_head: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -171,7 +177,24 @@ def build_embedder(config: Mapping[str, Any]) -> ReConPatchEmbedder:
     """Random-init embedder with the architecture of `config` (weights come from a state dict)."""
     cfg = ReConPatchConfig.from_dict(config)
     ext = build_extractor(config, pretrained=False)
-    return ReConPatchEmbedder(ext, nn.Linear(ext.out_dim, cfg.repr_dim)).eval()
+    # a config without the key is a run saved before compress_head existed: its f was kept whole
+    out = min(cfg.repr_dim, ext.out_dim) if config.get("compress_head", False) else cfg.repr_dim
+    return ReConPatchEmbedder(ext, nn.Linear(ext.out_dim, out)).eval()
+
+
+@torch.no_grad()
+def compress_head(f: nn.Linear) -> nn.Linear:
+    """The in_dim -> in_dim layer with the same pairwise distances as f (see ReConPatchConfig.compress_head):
+    f(x) = W x + b with W = Q R (reduced QR, Q orthonormal columns), returns x -> R x + Q^T b = Q^T f(x).
+    f itself when it does not widen (repr_dim <= in_dim: nothing to gain)."""
+    if f.out_features <= f.in_features:
+        return f
+    w = f.weight.detach().double().cpu()
+    q, r = torch.linalg.qr(w, mode="reduced")          # (out, in), (in, in)
+    g = nn.Linear(f.in_features, f.in_features).to(f.weight.device)
+    g.weight.copy_(r.float())
+    g.bias.copy_((q.T @ f.bias.detach().double().cpu()).float())
+    return g.eval()
 
 
 # ----------------------------------------------------------------------------- pseudo-labels (Eqs. 1-6)
@@ -441,6 +464,10 @@ def train_reconpatch(cfg: ReConPatchConfig, images: np.ndarray, progress: bool =
         return None
 
     f = trainer.f.eval()
+    if cfg.compress_head:
+        f = compress_head(f)
+        log.info("reconpatch: bank in f's %d-dim span (f outputs %d dims; distances unchanged)", f.out_features,
+                 cfg.repr_dim)
     embedder = ReConPatchEmbedder(extractor, copy.deepcopy(f)).eval()
     if dtype is np.float32 and cfg.max_patches_per_image is None:
         reps = _apply_f(f, feats)      # exactly what the embedder outputs for the training patches
