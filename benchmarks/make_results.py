@@ -458,6 +458,8 @@ def main() -> None:
         "serve_low_latency": lambda: _read("serve_low_latency.md")
         or "(not measured: python benchmarks/bench_serve.py --low-latency --stem serve_low_latency)",
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
+        "rcp_bottle_ch": lambda: patch_summary("methods/bottle_reconpatch_compressed.json"),
+        "rcp_mt_ch": lambda: patch_summary("methods/magnetic_tile_reconpatch_compressed.json"),
         "pc13_mean": lambda: g13["pc13"][0],
         **{k: (lambda k=k: g13[k][0]) for k in g13},
         **{f"{k}_met": (lambda k=k: "yes" if g13[k][1] else "**no**") for k in g13},
