@@ -467,6 +467,7 @@ def main() -> None:
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
         "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
         "seeds_mt_lite2": lambda: seeds_table("magnetic_tile", ("patchcore",), variant="_lite2"),
+        "seeds_mt_rcp_ch": lambda: seeds_table("magnetic_tile", ("reconpatch",), variant="_compressed"),
         "size_mt": size_table,
         "geometry_mt": geometry_table,
         "bank_size": bank_size_table,
