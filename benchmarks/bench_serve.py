@@ -93,6 +93,7 @@ def deploy_floor(cfg: ServeConfig, name: str = "floor") -> str:
     from edgeuad.serve import protocol as P
     from edgeuad.serve.server import QUIET_LOGS, base_url
 
+    # a local, not the global: Ray ships the class with its closure, and a replica cannot import this script
     answer = dict(_FLOOR_ANSWER)
 
     # reserves no CPU: it idles unless measured, and must not take a replica's place in the cluster

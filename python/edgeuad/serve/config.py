@@ -17,11 +17,11 @@ from .codec import Limits
 # second event-loop thread and its router on a third, and the proxy reaches replicas through Ray actor
 # calls.  These are the settings Ray's own RAY_SERVE_THROUGHPUT_OPTIMIZED mode picks, without its
 # direct-ingress part (replicas on their own ports), which would bypass the one --host/--port.  Opt-in,
-# not the default: interleaved bare runs here (one replica, batch 1) took ~3 ms off a request, but the
-# full benchmark (RESULTS section 7) could not tell the two apart on this noisy 2-core VM, and with the
-# router on the caller's loop any handle called from a plain thread fails (cameras.py keeps the router
-# loop for its actors).  Our replica keeps blocking work (decode, inference) off the event loop, which
-# running user code on the replica's main loop requires.
+# not the default: interleaved bare runs here (one replica, batch 1) took ~3 ms off a request, but three
+# pairs of the full benchmark (RESULTS section 7) put it 9.5 ms under, equal to and 3.2 ms over the
+# default on this noisy 2-core VM, and with the router on the caller's loop any handle called from a
+# plain thread fails (cameras.py keeps the router loop for its actors).  Our replica keeps blocking
+# work (decode, inference) off the event loop, which running user code on the replica's main loop requires.
 LOW_LATENCY_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",

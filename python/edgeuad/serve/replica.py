@@ -200,7 +200,7 @@ class BundleScorer:
             "server": {"edgeuad": __version__, "ray": ray.__version__, "onnxruntime": onnxruntime.__version__,
                        "numpy": np.__version__, "opencv": cv2.__version__, "backend": self.det.backend_name,
                        "threads": self.cfg.threads, "pid": os.getpid(),
-                       # the request-path settings this replica's Ray Serve runs with (server.LOW_LATENCY_ENV)
+                       # the request-path settings this replica's Ray Serve runs with (config.LOW_LATENCY_ENV)
                        "ray_serve_env": {k: os.environ.get(k) for k in LOW_LATENCY_ENV}},
             "batching": {"max_batch": self.cfg.max_batch, "batch_wait_ms": self.cfg.batch_wait_ms},
             "limits": {"max_body_bytes": self.limits.max_body_bytes, "max_pixels": self.limits.max_pixels},
