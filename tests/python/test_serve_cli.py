@@ -44,12 +44,19 @@ def readme_serving() -> tuple[list[str], str]:
     return cmds, yaml
 
 
+def _default_sigint() -> None:
+    # A test run started in the background (`nohup ... &` from a script: no job control) ignores SIGINT,
+    # and an ignored signal stays ignored across exec, so the server would never see the Ctrl-C below;
+    # give it the default disposition a terminal user's `edgeuad serve` has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Server:
     """`edgeuad serve ...` in the background; its stdout lines collected."""
 
     def __init__(self, cmd: str, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(shlex.split(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, start_new_session=True)
+                                     env=env, start_new_session=True, preexec_fn=_default_sigint)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
