@@ -818,6 +818,31 @@ stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
       .def_property_readonly("seed", [](const MemoryBank& self) { return self.info().seed; })
       .def_property_readonly("neighbor_b", [](const MemoryBank& self) { return self.info().neighbor_b; },
                              "b of the neighbour table (0: none built)")
+      .def_property(
+          "exact_prune", &MemoryBank::exact_prune,
+          &MemoryBank::set_exact_prune,
+          "Exact searches prune with a certified lower bound where it pays (default True); False: always the "
+          "full search.  Both give the same neighbours.")
+      .def(
+          "exact_stats",
+          [](const MemoryBank& self) {
+            edgeuad::ExactStats st;
+            {
+              py::gil_scoped_release release;  // may build the prune index (a covariance of the bank)
+              st = self.exact_stats();
+            }
+            py::dict d;
+            d["prune_enabled"] = st.prune_enabled;
+            d["prune_dims"] = st.prune_dims;
+            d["energy"] = st.energy;
+            d["queries"] = st.queries;
+            d["full_queries"] = st.full_queries;
+            d["direct_queries"] = st.direct_queries;
+            return d;
+          },
+          "How exact searches ran: the lower-bound prune's subspace dims (0: off for this bank), the variance "
+          "share inside it, and exact-search queries so far / of which searched in full / of those answered by "
+          "direct differences over every row (the rounding certificate of the full search failed).")
       .def(
           "features",
           [](const MemoryBank& self) {

@@ -28,6 +28,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <queue>
 #include <random>
@@ -324,6 +325,20 @@ struct MemoryBank::Impl {
   std::vector<float> norms;      // |x - center|^2 per row
   mutable std::vector<int32_t> table;  // size x neighbor_b (built lazily by const searches)
   mutable std::shared_mutex mu;
+  // Lower-bound prune of the exact search (bank_prune.cpp): built by the first exact search after a
+  // change (its own mutex: searches hold mu shared), dropped by add().
+  mutable std::mutex prune_mu;
+  mutable std::shared_ptr<const detail::PruneIndex> prune;
+  mutable std::atomic<int64_t> exact_queries{0}, exact_full{0}, exact_direct{0};
+  std::atomic<bool> prune_on{true};  // set_exact_prune
+
+  std::shared_ptr<const detail::PruneIndex> prune_index() const {
+    std::lock_guard<std::mutex> g(prune_mu);
+    if (!prune)
+      prune = std::make_shared<const detail::PruneIndex>(
+          detail::build_prune_index(feats.data(), center.data(), norms.data(), info.size, info.dim));
+    return prune;
+  }
 
   // Recomputes the mean and the centred norms after rows were appended (O(N d)).
   void recenter(int64_t first_new) {
@@ -441,8 +456,17 @@ struct MemoryBank::Impl {
                        " is not");
     if (nq == 0) return;
     if (exact) {
-      detail::exact_knn(q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k, threads, dist,
-                        idx);
+      int64_t full = nq, direct = 0;
+      const auto p = prune_on ? prune_index() : nullptr;
+      if (p && p->m > 0)
+        full = detail::pruned_knn(*p, q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k,
+                                  threads, dist, idx, &direct);
+      else
+        direct = detail::exact_knn(q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k,
+                                   threads, dist, idx);
+      exact_queries += nq;
+      exact_direct += direct;
+      exact_full += full;
       return;
     }
     parallel_for(nq, resolve_threads(threads), 16,
@@ -512,6 +536,7 @@ void MemoryBank::add(const float* features, int64_t n, int threads) {
   m.feats.insert(m.feats.end(), features, features + n * d);
   m.info.size = total;
   m.recenter(old);
+  m.prune.reset();  // exclusive lock: no search holds it
   m.table.clear();
   m.info.neighbor_b = 0;
   Index* ix = m.index.get();
@@ -573,6 +598,25 @@ void MemoryBank::search_reweighted(const float* queries, int64_t nq, int64_t b, 
     std::unique_lock<std::shared_mutex> lock(m.mu);
     if (m.info.neighbor_b != b) m.build_table(b, exact, ef, threads);
   }
+}
+
+void MemoryBank::set_exact_prune(bool on) { impl_->prune_on = on; }
+bool MemoryBank::exact_prune() const { return impl_->prune_on; }
+
+ExactStats MemoryBank::exact_stats() const {
+  std::shared_lock<std::shared_mutex> lock(impl_->mu);
+  const Impl& m = *impl_;
+  ExactStats st;
+  st.prune_enabled = m.prune_on;
+  if (st.prune_enabled && m.info.size > 0) {
+    const auto p = m.prune_index();
+    st.prune_dims = p->m;
+    st.energy = p->energy;
+  }
+  st.queries = m.exact_queries.load();
+  st.full_queries = m.exact_full.load();
+  st.direct_queries = m.exact_direct.load();
+  return st;
 }
 
 BankInfo MemoryBank::info() const {

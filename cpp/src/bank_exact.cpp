@@ -8,8 +8,9 @@
 // 4*NB bytes apart: at NB=256 all d rows fall into 4 L1 sets and the slice thrashes L1.
 // The bank is packed once per call and shared by the threads (per block when it is huge).
 // On x86-64 an AVX2+FMA 6x16 intrinsics tile is selected at run time (no -march needed).
-// The expansion loses precision when |q| >> |q - x| (hence the centring), and the final k (+4 spare)
-// candidates are re-ranked with the direct sum of squares.
+// The expansion loses precision when |q| >> |q - x| (hence the centring): the final k (+4 spare)
+// candidates are re-ranked with the direct sum of squares, and a query whose left-out rows cannot be
+// shown farther (rounding margin) is answered by direct differences over the whole bank.
 #include "edgeuad/bank_exact.hpp"
 
 #include <omp.h>
@@ -141,10 +142,59 @@ struct Avx2Kernel {
   }
 };
 
+// The AVX2 tile scores in registers: per query row, 16 scores |q|^2 - 2 q.x + |x|^2 are compared with the
+// row's current worst candidate and only a hit leaves the registers.  Scoring the stored dots in scalar
+// code (tile_body) cost ~9 cycles per (query, row) pair: as much as the 152-dim dot itself, and most of
+// the time of a narrow search (the pruned search's 33 dims).  A partial last slice takes tile_body's path.
 __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* qrows, const float* qn, int64_t nqb,
                                                    const float* panel, const float* xn, int64_t jb,
                                                    int64_t nbk, int64_t d, Cand* cands, int64_t cap) {
-  tile_body<Avx2Kernel>(qrows, qn, nqb, panel, xn, jb, nbk, d, cands, cap);
+  const int64_t full = nbk / 16 * 16;
+  for (int64_t j0 = 0; j0 < full; j0 += 16) {
+    const float* slice = panel + j0 * d;
+    for (int64_t qa = 0; qa < nqb; qa += 6) {
+      const float* q[6];
+      for (int a = 0; a < 6; ++a) q[a] = qrows[std::min<int64_t>(qa + a, nqb - 1)];
+      __m256 c[6][2];
+#pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
+      const float* p = slice;
+      for (int64_t dd = 0; dd < d; ++dd, p += 16) {
+        const __m256 p0 = _mm256_loadu_ps(p), p1 = _mm256_loadu_ps(p + 8);
+#pragma GCC unroll 6
+        for (int a = 0; a < 6; ++a) {
+          const __m256 qv = _mm256_broadcast_ss(q[a] + dd);
+          c[a][0] = _mm256_fmadd_ps(qv, p0, c[a][0]);
+          c[a][1] = _mm256_fmadd_ps(qv, p1, c[a][1]);
+        }
+      }
+      const int rows = static_cast<int>(std::min<int64_t>(6, nqb - qa));
+      // Loaded here, not before the dot loop: the 12 accumulators + 2 panel rows + 1 broadcast leave one
+      // spare ymm register there, and a spill in that loop doubles its cost.
+      const __m256 xn0 = _mm256_loadu_ps(xn + jb + j0), xn1 = _mm256_loadu_ps(xn + jb + j0 + 8);
+      // A fixed trip count, fully unrolled: indexing c[a] with a run-time bound would move the
+      // accumulators to the stack for the whole dot loop.
+#pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) {
+        if (a >= rows) break;
+        Cand* cc = cands + (qa + a) * cap;
+        const __m256 qnv = _mm256_set1_ps(qn[qa + a]);
+        const __m256 s0 = _mm256_add_ps(_mm256_fnmadd_ps(_mm256_set1_ps(2.0f), c[a][0], qnv), xn0);
+        const __m256 s1 = _mm256_add_ps(_mm256_fnmadd_ps(_mm256_set1_ps(2.0f), c[a][1], qnv), xn1);
+        const __m256 worst = _mm256_set1_ps(cc[cap - 1].d);
+        const int hit = _mm256_movemask_ps(_mm256_cmp_ps(s0, worst, _CMP_LT_OQ)) |
+                        (_mm256_movemask_ps(_mm256_cmp_ps(s1, worst, _CMP_LT_OQ)) << 8);
+        if (!hit) continue;
+        alignas(32) float sc[16];
+        _mm256_store_ps(sc, s0);
+        _mm256_store_ps(sc + 8, s1);
+        for (int j = 0; j < 16; ++j)
+          if (hit & (1 << j)) insert_cand(cc, cap, sc[j], jb + j0 + j);
+      }
+    }
+  }
+  if (full < nbk)
+    tile_body<Avx2Kernel>(qrows, qn, nqb, panel + full * d, xn, jb + full, nbk - full, d, cands, cap);
 }
 #endif
 
@@ -213,20 +263,28 @@ void row_sq_norms(const float* x, int64_t n, int64_t d, const float* center, flo
 }
 
 float l2_exact(const float* a, const float* b, int64_t d) {
-  double s = 0.0;
-  for (int64_t j = 0; j < d; ++j) {
+  // Four independent double accumulators: the single chain of a plain loop waits on the add latency
+  // (4 cycles per element), and the re-rankings call this for every kept candidate.
+  double s[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t j = 0;
+  for (; j + 4 <= d; j += 4)
+    for (int l = 0; l < 4; ++l) {
+      const double t = static_cast<double>(a[j + l]) - static_cast<double>(b[j + l]);
+      s[l] += t * t;
+    }
+  for (; j < d; ++j) {
     const double t = static_cast<double>(a[j]) - static_cast<double>(b[j]);
-    s += t * t;
+    s[0] += t * t;
   }
-  return static_cast<float>(std::sqrt(s));
+  return static_cast<float>(std::sqrt((s[0] + s[1]) + (s[2] + s[3])));
 }
 
-void exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
-               int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx) {
+void knn_candidates(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
+                    int64_t n, int64_t d, int64_t cap, const float* init_score, int threads, float* score,
+                    int64_t* idx) {
   const Tile& tile = active_tile();
   static const int64_t pack_limit = shared_pack_limit();
   const int nt = threads > 0 ? threads : omp_get_max_threads();
-  const int64_t cap = std::min<int64_t>(k + kSpare, n);
   const int64_t nblocks = (nq + kQB - 1) / kQB;
   const int64_t ntiles = (n + kNB - 1) / kNB;
   // Packing the whole bank once (instead of once per 64-query block) removes most of the packing
@@ -266,7 +324,10 @@ void exact_knn(const float* queries, int64_t nq, const float* x, const float* ce
         qrows[a] = dst;
       }
       row_sq_norms(qc.data(), nqb, d, nullptr, qn.data());
-      std::fill(cands.begin(), cands.end(), Cand{std::numeric_limits<float>::infinity(), -1});
+      for (int64_t a = 0; a < nqb; ++a) {
+        const float init = init_score ? init_score[q0 + a] : std::numeric_limits<float>::infinity();
+        std::fill(cands.begin() + a * cap, cands.begin() + (a + 1) * cap, Cand{init, -1});
+      }
       for (int64_t t = 0; t < ntiles; ++t) {
         const int64_t jb = t * kNB, nbk = std::min(kNB, n - jb);
         const float* pt = packed.data() + t * kNB * d;
@@ -276,20 +337,72 @@ void exact_knn(const float* queries, int64_t nq, const float* x, const float* ce
         }
         tile.fn(qrows, qn.data(), nqb, pt, xnorm, jb, nbk, d, cands.data(), cap);
       }
-      // Exact re-ranking of the kept candidates.
-      for (int64_t a = 0; a < nqb; ++a) {
-        Cand* c = cands.data() + a * cap;
-        const float* q = queries + (q0 + a) * d;
-        for (int64_t t = 0; t < cap; ++t) c[t].d = l2_exact(q, x + c[t].i * d, d);
-        std::sort(c, c + cap, [](const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); });
-        for (int64_t t = 0; t < k; ++t) {
-          dist[(q0 + a) * k + t] = c[t].d;
-          idx[(q0 + a) * k + t] = c[t].i;
-        }
+      for (int64_t a = 0; a < nqb * cap; ++a) {
+        score[q0 * cap + a] = cands[a].d;
+        idx[q0 * cap + a] = cands[a].i;
       }
     }
   }
   if (error) std::rethrow_exception(error);
+}
+
+double expansion_margin(int64_t d, double qn, double xn_max) {
+  // Float rounding of |q|^2 - 2 q.x + |x|^2: the d-term dot errs by <= d u |q||x| <= d u (qn + xn) / 2
+  // (u = 2^-24, FMA accumulation), the norms and the two additions by a few u (qn + xn); twice that.
+  return 2.0 * static_cast<double>(d + 4) * 0x1p-24 * (qn + xn_max);
+}
+
+int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
+                  int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx) {
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+  const int64_t cap = std::min<int64_t>(k + kSpare, n);
+  std::vector<float> sc(static_cast<size_t>(nq * cap));
+  std::vector<int64_t> ci(static_cast<size_t>(nq * cap));
+  knn_candidates(queries, nq, x, center, xnorm, n, d, cap, nullptr, threads, sc.data(), ci.data());
+  const double xn_max = n ? static_cast<double>(*std::max_element(xnorm, xnorm + n)) : 0.0;
+  std::atomic<int64_t> direct{0};
+  const auto by_dist = [](const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); };
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<Cand> c(static_cast<size_t>(cap));
+#pragma omp for schedule(static)
+    for (int64_t a = 0; a < nq; ++a) {
+      // Exact re-ranking of the kept candidates (the expansion cancels badly when |q| >> |q - x|) ...
+      const float* q = queries + a * d;
+      for (int64_t t = 0; t < cap; ++t) c[t] = {l2_exact(q, x + ci[a * cap + t] * d, d), ci[a * cap + t]};
+      std::sort(c.begin(), c.end(), by_dist);
+      // ... certified: a row left out scored >= the last kept score, so its true squared distance is at
+      // least that minus the rounding margin.  When that does not clear the k-th exact distance (rows
+      // nearly as close as the k-th, far from the centre: many near-duplicates), the query is answered by
+      // direct differences over every row instead.
+      double qn = 0.0;
+      for (int64_t dd = 0; dd < d; ++dd) {
+        const double v = static_cast<double>(q[dd]) - (center ? center[dd] : 0.0f);
+        qn += v * v;
+      }
+      const double kth = c[k - 1].d;
+      if (cap < n && !(static_cast<double>(sc[a * cap + cap - 1]) - expansion_margin(d, qn, xn_max) > kth * kth)) {
+        ++direct;
+        std::vector<Cand> best(static_cast<size_t>(k), Cand{std::numeric_limits<float>::infinity(), -1});
+        for (int64_t j = 0; j < n; ++j) {
+          const Cand cj{l2_exact(q, x + j * d, d), j};
+          if (!by_dist(cj, best[k - 1])) continue;
+          int64_t pos = k - 1;
+          while (pos > 0 && by_dist(cj, best[pos - 1])) {
+            best[pos] = best[pos - 1];
+            --pos;
+          }
+          best[pos] = cj;
+        }
+        std::copy(best.begin(), best.end(), c.begin());
+      }
+      for (int64_t t = 0; t < k; ++t) {
+        dist[a * k + t] = c[t].d;
+        idx[a * k + t] = c[t].i;
+      }
+    }
+  }
+  return direct.load();
 }
 
 }  // namespace detail

@@ -62,6 +62,105 @@ def test_exact_equals_numpy_brute_force(small):
     assert np.all(np.diff(dist, axis=1) >= 0)
 
 
+# ------------------------------------------------------------- pruned exact search
+def _search_both(bank, q, k, threads):
+    """(pruned, full) results of the same exact search; the bank's switch is restored."""
+    bank.exact_prune = True
+    pruned = bank.search(q, k=k, exact=True, threads=threads)
+    bank.exact_prune = False
+    full = bank.search(q, k=k, exact=True, threads=threads)
+    bank.exact_prune = True
+    return pruned, full
+
+
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_pruned_exact_search_equals_full_search_and_numpy(offset):
+    """Low-rank patch-like features (where the lower-bound prune applies): the pruned search returns the
+    numpy brute force's neighbours and distances, the same as the full search, for k = 1 and 5 and 1 or 2
+    threads; far from the origin too (its margin is relative to the centred norms).  Most queries are
+    certified by the bound (otherwise this would only test the fallback)."""
+    x = clustered(3000, 160, seed=0) + np.float32(offset)
+    q = clustered(301, 160, seed=1) + np.float32(offset)
+    q[:7] = x[[0, 5, 99, 1000, 2047, 2048, 2999]]  # queries on bank rows: distance 0
+    bank = _rt.MemoryBank(160, M=8, ef_construction=20, seed=0)
+    bank.add(x, threads=1)
+    st = bank.exact_stats()
+    assert st["prune_enabled"] and st["prune_dims"] == 32 and st["energy"] > 0.9
+    ref = brute_force(q, x)
+    for k in (1, 5):
+        want = np.argsort(ref, axis=1, kind="stable")[:, :k]
+        for threads in (1, 2):
+            before = bank.exact_stats()
+            (pd, pi), (fd, fi) = _search_both(bank, q, k, threads)
+            np.testing.assert_array_equal(pi, want)
+            np.testing.assert_array_equal(pi, fi)
+            np.testing.assert_array_equal(pd, fd)
+            np.testing.assert_allclose(pd, np.take_along_axis(ref, want, 1), rtol=1e-5, atol=1e-3)
+            assert np.all(pd[:7, 0] == 0.0)
+            after = bank.exact_stats()
+            assert after["queries"] - before["queries"] == 2 * len(q)
+            full = after["full_queries"] - before["full_queries"] - len(q)  # minus the full search's own
+            assert 0 <= full < len(q) // 4, full
+
+
+def test_pruned_search_falls_back_when_the_bound_is_loose():
+    """Rows in tight groups of 100 near-duplicates: a query near a group has more rows under its
+    threshold than the threshold search keeps (64), so those queries take the full search, and the full
+    search's rounding certificate sends them on to direct differences.  The answer is numpy's."""
+    rng = np.random.default_rng(4)
+    base = clustered(30, 128, seed=2, clusters=30)
+    x = (np.repeat(base, 100, axis=0) + 1e-3 * rng.standard_normal((3000, 128))).astype(np.float32)
+    q = (base[rng.integers(0, 30, 200)] + 1e-3 * rng.standard_normal((200, 128))).astype(np.float32)
+    bank = _rt.MemoryBank(128, M=8, ef_construction=20, seed=0)
+    bank.add(x, threads=1)
+    assert bank.exact_stats()["prune_dims"] == 32
+    (pd, pi), (fd, fi) = _search_both(bank, q, 3, 2)
+    ref = brute_force(q, x)
+    np.testing.assert_allclose(pd, np.sort(ref, axis=1)[:, :3], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(ref, pi, 1), pd, rtol=1e-5, atol=1e-5)  # true distances
+    np.testing.assert_array_equal(pd, fd)
+    st = bank.exact_stats()
+    assert st["full_queries"] - len(q) > len(q) // 2  # most of the pruned search's queries fell back
+    # and the full search's rounding certificate sent them to direct differences: its float expansion
+    # cannot order rows 1e-3 apart at norm ~10 (before the certificate it returned neighbours 20% too far)
+    assert st["direct_queries"] > len(q)
+
+
+def test_prune_stays_off_for_isotropic_or_small_banks():
+    """Spread variance (random data), narrow (< 64 dims) or small (< 512 rows) banks keep the full search;
+    the switch turns pruning off for a bank that has it."""
+    rng = np.random.default_rng(5)
+    iso = _rt.MemoryBank(128)
+    iso.add(rng.standard_normal((2000, 128)).astype(np.float32), threads=1)
+    st = iso.exact_stats()
+    assert st["prune_dims"] == 0 and 0.2 < st["energy"] < 0.9
+    narrow = _rt.MemoryBank(32)
+    narrow.add(clustered(2000, 32, seed=0), threads=1)
+    small = _rt.MemoryBank(160)
+    small.add(clustered(400, 160, seed=0), threads=1)
+    for b in (narrow, small):
+        assert b.exact_stats()["prune_dims"] == 0
+    low = _rt.MemoryBank(160)
+    low.add(clustered(2000, 160, seed=0), threads=1)
+    assert low.exact_prune and low.exact_stats()["prune_dims"] == 32
+    low.exact_prune = False
+    q = clustered(50, 160, seed=1)
+    low.search(q, k=2, exact=True)
+    st = low.exact_stats()
+    assert not st["prune_enabled"] and st["prune_dims"] == 0 and st["full_queries"] == st["queries"] == 50
+    # rank 5 (the subspace basis is completed with unit vectors) and all rows equal (no variance)
+    rank5 = _rt.MemoryBank(96)
+    rank5.add((rng.standard_normal((1500, 5)) @ rng.standard_normal((5, 96))).astype(np.float32), threads=1)
+    assert rank5.exact_stats()["prune_dims"] == 24
+    same = _rt.MemoryBank(96)
+    same.add(np.ones((600, 96), np.float32), threads=1)
+    assert same.exact_stats()["prune_dims"] == 0
+    q5 = (rng.standard_normal((40, 5)) @ rng.standard_normal((5, 96))).astype(np.float32)
+    for b, data_q in ((iso, rng.standard_normal((40, 128)).astype(np.float32)), (low, q), (rank5, q5)):
+        d, i = b.search(data_q, k=2, exact=True)
+        np.testing.assert_array_equal(i, np.argsort(brute_force(data_q, b.features()), 1, kind="stable")[:, :2])
+
+
 def test_exact_is_precise_for_large_norms():
     """|q|^2 - 2q.x + |x|^2 cancels badly far from the origin; the final re-ranking is exact."""
     rng = np.random.default_rng(2)
@@ -320,6 +419,15 @@ def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
         "    order = np.argsort(ref, 1)[:, :k]\n"
         "    assert np.array_equal(idx, order), (n, d, nq)\n"
         "    assert np.abs(dist - np.take_along_axis(ref, order, 1)).max() < 1e-4, (n, d, nq)\n"
+        "# low-rank rows (the pruned search applies; its projection has an AVX2 and a portable loop)\n"
+        "z = rng.standard_normal((1201, 10)) * np.geomspace(5, 0.5, 10)\n"
+        "x = (z @ rng.standard_normal((10, 130)) + 0.05 * rng.standard_normal((1201, 130))).astype(np.float32)\n"
+        "q = (rng.standard_normal((67, 10)) * np.geomspace(5, 0.5, 10) @ rng.standard_normal((10, 130))).astype(np.float32)\n"
+        "b = _rt.MemoryBank(130, M=8, ef_construction=20, seed=0); b.add(x, threads=1)\n"
+        "assert b.exact_stats()['prune_dims'] == 32\n"
+        "ref = np.sqrt(np.maximum(((q.astype(np.float64)[:, None] - x.astype(np.float64)[None]) ** 2).sum(-1), 0))\n"
+        "dist, idx = b.search(q, k=2, exact=True, threads=2)\n"
+        "assert np.array_equal(idx, np.argsort(ref, 1)[:, :2])\n"
         "print('ok')\n"
     )
     env = dict(os.environ, EDGEUAD_RT_PORTABLE=portable, EDGEUAD_RT_PACK_LIMIT=pack_limit)

@@ -27,6 +27,18 @@ struct BankInfo {
   int64_t neighbor_b = 0;  // 0: no neighbour table yet
 };
 
+// How exact searches ran (for benchmarks and tests): the lower-bound prune's subspace (0: off for this
+// bank), the share of queries that needed the full search, and the share the full search's rounding
+// certificate sent to a direct-difference scan.
+struct ExactStats {
+  bool prune_enabled = true;  // set_exact_prune
+  int64_t prune_dims = 0;     // m of bank_exact.hpp's PruneIndex; 0: every exact search is a full one
+  double energy = 0.0;        // variance share inside the subspace
+  int64_t queries = 0;        // exact-search queries so far
+  int64_t full_queries = 0;   // of which searched in full (prune off, or not certified)
+  int64_t direct_queries = 0; // of those, answered by direct differences over every row (rounding)
+};
+
 // Thread safety: const searches may run concurrently from any number of
 // threads; add / build_neighbor_table / save take an exclusive lock.
 class MemoryBank {
@@ -63,6 +75,12 @@ class MemoryBank {
   static MemoryBank load(const std::string& path);
 
   BankInfo info() const;
+  // Builds the prune index when missing, as an exact search would.
+  ExactStats exact_stats() const;
+  // Exact searches use the certified lower-bound prune where it applies (default) or always the full
+  // search (benchmarks and tests compare the two).  Safe while searches run: each reads it once.
+  void set_exact_prune(bool on);
+  bool exact_prune() const;
   int64_t size() const;
   int64_t dim() const;
   // Copies of the stored data (a snapshot taken under the lock).

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace edgeuad {
 namespace detail {
@@ -17,14 +18,58 @@ void row_sq_norms(const float* x, int64_t n, int64_t d, const float* center, flo
 // no cancellation: used to refine the final candidates).
 float l2_exact(const float* a, const float* b, int64_t d);
 
+// The candidate search under exact_knn, without its re-ranking: per query the (up to) cap rows with the
+// smallest expanded scores |q - c|^2 - 2 (q - c).(x - c) + xnorm (c = center, null: zero) that are below
+// init_score[i] (null: +inf), ascending, nq x cap; unused slots keep (init_score[i], -1).  Every row left
+// out scored >= the last kept slot's score (up to float rounding of the expansion).
+void knn_candidates(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
+                    int64_t n, int64_t d, int64_t cap, const float* init_score, int threads, float* score,
+                    int64_t* idx);
+
 // Brute-force k-NN of nq queries against n bank rows x, blocked into
 // cache-sized tiles, OpenMP over query blocks.  Distances are computed
 // relative to `center` (the bank mean; translation does not change them but
 // shrinks the norms, and with them the cancellation in |q|^2 - 2q.x + |x|^2);
 // xnorm holds |x - center|^2.  Writes Euclidean distances (ascending) and
-// indices, nq x k each.
-void exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
-               int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx);
+// indices, nq x k each.  The k + 4 best-scored rows are re-ranked by direct differences, and the
+// result is certified against the expansion's rounding (expansion_margin); a query that is not gets a
+// direct-difference scan of every row.  Returns how many queries needed that scan.
+int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
+                  int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx);
+
+// Bound on the float rounding error of one expanded score in d dimensions (squared-distance units), for
+// a query of centred squared norm qn against rows of centred squared norm <= xn_max.
+double expansion_margin(int64_t d, double qn, double xn_max);
+
+// ---- exact search with a certified lower-bound prune (bank_prune.cpp) ----
+//
+// For an orthonormal basis B (d x m) of a subspace and a centred vector v, let h = B^T v and
+// t = sqrt(|v|^2 - |h|^2) (the norm of v's part outside the subspace).  Then
+//     |q - x|^2 = |h_q - h_x|^2 + |(q - x) outside|^2 >= |h_q - h_x|^2 + (t_q - t_x)^2
+// (reverse triangle inequality outside the subspace): the squared distance between the (m+1)-vectors
+// [h, t] is a lower bound of the true one, tight when the subspace holds most of the bank's variance.
+struct PruneIndex {
+  int64_t m = 0;               // subspace dimension; 0: pruning does not apply to this bank
+  double energy = 0.0;         // fraction of the (sampled) bank variance inside the subspace
+  std::vector<double> basis;   // d x m row-major, orthonormal columns (top principal directions)
+  std::vector<float> aug;      // n x (m + 1): [h, t] per bank row
+  std::vector<float> augnorm;  // |aug row|^2 (the stage-1 search's norms)
+  double max_norm = 0.0;       // max |x - center|^2 (scale of the rounding margin)
+};
+
+// Principal subspace of (a sample of) the centred bank rows and the rows' [h, t] vectors; m = 0 when the
+// bank is too small or too narrow for pruning to pay, or its variance is spread (random data).
+PruneIndex build_prune_index(const float* x, const float* center, const float* xnorm, int64_t n, int64_t d);
+
+// Same contract and result as exact_knn.  Stage 1 finds each query's k + extra smallest lower bounds
+// (exact_knn in m + 1 dimensions); stage 2 computes their exact distances; a query is certified when the
+// largest kept lower bound exceeds its k-th exact distance by a rounding margin (no other row can be
+// closer); the others get a threshold search in the subspace for every row whose bound is under their k-th
+// distance (at most 64), or when that overflows, the full search.  Returns how many queries were searched
+// in full; *direct: how many of those the full search answered by direct differences (exact_knn).
+int64_t pruned_knn(const PruneIndex& p, const float* queries, int64_t nq, const float* x, const float* center,
+                   const float* xnorm, int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx,
+                   int64_t* direct);
 
 }  // namespace detail
 }  // namespace edgeuad
