@@ -111,8 +111,17 @@ def bank_100k() -> tuple[str, bool]:
     if not ok:
         return "no ef reaches recall 0.99 at 100k", False
     best = max(ok, key=lambda r: float(r["speed-up vs exact"].rstrip("x")))
-    met = float(best["speed-up vs exact"].rstrip("x")) >= 10
-    return f"ef {best['ef']}: {best['speed-up vs exact']} exact at recall@1 {best['recall@1']}", met
+    sp = float(best["speed-up vs exact"].rstrip("x"))
+    met = sp >= 10
+    # Since the pruned exact search, the reference is the faster of the two exact searches (the default);
+    # the full search's row says what HNSW gains over a brute force that does all the work.
+    full = [r for tab in _tables(t) for r in tab
+            if "recall@1" in r and r["items"] == "100,000" and r["search"] == "exact (full)"]
+    if not full:
+        return f"ef {best['ef']}: {best['speed-up vs exact']} exact at recall@1 {best['recall@1']}", met
+    vs_full = sp / float(full[0]["speed-up vs exact"].rstrip("x"))
+    return (f"ef {best['ef']}: {sp:.1f}x the default (pruned) exact search, {vs_full:.1f}x the full exact search, "
+            f"at recall@1 {best['recall@1']}"), met
 
 
 def pipe_summary(name: str, reference: str = "torch-eager", goal: float = 2.0) -> tuple[str, Optional[bool]]:
