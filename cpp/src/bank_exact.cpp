@@ -115,25 +115,31 @@ void tile_generic(const float* const* qrows, const float* qn, int64_t nqb, const
 #if defined(__x86_64__) && defined(__GNUC__)
 // AVX2+FMA 6x16 register tile (the classic SGEMM shape): 12 accumulators, 2 panel loads and
 // 6 broadcasts per 12 FMAs, enough independent chains to hide FMA latency.  Selected at run
-// time, so the module itself stays baseline x86-64.
+// time, so the module itself stays baseline x86-64.  avx2_dots: the dots of 6 query rows with one
+// 16-column slice, left in the 12 accumulators; always inlined, so they stay in the caller's registers.
+__attribute__((target("avx2,fma"), always_inline)) inline void avx2_dots(const float* const* q, const float* slice,
+                                                                         int64_t d, __m256 (&c)[6][2]) {
+#pragma GCC unroll 6
+  for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
+  const float* p = slice;
+  for (int64_t dd = 0; dd < d; ++dd, p += 16) {
+    const __m256 p0 = _mm256_loadu_ps(p), p1 = _mm256_loadu_ps(p + 8);
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; ++a) {
+      const __m256 qv = _mm256_broadcast_ss(q[a] + dd);
+      c[a][0] = _mm256_fmadd_ps(qv, p0, c[a][0]);
+      c[a][1] = _mm256_fmadd_ps(qv, p1, c[a][1]);
+    }
+  }
+}
+
 struct Avx2Kernel {
   static constexpr int kRows = 6;
   static constexpr int kCols = 16;
   __attribute__((target("avx2,fma"))) static inline void run(const float* const* q, const float* slice,
                                                              int64_t d, float (*dots)[16]) {
     __m256 c[6][2];
-#pragma GCC unroll 6
-    for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
-    const float* p = slice;
-    for (int64_t dd = 0; dd < d; ++dd, p += 16) {
-      const __m256 p0 = _mm256_loadu_ps(p), p1 = _mm256_loadu_ps(p + 8);
-#pragma GCC unroll 6
-      for (int a = 0; a < 6; ++a) {
-        const __m256 qv = _mm256_broadcast_ss(q[a] + dd);
-        c[a][0] = _mm256_fmadd_ps(qv, p0, c[a][0]);
-        c[a][1] = _mm256_fmadd_ps(qv, p1, c[a][1]);
-      }
-    }
+    avx2_dots(q, slice, d, c);
 #pragma GCC unroll 6
     for (int a = 0; a < 6; ++a) {
       _mm256_storeu_ps(dots[a], c[a][0]);
@@ -156,18 +162,7 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* qrows, co
       const float* q[6];
       for (int a = 0; a < 6; ++a) q[a] = qrows[std::min<int64_t>(qa + a, nqb - 1)];
       __m256 c[6][2];
-#pragma GCC unroll 6
-      for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm256_setzero_ps();
-      const float* p = slice;
-      for (int64_t dd = 0; dd < d; ++dd, p += 16) {
-        const __m256 p0 = _mm256_loadu_ps(p), p1 = _mm256_loadu_ps(p + 8);
-#pragma GCC unroll 6
-        for (int a = 0; a < 6; ++a) {
-          const __m256 qv = _mm256_broadcast_ss(q[a] + dd);
-          c[a][0] = _mm256_fmadd_ps(qv, p0, c[a][0]);
-          c[a][1] = _mm256_fmadd_ps(qv, p1, c[a][1]);
-        }
-      }
+      avx2_dots(q, slice, d, c);
       const int rows = static_cast<int>(std::min<int64_t>(6, nqb - qa));
       // Loaded here, not before the dot loop: the 12 accumulators + 2 panel rows + 1 broadcast leave one
       // spare ymm register there, and a spill in that loop doubles its cost.
