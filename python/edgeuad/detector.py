@@ -107,6 +107,8 @@ class Detector:
                 check_against_bank(self.bundle.manifest, self.bank.dim, len(self.bank),
                                    embedding_dim=emb[-1] if emb and isinstance(emb[-1], int) else None, where=where)
                 self.exact_search = exact_search
+                log.info("Detector: memory bank %d x %d, %s", len(self.bank), self.bank.dim,
+                         self.bank.search_mode(exact_search))
             self.device_post = self._make_device_post(device_postprocess, exact_search)
         except BaseException:
             self.backend.close()

@@ -56,12 +56,17 @@ def test_bundle_contents(bundle: Path) -> None:
         assert sel["checkpoint"]["last_iteration"] == 3
 
 
-def test_detector_matches_torch_reference(bundle: Path, dataset: Path) -> None:
-    """The shipped path (ONNX + _rt kernels) vs the eager torch model + torch post-processing."""
+def test_detector_matches_torch_reference(bundle: Path, dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped path (ONNX + _rt kernels) vs the eager torch model + torch post-processing.  A patch
+    bundle's Detector logs how its bank is searched: these tiny banks (640 x 152, untrained backbone) are
+    low-rank enough for the pruned exact search, so this also compares that search with torch."""
     from edgeuad.data import read_image
     from edgeuad.methods.reference import build_reference
 
-    det = Detector(bundle)
+    with caplog.at_level("INFO", logger="edgeuad.detector"):
+        det = Detector(bundle)
+    if det.method != "recontrast":
+        assert f"memory bank {len(det.bank)} x {det.bank.dim}, exact, pruned by a certified lower bound" in caplog.text
     imgs = [read_image(p) for p in sorted((dataset / "test").rglob("*.png"))[:3]]
     res = det.score_batch(imgs)
     ref = build_reference(det.bundle, threads=1)

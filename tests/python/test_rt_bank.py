@@ -438,3 +438,16 @@ def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
         flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
     want = "portable-4x8" if portable == "1" or not {"avx2", "fma"} <= set(flags) else "avx2-6x16"
     assert r.stdout.split()[0] == want
+
+
+def test_bank_search_mode_says_how_searches_run():
+    """runtime Bank.search_mode: what the Detector logs at load (and it builds the prune index there)."""
+    low = Bank.build(clustered(2000, 160, seed=0), exact_threshold=8192)
+    assert low.search_mode().startswith("exact, pruned by a certified lower bound in 32 principal dimensions")
+    assert low.search_mode(False).startswith("HNSW (M=")
+    low.rt.exact_prune = False
+    assert low.search_mode() == "exact, full search (pruning turned off)"
+    iso = Bank.build(np.random.default_rng(0).standard_normal((1000, 128)).astype(np.float32))
+    assert "too little to prune" in iso.search_mode()
+    small = Bank.build(clustered(100, 32, seed=0))
+    assert small.search_mode() == "exact, full search (too small or too narrow to prune)"

@@ -185,5 +185,22 @@ class Bank:
             return self.search(queries, k=1, exact=exact, threads=threads)[0][:, 0]
         return self.search_reweighted(queries, b=b, exact=exact, threads=threads)[0]
 
+    def search_mode(self, exact: Optional[bool] = None) -> str:
+        """How a search with this `exact` runs, in words (logged by the Detector at load).  For exact search
+        this builds the bank's lower-bound prune index when missing, so the first frame does not pay for it."""
+        if not self.use_exact(exact):
+            return f"HNSW (M={self.config.M}, ef={self.config.ef})"
+        st = self._bank.exact_stats()
+        if st["prune_dims"]:
+            return (f"exact, pruned by a certified lower bound in {st['prune_dims']} principal dimensions "
+                    f"({100 * st['energy']:.0f}% of the variance)")
+        if not st["prune_enabled"]:
+            why = "pruning turned off"
+        elif st["energy"] > 0:
+            why = f"its top principal directions hold {100 * st['energy']:.0f}% of the variance, too little to prune"
+        else:
+            why = "too small or too narrow to prune"
+        return f"exact, full search ({why})"
+
     def __repr__(self) -> str:
         return f"Bank(size={len(self)}, dim={self.dim}, config={self.config})"
