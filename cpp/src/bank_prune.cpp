@@ -3,8 +3,9 @@
 // Why: patch features are far from isotropic.  On a PatchCore bottle bank (2,141 x 152, Lite0) the top
 // 32 principal directions hold 95% of the variance, and for 99.6% of (query, row) pairs the 33-dim lower
 // bound already exceeds the query's nearest distance.  So a search in 33 dims (22% of the work of 152)
-// plus exact distances for a few candidates per query gives the exact answer; the rare query whose bound
-// is not tight enough falls back to the full search, so the result never depends on the data being kind.
+// plus exact distances for a few candidates per query gives the exact answer; a query whose bound is not
+// tight enough gets a threshold search and, past 64 rows under its threshold, the full search, so the
+// result never depends on the data being kind (only the time does).
 #include "edgeuad/bank_exact.hpp"
 
 #include <omp.h>

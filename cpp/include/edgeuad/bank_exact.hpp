@@ -61,8 +61,8 @@ struct PruneIndex {
 // bank is too small or too narrow for pruning to pay, or its variance is spread (random data).
 PruneIndex build_prune_index(const float* x, const float* center, const float* xnorm, int64_t n, int64_t d);
 
-// Same contract and result as exact_knn.  Stage 1 finds each query's k + extra smallest lower bounds
-// (exact_knn in m + 1 dimensions); stage 2 computes their exact distances; a query is certified when the
+// Same contract and result as exact_knn.  Stage 1 finds each query's k + 4 smallest lower bounds
+// (knn_candidates in m + 1 dimensions); stage 2 computes their exact distances; a query is certified when the
 // largest kept lower bound exceeds its k-th exact distance by a rounding margin (no other row can be
 // closer); the others get a threshold search in the subspace for every row whose bound is under their k-th
 // distance (at most 64), or when that overflows, the full search.  Returns how many queries were searched
