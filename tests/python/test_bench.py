@@ -254,6 +254,42 @@ def test_run_bench_fake_pipelines_end_to_end(tmp_path):
     assert "onnxruntime" in table and REFERENCE in table and "speed-up" in table and "OK" in table
 
 
+def test_run_bench_reports_how_the_bank_searched(tmp_path):
+    """A Detector with a memory bank: the report records, per thread count, the bank's search mode and how
+    many exact-search queries ran and how many took the full search (the pruned search's certificate)."""
+    from edgeuad.runtime.bank import Bank
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((1500, 6)) * np.geomspace(4, 0.5, 6)
+    feats = (z @ rng.standard_normal((6, 96))).astype(np.float32)
+    queries = feats[:40] + np.float32(0.01) * rng.standard_normal((40, 96)).astype(np.float32)
+
+    class BankDetector(FakeDetector):
+        exact_search = None
+
+        def __init__(self, backend, threads):
+            super().__init__(backend, threads)
+            self.bank = Bank.build(feats)
+
+        def postprocess(self, outputs, frame_sizes, return_map=True):
+            self.bank.search_patch_scores(queries, b=0)   # one 40-query search per batch, like a frame's patches
+            return super().postprocess(outputs, frame_sizes, return_map)
+
+    dets = []
+    cfg = tiny_cfg(tmp_path, threads=[1, 2], batch_sizes=[1])
+    rep = run_bench(cfg, detector_factory=lambda b, t: dets.append(BankDetector(b, t)) or dets[-1],
+                    reference_factory=lambda n, t: FakeReference(t))
+    ort = rep.pipeline("onnxruntime")
+    assert [b["threads"] for b in ort.bank] == [1, 2] and len(dets) == 2
+    for b, det in zip(ort.bank, dets):
+        assert b["search"] == det.bank.search_mode() and b["search"].startswith("exact, pruned")
+        assert b["exact_queries"] == 40 * det.calls["postprocess"] and 0 <= b["full_queries"] < b["exact_queries"]
+    assert rep.pipeline(REFERENCE).bank == []
+    md = (Path(cfg.out_dir) / "bench.md").read_text()
+    assert "- Bank search, onnxruntime at 2 thread(s): exact, pruned by a certified lower bound" in md
+    assert BenchReport.from_dict(json.loads((Path(cfg.out_dir) / "bench.json").read_text())).to_dict() == rep.to_dict()
+
+
 def test_rounds_interleave_pipelines_in_alternating_order(tmp_path):
     calls = []
 

@@ -74,6 +74,16 @@ class DetectorPipeline:
             out["maps"] = np.stack(maps).astype(np.float32)
         return out
 
+    def stats(self) -> dict[str, Any]:
+        """How the Detector's memory bank searched during the run (none: {}): the mode in words and the
+        exact-search query counts (all calls so far, warm-up and parity included)."""
+        bank = getattr(self.det, "bank", None)
+        if bank is None:
+            return {}
+        st = bank.rt.exact_stats()
+        return {"search": bank.search_mode(getattr(self.det, "exact_search", None)), "exact_queries": st["queries"],
+                "full_queries": st["full_queries"], "direct_queries": st["direct_queries"]}
+
     def close(self) -> None:
         if hasattr(self.det, "close"):
             self.det.close()

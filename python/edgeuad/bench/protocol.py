@@ -71,6 +71,11 @@ class LocalWorker:
     def rss(self) -> dict[str, Optional[float]]:
         return {"peak_rss_mb": peak_rss_mb(), "baseline_rss_mb": self.baseline_rss}
 
+    def stats(self) -> dict[str, Any]:
+        """The current pipeline's own statistics (a Detector's bank search; {} for the others)."""
+        assert self.pipe is not None, "prepare() first"
+        return dict(getattr(self.pipe, "stats", dict)())
+
     def close(self) -> None:
         if self.pipe is not None:
             self.pipe.close()
@@ -135,6 +140,9 @@ class ProcessWorker:
         r = self._call(op="rss")
         return {"peak_rss_mb": r["peak_rss_mb"], "baseline_rss_mb": r["baseline_rss_mb"]}
 
+    def stats(self) -> dict[str, Any]:
+        return self._call(op="stats")["stats"]
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
@@ -174,6 +182,8 @@ def worker_main(spec_path: str) -> int:
                 out = {}
             elif op == "rss":
                 out = worker.rss()
+            elif op == "stats":
+                out = {"stats": worker.stats()}
             else:
                 raise ValueError(f"unknown worker command {op!r}")
         except Exception as e:  # noqa: BLE001 - the reason travels to the parent's report

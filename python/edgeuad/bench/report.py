@@ -43,6 +43,8 @@ class PipelineReport:
     peak_rss_mb: Optional[float] = None
     baseline_rss_mb: Optional[float] = None
     rss_note: str = ""
+    # per thread count, how a Detector's memory bank searched (DetectorPipeline.stats); empty otherwise
+    bank: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PipelineReport":
@@ -192,6 +194,12 @@ class BenchReport:
                       "|---|---|---|---|---|---|"]
             lines += [f"| {q.backend} | {q.reference} | {q.n_frames} | {q.max_abs_score_diff:.2e} | "
                       f"{_fmt_opt(q.max_abs_map_diff, 2, 'e')} | {'yes' if q.ok else 'NO'} |" for q in self.parity]
+        banks = [(p.name, b) for p in self.pipelines if p.available for b in p.bank]
+        if banks:
+            lines += [""] + [
+                f"- Bank search, {name} at {b['threads']} thread(s): {b['search']}; {b['exact_queries']:,} exact-search "
+                f"queries, {100 * b['full_queries'] / max(b['exact_queries'], 1):.1f}% searched in full "
+                f"({b['direct_queries']:,} by direct differences)" for name, b in banks]
         lines += ["", "| pipeline | peak RSS (MB) | baseline RSS (MB) | note |", "|---|---|---|---|"]
         lines += [f"| {p.name} | {_fmt_opt(p.peak_rss_mb, 0)} | {_fmt_opt(p.baseline_rss_mb, 0)} | {p.rss_note} |"
                   for p in self.pipelines if p.available]

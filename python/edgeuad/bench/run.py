@@ -103,6 +103,7 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
     effective: dict[tuple[str, int], Optional[int]] = {}
     parity_data: dict[str, dict[str, np.ndarray]] = {}
     rss: dict[str, dict[str, Optional[float]]] = {}
+    bank_stats: dict[str, list[dict[str, Any]]] = {}
     workers: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgeuad-bench-") as tmp:
         work = Path(tmp)
@@ -157,6 +158,14 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
                             samples.setdefault((name, t, bs), []).extend(rec)
                             blocks.setdefault((name, t, bs), []).append(float(np.median([r["pipeline"] for r in rec])))
                             bar.update(1)
+                for name in list(workers):  # before the next thread count rebuilds the pipeline
+                    try:
+                        st = workers[name].stats()
+                    except Exception as e:  # noqa: BLE001
+                        fail(name, e)
+                        continue
+                    if st:
+                        bank_stats.setdefault(name, []).append({"threads": t, **st})
             for name in list(workers):
                 try:
                     rss[name] = workers[name].rss()
@@ -182,7 +191,8 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
                                          batch_size=bs, iterations=len(rec),
                                          throughput_fps=throughput(bs, [d["total"] for d in rec]),
                                          stages=summarize_stages(rec)))
-        pipelines.append(PipelineReport(name=name, available=True, runs=runs, rss_note=note, **rss[name]))
+        pipelines.append(PipelineReport(name=name, available=True, runs=runs, rss_note=note,
+                                        bank=bank_stats.get(name, []), **rss[name]))
     ok_names = {p.name for p in pipelines if p.available}
     blocks = {k: v for k, v in blocks.items() if k[0] in ok_names}
     ref_name = TORCH_EAGER if TORCH_EAGER in parity_data else next((r for r in cfg.references if r in parity_data), None)
