@@ -248,6 +248,31 @@ def test_concurrent_searches_from_python_threads(small):
             np.testing.assert_array_equal(got[0], want[0])
 
 
+def test_concurrent_first_searches_build_one_prune_index():
+    """Searches from several Python threads right after add(): they race to build the prune index (its own
+    mutex under the shared bank lock) and then search it concurrently; every result equals numpy's, and
+    add() drops the index so the next searches rebuild it for the new rows."""
+    x = clustered(3000, 160, seed=0)
+    q = clustered(120, 160, seed=1)
+    bank = _rt.MemoryBank(160, M=8, ef_construction=20, seed=0)
+    bank.add(x, threads=1)
+    want = np.argsort(brute_force(q, x), axis=1, kind="stable")[:, :2]
+
+    def job(i: int) -> np.ndarray:
+        return bank.search(q, k=2, exact=True, threads=1 + i % 2)[1]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for got in pool.map(job, range(8)):
+            np.testing.assert_array_equal(got, want)
+    st = bank.exact_stats()
+    assert st["prune_dims"] == 32 and st["queries"] == 8 * len(q) and st["full_queries"] < len(q)
+    extra = clustered(500, 160, seed=2) + np.float32(0.5)
+    bank.add(extra, threads=1)
+    both = np.concatenate([x, extra])
+    np.testing.assert_array_equal(bank.search(q, k=2, exact=True)[1],
+                                  np.argsort(brute_force(q, both), axis=1, kind="stable")[:, :2])
+
+
 # ---------------------------------------------------------------------------- Eq. 10 reweighting
 def test_reweighted_equals_numpy_eq10(small):
     bank, x, q = small
