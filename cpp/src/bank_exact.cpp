@@ -217,6 +217,18 @@ const Tile& active_tile() {
   return tile;
 }
 
+}  // namespace
+
+bool avx2_kernels() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return active_tile().fn == tile_avx2;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
 // EDGEUAD_RT_PACK_LIMIT=<floats> overrides kSharedPackMaxFloats (0 forces per-block packing, so that
 // tests cover the huge-bank path without allocating gigabytes).
 int64_t shared_pack_limit() {
@@ -378,18 +390,9 @@ int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float*
       const double kth = c[k - 1].d;
       if (cap < n && !(static_cast<double>(sc[a * cap + cap - 1]) - expansion_margin(d, qn, xn_max) > kth * kth)) {
         ++direct;
-        std::vector<Cand> best(static_cast<size_t>(k), Cand{std::numeric_limits<float>::infinity(), -1});
-        for (int64_t j = 0; j < n; ++j) {
-          const Cand cj{l2_exact(q, x + j * d, d), j};
-          if (!by_dist(cj, best[k - 1])) continue;
-          int64_t pos = k - 1;
-          while (pos > 0 && by_dist(cj, best[pos - 1])) {
-            best[pos] = best[pos - 1];
-            --pos;
-          }
-          best[pos] = cj;
-        }
-        std::copy(best.begin(), best.end(), c.begin());
+        // Rows in index order through insert_cand: ties keep the lower index, as by_dist orders them.
+        std::fill(c.begin(), c.begin() + k, Cand{std::numeric_limits<float>::infinity(), -1});
+        for (int64_t j = 0; j < n; ++j) insert_cand(c.data(), k, l2_exact(q, x + j * d, d), j);
       }
       for (int64_t t = 0; t < k; ++t) {
         dist[a * k + t] = c[t].d;

@@ -15,9 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <limits>
-#include <numeric>
 #include <utility>
 #include <vector>
 
@@ -91,21 +89,23 @@ __attribute__((target("avx2,fma"))) void project32_avx2(const double* v, const d
   for (int j = 0; j < 8; ++j) _mm256_storeu_pd(h + 4 * j, acc[j]);
 }
 
-bool has_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    const char* portable = std::getenv("EDGEUAD_RT_PORTABLE");
-    return !(portable && portable[0] == '1') && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-}
 #endif
+
+// v = row - center in double; returns |v|^2.
+double centre(const float* row, const float* center, int64_t d, double* v) {
+  double vn = 0.0;
+  for (int64_t r = 0; r < d; ++r) {
+    v[r] = static_cast<double>(row[r]) - center[r];
+    vn += v[r] * v[r];
+  }
+  return vn;
+}
 
 // [h, t] of one centred row v (double): h = B^T v, t = sqrt(max(|v|^2 - |h|^2, 0)).
 void augment(const double* v, const double* basis, int64_t d, int64_t m, double vn, float* out) {
   double h[kMaxSubspace];
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (m == 32 && has_avx2())
+  if (m == 32 && avx2_kernels())
     project32_avx2(v, basis, d, h);
   else
 #endif
@@ -130,7 +130,7 @@ PruneIndex build_prune_index(const float* x, const float* center, const float* x
   const int64_t stride = (n + kSampleRows - 1) / kSampleRows;
   std::vector<double> cov(static_cast<size_t>(d * d), 0.0), v(static_cast<size_t>(d));
   for (int64_t i = 0; i < n; i += stride) {
-    for (int64_t r = 0; r < d; ++r) v[r] = static_cast<double>(x[i * d + r]) - center[r];
+    centre(x + i * d, center, d, v.data());
     for (int64_t a = 0; a < d; ++a) {
       const double va = v[a];
       double* row = cov.data() + a * d;
@@ -180,12 +180,7 @@ PruneIndex build_prune_index(const float* x, const float* center, const float* x
   p.aug.resize(static_cast<size_t>(n * (m + 1)));
   p.augnorm.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
-    double vn = 0.0;
-    for (int64_t r = 0; r < d; ++r) {
-      v[r] = static_cast<double>(x[i * d + r]) - center[r];
-      vn += v[r] * v[r];
-    }
-    augment(v.data(), p.basis.data(), d, m, vn, p.aug.data() + i * (m + 1));
+    augment(v.data(), p.basis.data(), d, m, centre(x + i * d, center, d, v.data()), p.aug.data() + i * (m + 1));
     p.max_norm = std::max(p.max_norm, static_cast<double>(xnorm[i]));
   }
   row_sq_norms(p.aug.data(), n, m + 1, nullptr, p.augnorm.data());
@@ -209,11 +204,7 @@ int64_t pruned_knn(const PruneIndex& p, const float* queries, int64_t nq, const 
     std::vector<double> v(static_cast<size_t>(d));
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < nq; ++i) {
-      double vn = 0.0;
-      for (int64_t r = 0; r < d; ++r) {
-        v[r] = static_cast<double>(queries[i * d + r]) - center[r];
-        vn += v[r] * v[r];
-      }
+      const double vn = centre(queries + i * d, center, d, v.data());
       // The stage-1 scores' rounding (their [h, t] vectors are float copies of double values: ~1e-7 of
       // the norms more, inside the factor 2 of expansion_margin).
       margin[i] = expansion_margin(ma, vn, p.max_norm);

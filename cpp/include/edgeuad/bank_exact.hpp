@@ -10,6 +10,8 @@ namespace detail {
 // The exact-search micro-kernel this process uses ("avx2-6x16" or "portable-4x8"): chosen once from
 // the CPU's features, or forced portable with EDGEUAD_RT_PORTABLE=1.
 const char* exact_kernel_name();
+// True when that kernel is the AVX2+FMA one; the pruned search's projection follows the same choice.
+bool avx2_kernels();
 
 // Squared L2 norms of n rows of (x - center) (n x d); center may be null (zero).
 void row_sq_norms(const float* x, int64_t n, int64_t d, const float* center, float* out);
