@@ -69,7 +69,7 @@ def to_input(img: np.ndarray, mode: str, size: int) -> np.ndarray:
 def load(root: Path, every: int) -> dict:
     train_p, hold_p = D.split_holdout(sorted((root / "train" / "good").iterdir()), 0.1, seed=0)
     hold = [D.read_image(p) for p in hold_p]
-    vs = make_validation_set(hold, seed=0, size=FRAME)
+    vs = make_validation_set(hold, seed=0, size=FRAME, cracks=False)  # pairs, as it ran (c42da14)
     # back to each held-out image's own size: a pair (good, defect) shares its original's shape
     val = [cv2.resize(im, (hold[i // 2].shape[1], hold[i // 2].shape[0]), interpolation=cv2.INTER_LINEAR)
            for i, im in enumerate(vs.images)]

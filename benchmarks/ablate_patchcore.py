@@ -23,12 +23,22 @@ Training-set size (does a bank over more normal images score better?):
         --val blended --splits val --train-drop 9        # 560 of the 630 training images
 `--train-drop K` leaves out every K-th training image; `--val blended` uses the label-free selection's
 validation set instead (`edgeuad.selection.load_validation_set`: the same held-out normals, defects
-blended in at 20-60 %, so the AUROC does not saturate); `--splits val` skips the test split.
-Writes benchmarks/results/methods/<dataset>_patchcore_ablation.jsonl (one record per space x split x align).
+blended in at 20-60 %, so the AUROC does not saturate) without its thin cracks (as it ran before they
+existed), `--val blended+crack` with them (the selection set `edgeuad train` uses; its I-AUROC is the
+mean of the two families'); `--splits val` skips the test split.
+
+Post-processing and bank size (one factor at a time against the default, issue #13):
+    python benchmarks/ablate_patchcore.py --data ../shared/data/magnetic_tile --spaces product,T,raw \
+        --val blended+crack --coreset 0.01 0.03 --sigmas 4 2 --scores max topk --align true
+Every (coreset ratio) gets its own coreset; sigmas and scores (max, or the mean of the top 1 % of map
+pixels) are read from the same distances.
+Writes benchmarks/results/methods/<dataset>_patchcore_ablation.jsonl (one record per space x coreset x
+split x align x sigma x score).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import time
@@ -54,19 +64,22 @@ log = logging.getLogger("ablate_patchcore")
 
 
 def load_splits(root: Path, every: int, drop: int = 0, val_kind: str = "full", splits: tuple = ("val", "test")) -> dict:
+    """Images, labels, masks and defect names of the train / val / test splits."""
     train_p, hold_p = D.split_holdout(sorted((root / "train" / "good").iterdir()), 0.1, seed=0)
     train_p = train_p[::every]
     if drop:
         train_p = [p for i, p in enumerate(train_p) if (i + 1) % drop]
     test = D.list_mvtec(root, "test") if "test" in splits else []
     imgs = {"train": [D.read_image(p) for p in train_p], "test": [D.read_image(s.path) for s in test]}
-    if val_kind == "blended":
+    test_defects = [s.defect for s in test]
+    if val_kind in ("blended", "blended+crack"):
         from edgeuad.selection import load_validation_set
 
-        vs = load_validation_set(hold_p, S, seed=0)
+        vs = load_validation_set(hold_p, S, seed=0, cracks=val_kind == "blended+crack")
         imgs["val"] = vs.images
         return {"imgs": imgs, "labels": {"val": vs.labels, "test": np.array([s.label for s in test])},
-                "masks": {"val": vs.masks, "test": [D.load_mask(s, (S, S)) for s in test]}}
+                "masks": {"val": vs.masks, "test": [D.load_mask(s, (S, S)) for s in test]},
+                "defects": {"val": vs.defects, "test": test_defects}}
     val, vlab, vmask = [], [], []
     for i, p in enumerate(hold_p):
         r = cv2.resize(D.read_image(p), (S, S), interpolation=cv2.INTER_AREA)
@@ -76,7 +89,9 @@ def load_splits(root: Path, every: int, drop: int = 0, val_kind: str = "full", s
         vmask += [np.zeros((S, S), bool), m]
     imgs["val"] = val
     return {"imgs": imgs, "labels": {"val": np.array(vlab), "test": np.array([s.label for s in test])},
-            "masks": {"val": vmask, "test": [D.load_mask(s, (S, S)) for s in test]}}
+            "masks": {"val": vmask, "test": [D.load_mask(s, (S, S)) for s in test]},
+            "defects": {"val": ["good" if y == 0 else ("scratch", "blob", "cutout")[i // 2 % 3]
+                                for i, y in enumerate(vlab)], "test": test_defects}}
 
 
 def stage_features(bb: torch.nn.Module, ims: list, interp: str, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +133,20 @@ def nn_distance(q: torch.Tensor, bank: torch.Tensor, chunk: int = 8192) -> torch
     return out
 
 
+def family_aurocs(labels: np.ndarray, scores: np.ndarray, defects: list) -> dict:
+    """I-AUROC of the normals against each defect type, and against the blended family (every type but
+    the thin crack) when the split has cracks."""
+    types = np.asarray(defects)
+    out = {}
+    for d in sorted(set(defects) - {"good"}):
+        sel = (types == "good") | (types == d)
+        out[f"i_auroc_{d}"] = round(auroc(labels[sel], scores[sel]), 4)
+    if "crack" in defects and "scratch" in defects:  # only the validation split has both kinds
+        sel = types != "crack"
+        out["i_auroc_blended"] = round(auroc(labels[sel], scores[sel]), 4)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -125,7 +154,13 @@ def main() -> None:
     ap.add_argument("--train-every", type=int, default=1, help="keep every N-th training image")
     ap.add_argument("--spaces", nargs="+", default=["product,F,proj256", "product,F,raw", "product,T,raw", "area,T,raw"])
     ap.add_argument("--train-drop", type=int, default=0, help="leave out every K-th training image (0: none)")
-    ap.add_argument("--val", choices=("full", "blended"), default="full", help="synthetic-defect validation set")
+    ap.add_argument("--val", choices=("full", "blended", "blended+crack"), default="full",
+                    help="synthetic-defect validation set")
+    ap.add_argument("--coreset", nargs="+", type=float, default=[0.01], help="coreset ratios (one coreset each)")
+    ap.add_argument("--sigmas", nargs="+", type=float, default=[4.0], help="Gaussian blur sigmas of the map")
+    ap.add_argument("--scores", nargs="+", choices=("max", "topk"), default=["max"], help="image scores")
+    ap.add_argument("--align", nargs="+", choices=("true", "false"), default=["true", "false"],
+                    help="bilinear align_corners values (the product: true)")
     ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val", "test"])
     ap.add_argument("--size", type=int, default=256, help="input size (square, a multiple of 32)")
     ap.add_argument("--threads", type=int, default=2)
@@ -137,6 +172,7 @@ def main() -> None:
     S = args.size  # one input size per run (the loaders and the map read it)
     out = args.out or HERE / "results" / "methods" / f"{args.data.name}_patchcore_ablation.jsonl"
     spaces = [(i, c == "T", f) for i, c, f in (s.split(",") for s in args.spaces)]
+    args.align = [a == "true" for a in args.align]
     t0 = time.time()
     sp = load_splits(args.data, args.train_every, args.train_drop, args.val, tuple(args.splits))
     bb = build_backbone(args.backbone, True).eval()
@@ -146,25 +182,36 @@ def main() -> None:
     for interp, cip, kind in spaces:
         tr, grid = embed(*feats[interp, "train"], cip, kind)
         x = tr.reshape(-1, tr.shape[-1]).numpy()
-        bank = torch.from_numpy(x[np.sort(greedy_coreset(x, 0.01, proj_dim=128, seed=0, min_items=1000))])
-        for split in args.splits:
-            q, _ = embed(*feats[interp, split], cip, kind)
-            d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
-            for align in (True, False):
-                maps = gaussian_blur_torch(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=align)[:, 0], 4.0)
-                masks = sp["masks"][split]
-                mm = maps.numpy()
-                keep = [i for i, m in enumerate(masks) if m is not None]
-                rec = {"dataset": args.data.name, "backbone": args.backbone, "train_every": args.train_every,
-                       "train_drop": args.train_drop, "val": args.val, "size": S,
-                       "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
-                       "count_include_pad": cip, "features": kind, "align_corners": align,
-                       "i_auroc": round(auroc(sp["labels"][split], mm.reshape(len(mm), -1).max(1)), 4),
-                       "p_auroc": round(pixel_auroc([masks[i][::4, ::4] for i in keep], [mm[i][::4, ::4] for i in keep]), 4)}
-                log.info("%s", rec)
-                with open(out, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-
+        for ratio in args.coreset:
+            tc = time.time()
+            bank = torch.from_numpy(x[np.sort(greedy_coreset(x, ratio, proj_dim=128, seed=0, min_items=1000))])
+            log.info("coreset %.3f: %d entries in %.0f s", ratio, len(bank), time.time() - tc)
+            for split in args.splits:
+                q, _ = embed(*feats[interp, split], cip, kind)
+                d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
+                for align, sigma in itertools.product(args.align, args.sigmas):
+                    mm = gaussian_blur_torch(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=align)[:, 0],
+                                             sigma).numpy()
+                    masks = sp["masks"][split]
+                    keep = [i for i, m in enumerate(masks) if m is not None]
+                    p_auroc = round(pixel_auroc([masks[i][::4, ::4] for i in keep], [mm[i][::4, ::4] for i in keep]), 4)
+                    flat = mm.reshape(len(mm), -1)
+                    for score in args.scores:
+                        if score == "max":
+                            img = flat.max(1)
+                        else:  # the runtime's topk_mean: the mean of the max(1, int(0.01 H W)) largest values
+                            k = max(1, int(0.01 * flat.shape[1]))
+                            img = np.sort(flat, axis=1)[:, -k:].mean(1)
+                        rec = {"dataset": args.data.name, "backbone": args.backbone, "train_every": args.train_every,
+                               "train_drop": args.train_drop, "val": args.val, "size": S,
+                               "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
+                               "count_include_pad": cip, "features": kind, "coreset": ratio, "bank": len(bank),
+                               "align_corners": align, "sigma": sigma, "score": score,
+                               "i_auroc": round(auroc(sp["labels"][split], img), 4), "p_auroc": p_auroc}
+                        rec.update(family_aurocs(sp["labels"][split], img, sp["defects"][split]))
+                        log.info("%s", rec)
+                        with open(out, "a") as fh:
+                            fh.write(json.dumps(rec) + "\n")
 
 if __name__ == "__main__":
     main()

@@ -269,7 +269,7 @@ def test_real_validator_scores_the_model(tmp_path: Path) -> None:
     best = fit.report["checkpoint"]["iteration"]
     entry = next(c for c in fit.report["curve"] if c["iteration"] == best)
     assert again == {k: entry[k] for k in again}
-    assert fit.report["validation"] == {"n_normal": 2, "n_defective": 2, "defects": ["blob", "scratch"],
+    assert fit.report["validation"] == {"n_normal": 2, "n_defective": 4, "defects": ["blob", "crack", "scratch"],
                                         "metric": "i_auroc"}
 
 
@@ -288,7 +288,7 @@ def test_cli_train_logs_and_stores_the_selection(tmp_path: Path, caplog: pytest.
     sel = run.info["selection"]
     assert run.config["encoder_bn"] == sel["encoder_bn"]["mode"] in ("train", "eval")
     assert run.config["score"] == sel["score"]["rule"] in ("max", "topk_mean")
-    assert sel["validation"]["n_normal"] == sel["validation"]["n_defective"] == 2
+    assert sel["validation"]["n_normal"] == 2 and sel["validation"]["n_defective"] == 4  # a blended and a crack copy each
     assert [e["iteration"] for e in sel["curve"]] == [1, 2, 3]    # probe (1 iteration), then every iteration
     assert sel["checkpoint"]["iteration"] in (1, 2, 3) and sel["checkpoint"]["last_iteration"] == 3
 

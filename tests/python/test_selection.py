@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ def _normals(n: int = 6, size: int = 64, kind: str = "texture") -> list[np.ndarr
 
 
 def test_balanced_labels_masks_and_names() -> None:
-    vs = make_validation_set(_normals(6), seed=3)
+    vs = make_validation_set(_normals(6), seed=3, cracks=False)
     assert len(vs) == 12 and vs.labels.tolist() == [0, 1] * 6
     assert vs.defects[0::2] == ["good"] * 6
     assert vs.defects[1::2] == ["scratch", "blob", "cutout"] * 2      # types spread evenly
@@ -27,7 +28,7 @@ def test_balanced_labels_masks_and_names() -> None:
 
 def test_defects_change_pixels_inside_the_mask_only() -> None:
     normals = _normals(9)
-    vs = make_validation_set(normals, seed=0, strength=(1.0, 1.0))
+    vs = make_validation_set(normals, seed=0, strength=(1.0, 1.0), cracks=False)
     for i, src in enumerate(normals):
         good, bad, mask = vs.images[2 * i], vs.images[2 * i + 1], vs.masks[2 * i + 1]
         assert np.array_equal(good, src)                     # the normal copy is untouched
@@ -39,8 +40,8 @@ def test_defects_change_pixels_inside_the_mask_only() -> None:
 
 def test_strength_blends_the_same_defect() -> None:
     normals = _normals(6)
-    full = make_validation_set(normals, seed=4, strength=(1.0, 1.0))
-    half = make_validation_set(normals, seed=4, strength=(0.5, 0.5))
+    full = make_validation_set(normals, seed=4, strength=(1.0, 1.0), cracks=False)
+    half = make_validation_set(normals, seed=4, strength=(0.5, 0.5), cracks=False)
     for i, src in enumerate(normals):
         mask = full.masks[2 * i + 1]
         assert np.array_equal(mask, half.masks[2 * i + 1])          # same place and shape
@@ -48,7 +49,7 @@ def test_strength_blends_the_same_defect() -> None:
         d_half = half.images[2 * i + 1].astype(float) - src
         assert np.abs(d_half - 0.5 * d_full).max() <= 1.0           # half the change (rounding)
         assert d_half[~mask].max() == 0 and np.abs(d_half[mask]).mean() > 3
-    vs = make_validation_set(normals, seed=4)                        # default: a range of strengths
+    vs = make_validation_set(normals, seed=4, cracks=False)           # default: a range of strengths
     st = np.array(vs.strengths)
     assert np.all(st[0::2] == 0) and np.all((st[1::2] >= 0.2) & (st[1::2] <= 0.6)) and np.unique(st[1::2]).size == 6
     with pytest.raises(ValueError, match="strength"):
@@ -62,9 +63,10 @@ def test_deterministic_per_seed_and_independent_of_count() -> None:
     c = make_validation_set(normals, seed=6)
     assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
     assert all(np.array_equal(x, y) for x, y in zip(a.masks, b.masks))
-    assert not all(np.array_equal(x, y) for x, y in zip(a.masks[1::2], c.masks[1::2]))
-    head = make_validation_set(normals[:2], seed=5)          # image i's defect depends on (seed, i) only
-    assert all(np.array_equal(x, y) for x, y in zip(head.images, a.images[:4]))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.masks[1::3], c.masks[1::3]))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.masks[2::3], c.masks[2::3]))
+    head = make_validation_set(normals[:2], seed=5)          # image i's defects depend on (seed, i) only
+    assert all(np.array_equal(x, y) for x, y in zip(head.images, a.images[:6]))
 
 
 def test_gray_images_get_gray_defects_and_resize() -> None:
@@ -72,7 +74,7 @@ def test_gray_images_get_gray_defects_and_resize() -> None:
     gray = [rng.integers(20, 90, size=(50, 70), dtype=np.uint8) for _ in range(3)]  # dark, non-square
     with pytest.raises(ValueError, match="not square"):
         make_validation_set(gray)
-    vs = make_validation_set(gray, size=48, strength=(1.0, 1.0))
+    vs = make_validation_set(gray, size=48, strength=(1.0, 1.0), cracks=False)
     for img, mask in zip(vs.images[1::2], vs.masks[1::2]):
         assert img.shape == (48, 48, 3)
         assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
@@ -91,7 +93,8 @@ def test_oracle_and_constant_scores() -> None:
 
     m = evaluate_selection(oracle, vs, batch=5)
     assert m["i_auroc"] == 1.0 and m["p_auroc"] == 1.0
-    assert m["i_auroc_scratch"] == m["i_auroc_blob"] == m["i_auroc_cutout"] == 1.0
+    assert m["i_auroc_scratch"] == m["i_auroc_blob"] == m["i_auroc_cutout"] == m["i_auroc_crack"] == 1.0
+    assert m["i_auroc_blended"] == 1.0
     const = evaluate_selection(lambda ims: np.zeros(len(ims)), vs)
     assert const["i_auroc"] == 0.5 and "p_auroc" not in const
     inverted = validation_metrics(vs, 1.0 - vs.labels)
@@ -103,6 +106,45 @@ def test_maps_are_resized_to_the_mask_size() -> None:
     small = [m.astype(np.float32)[::2, ::2] for m in vs.masks]  # 32 x 32 oracle maps
     m = validation_metrics(vs, vs.labels, small)
     assert 0.9 < m["p_auroc"] < 1.0  # a half-resolution oracle map is good but blurred at the edges
+
+
+def test_cracks_are_thin_dark_lines_after_each_blended_copy() -> None:
+    normals = _normals(6, size=128)
+    vs = make_validation_set(normals, seed=2, strength=(1.0, 1.0))
+    plain = make_validation_set(normals, seed=2, strength=(1.0, 1.0), cracks=False)
+    assert len(vs) == 18 and vs.labels.tolist() == [0, 1, 1] * 6
+    assert vs.defects[2::3] == ["crack"] * 6 and vs.names[:3] == ["000_good", "000_scratch", "000_crack"]
+    # the blended family is the set without cracks, image for image
+    assert all(np.array_equal(x, y) for x, y in zip(vs.images[1::3], plain.images[1::2]))
+    assert all(np.array_equal(x, y) for x, y in zip(vs.masks[1::3], plain.masks[1::2]))
+    kernel = np.ones((3, 3), np.uint8)
+    for i, src in enumerate(normals):
+        bad, mask = vs.images[3 * i + 2], vs.masks[3 * i + 2]
+        assert 10 <= mask.sum() <= 200                         # a line, not a region (128 px)
+        diff = bad.astype(int) - src.astype(int)
+        near = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+        assert np.all(diff[~near] == 0)                        # only the line and its anti-aliased edge
+        assert np.all(diff <= 0) and diff[mask].mean() < -15   # darker, visibly, at full strength
+        # 1 px wide: no 2 x 2 block of the mask is full (a 2 px line would fill many)
+        m = mask.astype(int)
+        assert (m[:-1, :-1] + m[1:, :-1] + m[:-1, 1:] + m[1:, 1:]).max() <= 3
+
+
+def test_black_material_gets_a_light_crack() -> None:
+    vs = make_validation_set([np.zeros((64, 64, 3), np.uint8)], seed=0, strength=(1.0, 1.0))
+    bad, mask = vs.images[2], vs.masks[2]
+    assert mask.any() and bad[mask].min() > 40
+
+
+def test_overall_auroc_is_the_mean_of_the_two_families() -> None:
+    vs = make_validation_set(_normals(8), seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        scores = rng.normal(size=len(vs)) + 0.7 * vs.labels * (np.asarray(vs.defects) == "crack")
+        scores = np.round(scores, 1)  # ties count half in both
+        m = validation_metrics(vs, scores)
+        assert m["i_auroc"] == pytest.approx((m["i_auroc_blended"] + m["i_auroc_crack"]) / 2, abs=1e-12)
+        assert m["i_auroc_blended"] != m["i_auroc_crack"]
 
 
 def test_bad_input_is_rejected() -> None:
