@@ -171,3 +171,51 @@ def test_bad_calibration_input_and_options(fp32_onnx, minmax, tmp_path):
     with pytest.raises(ValueError, match="already contains Q/DQ"):
         insert_qdq(minmax[0], out, [image_like(1, 0)])
     assert not out.exists()
+
+
+def _saturating_qdq_conv(path) -> tuple[np.ndarray, np.ndarray]:
+    """A Q/DQ 1x1 conv whose int8 products saturate int16 in a u8s8 AVX2 kernel: activations at the top
+    of their range (u8 255 after onnxruntime's +128 shift) times weights of +127 on 64 input channels.
+    Its output is quantised too (DQ -> Conv -> Q), the pattern onnxruntime fuses into an int8 conv.
+    Returns (input, the graph's own Q/DQ arithmetic in float64, the output scale)."""
+    from onnx import TensorProto, helper
+
+    c_in, c_out = 64, 4
+    sx, sw = 0.05, 0.01
+    sy = 64 * 127 * sx * 127 * sw / 127  # the largest possible |y| maps to 127
+    w_q = np.full((c_out, c_in, 1, 1), 127, np.int8)
+    w_q[1::2, 1::2] = -127  # alternating signs in half the filters: the exact sums differ per channel
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "sw", "zw"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd"], ["yf"]),
+        helper.make_node("QuantizeLinear", ["yf", "sy", "zx"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "sy", "zx"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(sx, np.float32), "sx"), numpy_helper.from_array(np.array(0, np.int8), "zx"),
+             numpy_helper.from_array(w_q, "wq"), numpy_helper.from_array(np.full(c_out, sw, np.float32), "sw"),
+             numpy_helper.from_array(np.zeros(c_out, np.int8), "zw"), numpy_helper.from_array(np.array(sy, np.float32), "sy")]
+    graph = helper.make_graph(nodes, "sat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c_in, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(0.8, 1.0, (1, c_in, 4, 4)) * 127 * sx).astype(np.float32)  # int8 101..127
+    xq = np.clip(np.round(x.astype(np.float64) / sx), -127, 127)
+    yf = np.einsum("nchw,oc->nohw", xq * sx, w_q[:, :, 0, 0].astype(np.float64) * sw)
+    return x, np.clip(np.round(yf / sy), -128, 127) * sy, sy
+
+
+def test_ort_backend_runs_qdq_graphs_without_int16_saturation(tmp_path):
+    """The runtime's onnxruntime session computes a Q/DQ graph as its Q/DQ arithmetic says (the
+    precise u8s8 mode), on every CPU; a default session is shown for contrast where it saturates."""
+    from edgeuad.runtime.backends import OrtBackend
+
+    path = tmp_path / "sat.onnx"
+    x, ref, sy = _saturating_qdq_conv(path)
+    got = OrtBackend(path, threads=1).run(x)["y"]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=sy * 1.01)  # at most one output step (rounding)
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    err = float(np.abs(plain - ref).max() / np.abs(ref).max())
+    # informational: a CPU without VNNI saturates here (~0.5 relative), one with VNNI does not
+    print(f"default onnxruntime session: max relative error {err:.3f}")
