@@ -130,15 +130,22 @@ def prefer_passive_openmp() -> None:
 
 
 def ort_session_options(ort: Any, threads: int = 0) -> Any:
-    """onnxruntime SessionOptions sized to the available CPUs, with spinning off.
+    """onnxruntime SessionOptions sized to the available CPUs, with spinning off and the precise
+    int8 product.
 
     Spinning off: after each run the pool's threads would spin while `_rt` kernels (or torch,
-    during export checks) run on the same cores; measured 25x slower maps on 2 cores."""
+    during export checks) run on the same cores; measured 25x slower maps on 2 cores.
+    Precise int8 (`session.x64quantprecision`): a Q/DQ (INT8) graph is fused into onnxruntime's int8
+    kernels, whose default u8s8 product on x86 CPUs without VNNI (AVX2 vpmaddubsw) saturates pairs of
+    products at int16.  On the PatchCore magnetic_tile graph that moved the patch distances by 34 % RMS
+    from the graph's own Q/DQ arithmetic, against 4 % in the precise mode (benchmarks/RESULTS.md,
+    section 5).  No effect on float graphs, nor on VNNI CPUs, whose product does not saturate."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = resolve_threads(threads)
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.add_session_config_entry("session.x64quantprecision", "1")
     return so
 
 

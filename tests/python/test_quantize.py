@@ -62,7 +62,7 @@ def calib():
 @pytest.fixture(scope="module")
 def minmax(fp32_onnx, calib, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "net_qdq.onnx"
-    report = insert_qdq(fp32_onnx, out, iter(calib), method="minmax")
+    report = insert_qdq(fp32_onnx, out, iter(calib), method="minmax", fp32_first=0)  # every conv: the format
     return out, report
 
 
@@ -136,7 +136,8 @@ def test_qdq_output_close_to_fp32_on_held_out_inputs(fp32_onnx, minmax):
 
 def test_percentile_and_per_tensor_weights(fp32_onnx, calib, minmax, tmp_path):
     out = tmp_path / "p.onnx"
-    rep = insert_qdq(fp32_onnx, out, calib, method="percentile", percentile=99.9, per_channel_weights=False)
+    rep = insert_qdq(fp32_onnx, out, calib, method="percentile", percentile=99.9, per_channel_weights=False,
+                     fp32_first=0)
     assert rep.method == "percentile" and rep.percentile == 99.9
     # a percentile clip of |x| never exceeds the max
     assert rep.activation_scales["image"] <= minmax[1].activation_scales["image"] * (1 + 1e-6)
@@ -219,3 +220,30 @@ def test_ort_backend_runs_qdq_graphs_without_int16_saturation(tmp_path):
     err = float(np.abs(plain - ref).max() / np.abs(ref).max())
     # informational: a CPU without VNNI saturates here (~0.5 relative), one with VNNI does not
     print(f"default onnxruntime session: max relative error {err:.3f}")
+
+
+def test_default_leaves_the_first_two_convs_in_fp32(fp32_onnx, calib, minmax, tmp_path):
+    out = tmp_path / "d.onnx"
+    rep = insert_qdq(fp32_onnx, out, calib)
+    model = onnx.load(str(out))
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    producers = {o: n for n in model.graph.node for o in n.output}
+    assert rep.fp32_nodes == [c.name for c in convs[:2]] and rep.quantized_ops == 1
+    for c in convs[:2]:  # data and weight read straight, no Q/DQ
+        assert c.input[0] not in producers or producers[c.input[0]].op_type != "DequantizeLinear"
+        assert c.input[1] not in producers or producers[c.input[1]].op_type != "DequantizeLinear"
+    assert producers[convs[2].input[0]].op_type == "DequantizeLinear"
+    assert rep.num_quantize == 2  # the last conv's activation and weight
+    # closer to fp32 than the all-int8 graph on held-out inputs
+    x = image_like(8, seed=99)
+    ref = _run(fp32_onnx, x).astype(np.float64)
+    err = lambda path: np.linalg.norm(_run(path, x) - ref) / np.linalg.norm(ref)  # noqa: E731
+    assert 0 < err(out) < err(minmax[0])
+    assert QdqReport.from_dict(rep.to_dict()) == rep
+    old = rep.to_dict()
+    del old["fp32_nodes"]  # a report written before the field existed
+    assert QdqReport.from_dict(old).fp32_nodes == []
+    with pytest.raises(ValueError, match="fp32_first"):
+        insert_qdq(fp32_onnx, tmp_path / "e.onnx", calib, fp32_first=3)  # all three convs
+    with pytest.raises(ValueError, match="fp32_first"):
+        insert_qdq(fp32_onnx, tmp_path / "e.onnx", calib, fp32_first=-1)

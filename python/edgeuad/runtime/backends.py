@@ -50,13 +50,7 @@ class OrtBackend:
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
         # sized to the CPUs this process may use, no spinning (see edgeuad.cpus)
         so = ort_session_options(ort, threads)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # A Q/DQ (INT8) graph is fused into onnxruntime's int8 kernels.  On x86 CPUs without VNNI their
-        # default u8s8 product (AVX2 vpmaddubsw) saturates pairs of products at int16: on the PatchCore
-        # magnetic_tile graph the patch distances moved by 34 % RMS against the graph's own Q/DQ
-        # arithmetic (4 % with this precise mode; benchmarks/RESULTS.md section 5).  No effect on
-        # float graphs; on VNNI CPUs the product does not saturate either way.
-        so.add_session_config_entry("session.x64quantprecision", "1")
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # Q/DQ: see ort_session_options
         avail = ort.get_available_providers()
         if providers is None:
             providers = ["CPUExecutionProvider"]
