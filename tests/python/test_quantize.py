@@ -247,3 +247,17 @@ def test_default_leaves_the_first_two_convs_in_fp32(fp32_onnx, calib, minmax, tm
         insert_qdq(fp32_onnx, tmp_path / "e.onnx", calib, fp32_first=3)  # all three convs
     with pytest.raises(ValueError, match="fp32_first"):
         insert_qdq(fp32_onnx, tmp_path / "e.onnx", calib, fp32_first=-1)
+
+
+def test_a_graph_far_from_fp32_is_reported(fp32_onnx, calib, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from edgeuad.export import quantize
+
+    with caplog.at_level(logging.WARNING, logger="edgeuad.export.quantize"):
+        insert_qdq(fp32_onnx, tmp_path / "a.onnx", calib)
+    assert "far from fp32" not in caplog.text                # the test model stays close
+    monkeypatch.setattr(quantize, "_cosine_fp32_vs_qdq", lambda *a: 0.86)
+    with caplog.at_level(logging.WARNING, logger="edgeuad.export.quantize"):
+        rep = insert_qdq(fp32_onnx, tmp_path / "b.onnx", calib)
+    assert rep.fp32_vs_qdq_cosine == 0.86 and "far from fp32 (cosine 0.860 < 0.98" in caplog.text
