@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fp16", action="store_true", help="also build a TensorRT FP16 engine (needs tensorrt + a GPU)")
     e.add_argument("--int8", action="store_true", help="also build a TensorRT INT8 engine from explicit Q/DQ")
     e.add_argument("--calib", default=None, help="folder of normal images for INT8 calibration (required with --int8)")
+    e.add_argument("--int8-fp32-first", type=int, default=2,
+                   help="INT8: leading convs left in fp32 (the stem and first depthwise conv cost the most "
+                        "accuracy in int8; 0 = every conv int8)")
     e.add_argument("--max-batch", type=int, default=8, help="TensorRT optimisation profile max batch")
     e.add_argument("--threads", type=int, default=0, help="CPU threads for export checks and thresholds "
                                                           "(0 = every CPU this process may use)")
@@ -294,7 +297,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     if a.fp16 or a.int8:
         from .export.trt_export import export_engines
 
-        for path in export_engines(bundle, fp16=a.fp16, int8=a.int8, calib=a.calib, max_batch=a.max_batch):
+        for path in export_engines(bundle, fp16=a.fp16, int8=a.int8, calib=a.calib, max_batch=a.max_batch,
+                                   int8_fp32_first=a.int8_fp32_first):
             sys.stdout.write(f"engine: {path}\n")
     if a.archive:
         sys.stdout.write(f"archive: {pack(bundle.root, Path(a.archive))}\n")

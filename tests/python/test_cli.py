@@ -149,3 +149,17 @@ def test_training_commands_without_torch_say_which_extra(cmd: str, tmp_path: Pat
     assert "install the train extra: pip install 'edgeuad[train]'" in r.stderr
     assert "Traceback" not in r.stderr and f"edgeuad {cmd}" in r.stderr
     assert not out.exists()
+
+
+def test_export_passes_the_int8_fp32_first_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from edgeuad.export import trt_export
+
+    seen: list[dict] = []
+    fake = SimpleNamespace(root=tmp_path / "b", digest="d" * 64, thresholds={"threshold": 1.0, "source": "robust"})
+    monkeypatch.setattr(api, "export", lambda *a, **k: fake)
+    monkeypatch.setattr(trt_export, "export_engines", lambda bundle, **k: seen.append(k) or [])
+    base = ["export", "--run", str(tmp_path), "--out", str(tmp_path / "b"), "--int8", "--calib", str(tmp_path)]
+    assert cli.main(base) == 0 and cli.main(base + ["--int8-fp32-first", "0"]) == 0
+    assert [k["int8_fp32_first"] for k in seen] == [2, 0] and all(k["int8"] and not k["fp16"] for k in seen)

@@ -200,10 +200,11 @@ def test_int8_export_writes_checked_qdq_graph_then_needs_tensorrt(bundle: Path, 
     if tensorrt_available():
         pytest.skip("tensorrt is installed: the GPU path is exercised elsewhere")
     with pytest.raises(TensorRTUnavailableError, match="pip install tensorrt"):
-        export_engines(b, int8=True, calib=dataset)
+        export_engines(b, int8=True, calib=dataset, int8_fp32_first=1)
     b2 = Bundle.load(copy)  # manifest rewritten with the Q/DQ graph hashed in; still verifies
     assert "model.int8.onnx" in b2.manifest["files"]
     assert b2.manifest["quantization"]["int8"]
+    assert b2.manifest["quantization"]["int8"]["fp32_nodes"] == ["/embedder/backbone/_conv_stem/Conv"]
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(copy / "model.int8.onnx")).graph.node}

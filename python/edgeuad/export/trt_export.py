@@ -40,9 +40,11 @@ def calibration_batches(calib: str | Path, bundle: Bundle, batch: int = 8, limit
 
 
 def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib: str | Path | None = None,
-                   max_batch: int = 8, cache_dir: str | Path | None = None, device: int = 0) -> list[Path]:
+                   max_batch: int = 8, cache_dir: str | Path | None = None, device: int = 0,
+                   int8_fp32_first: int = 2) -> list[Path]:
     """Record the precisions in the manifest (and the Q/DQ ONNX for int8), then build each engine into
-    the cache on GPU `device`.  Returns the engine paths (in the cache, not in the bundle)."""
+    the cache on GPU `device`.  Returns the engine paths (in the cache, not in the bundle).
+    int8_fp32_first: leading convs the Q/DQ graph leaves in fp32 (`quantize.insert_qdq(fp32_first=)`)."""
     manifest = dict(bundle.manifest)
     files = dict(manifest["files"])
     engines = dict(manifest.get("engines") or {})
@@ -54,7 +56,7 @@ def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib
         if calib is None:
             raise ValueError("INT8 needs calibration images (--calib DIR); random calibration is never used")
         qdq = bundle.root / INT8_ONNX
-        report = insert_qdq(bundle.onnx_path, qdq, calibration_batches(calib, bundle))
+        report = insert_qdq(bundle.onnx_path, qdq, calibration_batches(calib, bundle), fp32_first=int8_fp32_first)
         log.info("Q/DQ graph written: %s", qdq)
         files[INT8_ONNX] = ""
         manifest.setdefault("quantization", {})["int8"] = report.to_dict()
