@@ -149,6 +149,33 @@ def ort_session_options(ort: Any, threads: int = 0) -> Any:
     return so
 
 
+def ort_session(ort: Any, path: str, threads: int = 0, providers: list[str] | None = None) -> Any:
+    """An onnxruntime InferenceSession over `path` with `ort_session_options` and every graph optimisation.
+
+    onnxruntime 1.32 cannot fuse some Q/DQ graphs in its precise int8 mode (session creation fails
+    with "AddInitializedOrtValue Attempt to replace the existing tensor"; seen on an untrained
+    ReContrast graph whose trainable and frozen encoders are identical).  Such a graph is then
+    opened with its Q/DQ fusion off (`session.disable_quant_qdq`): Q and DQ run as operators and the
+    convs in fp32, which is the graph's own Q/DQ arithmetic (no saturation), only slower; a warning
+    says so.  A graph that fails that way too raises the first error."""
+    so = ort_session_options(ort, threads)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = providers or ["CPUExecutionProvider"]
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    except Exception as first:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
+        retry = ort_session_options(ort, threads)
+        retry.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        retry.add_session_config_entry("session.disable_quant_qdq", "1")
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=retry, providers=providers)
+        except Exception:
+            raise first from None
+        log.warning("onnxruntime could not build %s with fused int8 kernels in its precise mode (%s); running its "
+                    "Q/DQ operators unfused: the same arithmetic, slower", path, str(first).splitlines()[-1][-160:])
+        return sess
+
+
 def set_torch_threads(torch: Any, threads: int = 0) -> int:
     """Size torch's intra-op pool to `resolve_threads(threads)`; returns the count set."""
     n = resolve_threads(threads)
@@ -158,5 +185,5 @@ def set_torch_threads(torch: Any, threads: int = 0) -> int:
     return n
 
 
-__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "ort_session_options",
+__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "ort_session", "ort_session_options",
            "prefer_passive_openmp", "resolve_threads", "set_torch_threads"]

@@ -261,3 +261,38 @@ def test_a_graph_far_from_fp32_is_reported(fp32_onnx, calib, tmp_path, monkeypat
     with caplog.at_level(logging.WARNING, logger="edgeuad.export.quantize"):
         rep = insert_qdq(fp32_onnx, tmp_path / "b.onnx", calib)
     assert rep.fp32_vs_qdq_cosine == 0.86 and "far from fp32 (cosine 0.860 < 0.98" in caplog.text
+
+
+def test_ort_session_reopens_a_graph_the_precise_mode_cannot_fuse(tmp_path, caplog):
+    """onnxruntime 1.32 fails to fuse some Q/DQ graphs in its precise int8 mode; the session is then
+    opened with the Q/DQ fusion off (the same arithmetic), with a warning.  Other failures raise."""
+    import logging
+    from types import SimpleNamespace
+
+    from edgeuad.cpus import ort_session
+
+    made = []
+
+    class Opts:
+        def __init__(self):
+            self.config = {}
+            self.graph_optimization_level = None
+
+        def add_session_config_entry(self, k, v):
+            self.config[k] = v
+
+    def session(path, sess_options, providers):
+        made.append(dict(sess_options.config))
+        if "fail" in str(path) or "session.disable_quant_qdq" not in sess_options.config:
+            raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : Attempt to replace the existing tensor")
+        return SimpleNamespace(path=path)
+
+    fake = SimpleNamespace(SessionOptions=Opts, InferenceSession=session,
+                           GraphOptimizationLevel=SimpleNamespace(ORT_ENABLE_ALL="all"))
+    with caplog.at_level(logging.WARNING, logger="edgeuad.cpus"):
+        s = ort_session(fake, "q.onnx", threads=1)
+    assert s.path == "q.onnx" and "unfused" in caplog.text
+    assert made[0]["session.x64quantprecision"] == "1" and "session.disable_quant_qdq" not in made[0]
+    assert made[1]["session.disable_quant_qdq"] == "1"
+    with pytest.raises(RuntimeError, match="replace the existing tensor"):
+        ort_session(fake, "fail.onnx", threads=1)

@@ -290,12 +290,10 @@ def _verify_qdq(model: Any, op_types: list[str], per_channel: bool) -> dict[str,
 
 
 def _cosine_fp32_vs_qdq(ort: Any, fp32_path: str, qdq_path: str, input_name: str, x: np.ndarray) -> float:
-    from ..cpus import ort_session_options
+    from ..cpus import ort_session
 
-    so = ort_session_options(ort)
-    so.log_severity_level = 3
-    ref = ort.InferenceSession(fp32_path, so, providers=["CPUExecutionProvider"]).run(None, {input_name: x})
-    got = ort.InferenceSession(qdq_path, so, providers=["CPUExecutionProvider"]).run(None, {input_name: x})
+    ref = ort_session(ort, fp32_path).run(None, {input_name: x})
+    got = ort_session(ort, qdq_path).run(None, {input_name: x})
     a = np.concatenate([np.asarray(r, np.float64).reshape(-1) for r in ref])
     b = np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in got])
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..bundle import Bundle
-from ..cpus import ort_session_options, set_torch_threads
+from ..cpus import ort_session, resolve_threads, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,20 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError as e:  # a hard dependency, but say what to do if it is gone
             raise BackendUnavailableError("onnxruntime is not installed: pip install onnxruntime") from e
-        # sized to the CPUs this process may use, no spinning (see edgeuad.cpus)
-        so = ort_session_options(ort, threads)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # Q/DQ: see ort_session_options
         avail = ort.get_available_providers()
         if providers is None:
             providers = ["CPUExecutionProvider"]
         missing = [p for p in providers if p not in avail]
         if missing:
             raise BackendUnavailableError(f"onnxruntime providers {missing} not available (have {avail})")
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
+        # sized to the CPUs this process may use, no spinning, precise int8 (see edgeuad.cpus)
+        self.session = ort_session(ort, str(onnx_path), threads, providers)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         # Static dims are ints, dynamic ones strings/None: the Detector cross-checks the manifest with them.
         self.input_shape = list(self.session.get_inputs()[0].shape)
         self.output_shapes = {o.name: list(o.shape) for o in self.session.get_outputs()}
-        self.threads = so.intra_op_num_threads
+        self.threads = resolve_threads(threads)  # what ort_session_options gave the session
         log.debug("onnxruntime session on %s, providers=%s, threads=%d", onnx_path, providers, self.threads)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
