@@ -435,18 +435,19 @@ def post_ablation_table(dataset: str = "magnetic_tile") -> str:
     --coreset --sigmas --scores): the selection criterion (validation I-AUROC over blended + crack),
     its two families, and the test split for the record."""
     name = f"methods/{dataset}_patchcore_post.jsonl"
-    arms = _splits_by_arm(name, lambda r: (r["coreset"], r["sigma"], r["score"]), keep=lambda r: r["align_corners"])
+    arms = _splits_by_arm(name, lambda r: (r["backbone"].replace("efficientnet_", ""), r["coreset"], r["sigma"], r["score"]),
+                          keep=lambda r: r["align_corners"])
     if arms is None:
         return f"(not measured: results/{name} missing)"
     types = sorted({k[len("i_auroc_"):] for sp in arms.values() for k in sp.get("test", {}) if k.startswith("i_auroc_")})
-    out = ["| coreset | bank | sigma | image score | val I-AUROC (criterion) | val blended | val crack | val P-AUROC "
-           "| test I-AUROC | test P-AUROC | " + " | ".join(f"test {t}" for t in types) + " |",
-           "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(types)]
-    for (ratio, sigma, score), sp in sorted(arms.items()):
+    out = ["| backbone | coreset | bank | sigma | image score | val I-AUROC (criterion) | val blended | val crack "
+           "| val P-AUROC | test I-AUROC | test P-AUROC | " + " | ".join(f"test {t}" for t in types) + " |",
+           "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(types)]
+    for (bb, ratio, sigma, score), sp in sorted(arms.items()):
         v, t = sp.get("val", {}), sp.get("test", {})
         f = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
         bank = (v or t).get("bank", "-")
-        out.append(f"| {ratio:.0%} | {bank} | {sigma:g} | {'max' if score == 'max' else 'top-1 % mean'} | "
+        out.append(f"| {bb} | {ratio:.0%} | {bank} | {sigma:g} | {'max' if score == 'max' else 'top-1 % mean'} | "
                    f"{f(v, 'i_auroc')} | {f(v, 'i_auroc_blended')} | {f(v, 'i_auroc_crack')} | {f(v, 'p_auroc')} | "
                    f"{f(t, 'i_auroc')} | {f(t, 'p_auroc')} | " + " | ".join(f(t, f"i_auroc_{ty}") for ty in types) + " |")
     return "\n".join(out)
