@@ -56,6 +56,7 @@ from edgeuad.methods.coreset import greedy_coreset
 from edgeuad.methods.patch_features import adaptive_avg_matrix
 from edgeuad.metrics import auroc, pixel_auroc
 from edgeuad.preprocess import PreprocessConfig, preprocess
+from edgeuad.selection import type_aurocs
 from edgeuad.synthetic import add_defect
 
 HERE = Path(__file__).resolve().parent
@@ -133,20 +134,6 @@ def nn_distance(q: torch.Tensor, bank: torch.Tensor, chunk: int = 8192) -> torch
     return out
 
 
-def family_aurocs(labels: np.ndarray, scores: np.ndarray, defects: list) -> dict:
-    """I-AUROC of the normals against each defect type, and against the blended family (every type but
-    the thin crack) when the split has cracks."""
-    types = np.asarray(defects)
-    out = {}
-    for d in sorted(set(defects) - {"good"}):
-        sel = (types == "good") | (types == d)
-        out[f"i_auroc_{d}"] = round(auroc(labels[sel], scores[sel]), 4)
-    if "crack" in defects and "scratch" in defects:  # only the validation split has both kinds
-        sel = types != "crack"
-        out["i_auroc_blended"] = round(auroc(labels[sel], scores[sel]), 4)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True)
@@ -182,18 +169,18 @@ def main() -> None:
     for interp, cip, kind in spaces:
         tr, grid = embed(*feats[interp, "train"], cip, kind)
         x = tr.reshape(-1, tr.shape[-1]).numpy()
+        queries = {split: embed(*feats[interp, split], cip, kind)[0] for split in args.splits}
         for ratio in args.coreset:
             tc = time.time()
             bank = torch.from_numpy(x[np.sort(greedy_coreset(x, ratio, proj_dim=128, seed=0, min_items=1000))])
             log.info("coreset %.3f: %d entries in %.0f s", ratio, len(bank), time.time() - tc)
-            for split in args.splits:
-                q, _ = embed(*feats[interp, split], cip, kind)
+            for split, q in queries.items():
                 d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
+                masks = sp["masks"][split]
+                keep = [i for i, m in enumerate(masks) if m is not None]
                 for align, sigma in itertools.product(args.align, args.sigmas):
                     mm = gaussian_blur_torch(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=align)[:, 0],
                                              sigma).numpy()
-                    masks = sp["masks"][split]
-                    keep = [i for i, m in enumerate(masks) if m is not None]
                     p_auroc = round(pixel_auroc([masks[i][::4, ::4] for i in keep], [mm[i][::4, ::4] for i in keep]), 4)
                     flat = mm.reshape(len(mm), -1)
                     for score in args.scores:
@@ -208,7 +195,8 @@ def main() -> None:
                                "count_include_pad": cip, "features": kind, "coreset": ratio, "bank": len(bank),
                                "align_corners": align, "sigma": sigma, "score": score,
                                "i_auroc": round(auroc(sp["labels"][split], img), 4), "p_auroc": p_auroc}
-                        rec.update(family_aurocs(sp["labels"][split], img, sp["defects"][split]))
+                        rec.update({k: round(v, 4) for k, v in
+                                    type_aurocs(sp["labels"][split], img, sp["defects"][split]).items()})
                         log.info("%s", rec)
                         with open(out, "a") as fh:
                             fh.write(json.dumps(rec) + "\n")

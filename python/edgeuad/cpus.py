@@ -153,8 +153,8 @@ def ort_session(ort: Any, path: str, threads: int = 0, providers: list[str] | No
     """An onnxruntime InferenceSession over `path` with `ort_session_options` and every graph optimisation.
 
     onnxruntime 1.32 cannot fuse some Q/DQ graphs in its precise int8 mode (session creation fails
-    with "AddInitializedOrtValue Attempt to replace the existing tensor"; seen on an untrained
-    ReContrast graph whose trainable and frozen encoders are identical).  Such a graph is then
+    with "AddInitializedOrtValue Attempt to replace the existing tensor"; seen on the untrained
+    ReContrast graph of tests/python/test_bench.py, cause inside onnxruntime not found).  Such a graph is then
     opened with its Q/DQ fusion off (`session.disable_quant_qdq`): Q and DQ run as operators and the
     convs in fp32, which is the graph's own Q/DQ arithmetic (no saturation), only slower; a warning
     says so.  A graph that fails that way too raises the first error."""

@@ -34,7 +34,7 @@ from .synthetic import add_defect, defect_types
 log = logging.getLogger(__name__)
 
 __all__ = ["ScoreFn", "ValidationSet", "evaluate_selection", "load_validation_set", "make_validation_set",
-           "score_validation", "validation_metrics"]
+           "score_validation", "type_aurocs", "validation_metrics"]
 
 # A score function takes a list of uint8 HxWx3 RGB images and returns image scores (N,), or
 # (scores, maps) with maps N x h x w (any h, w: they are resized to the image size for P-AUROC).
@@ -222,19 +222,29 @@ def score_validation(score_fn: ScoreFn, vs: ValidationSet, batch: int = 16) -> t
     return np.concatenate(scores), maps
 
 
+def type_aurocs(labels: np.ndarray, scores: np.ndarray, defects: Sequence[str]) -> dict[str, float]:
+    """I-AUROC of the normal images ("good") against each defect type (`i_auroc_<type>`), and against
+    the generator's blended types together (`i_auroc_blended`) when thin cracks are beside them.
+    Pure: any labelled split with per-image type names (a test split's types get their own keys)."""
+    labels, scores, types = np.asarray(labels), np.asarray(scores, dtype=np.float64), np.asarray(defects)
+    out: dict[str, float] = {}
+    for d in sorted(set(defects) - {"good"}):
+        sel = (types == "good") | (types == d)
+        out[f"i_auroc_{d}"] = auroc(labels[sel], scores[sel])
+    blended = np.isin(types, defect_types())
+    if "crack" in defects and blended.any():
+        sel = (types == "good") | blended
+        out["i_auroc_blended"] = auroc(labels[sel], scores[sel])
+    return out
+
+
 def validation_metrics(vs: ValidationSet, scores: np.ndarray, maps: Sequence[np.ndarray] | None = None
                        ) -> dict[str, float]:
     """I-AUROC overall and per defect type (normals vs that type), and for the blended family as a
     whole (`i_auroc_blended`) when the set has cracks; P-AUROC when maps are given."""
     scores = np.asarray(scores, dtype=np.float64)
     out = {"i_auroc": auroc(vs.labels, scores), "n_images": float(len(vs))}
-    types = np.asarray(vs.defects)
-    for d in sorted(set(vs.defects) - {"good"}):
-        sel = (types == "good") | (types == d)
-        out[f"i_auroc_{d}"] = auroc(vs.labels[sel], scores[sel])
-    if "crack" in vs.defects and len(set(vs.defects)) > 2:
-        sel = types != "crack"  # the blended family: normals vs every blended type
-        out["i_auroc_blended"] = auroc(vs.labels[sel], scores[sel])
+    out.update(type_aurocs(vs.labels, scores, vs.defects))
     if maps is not None:
         sized = []
         for m, mask in zip(maps, vs.masks):

@@ -166,3 +166,15 @@ def test_selection_is_torch_free() -> None:
 
     code = "import sys, edgeuad.selection; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_type_aurocs_on_a_split_without_generator_types() -> None:
+    """A real test split may name a type "crack" too; with no generator type beside it there is no
+    blended family, only per-type I-AUROCs."""
+    from edgeuad.selection import type_aurocs
+
+    defects = ["good", "crack", "good", "fray", "good", "crack"]
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    scores = np.array([0.1, 0.9, 0.2, 0.15, 0.3, 0.25])
+    out = type_aurocs(labels, scores, defects)
+    assert out == {"i_auroc_crack": pytest.approx(5 / 6), "i_auroc_fray": pytest.approx(1 / 3)}
