@@ -4,8 +4,9 @@
     python benchmarks/compare_methods.py --data ../shared/data/bottle ../shared/data/magnetic_tile \
         --methods patchcore recontrast reconpatch --iterations 500
 
-Same backbone (efficientnet_lite0, ImageNet) and input size for every method.  Each (dataset, method)
-trains through `edgeuad.api.train`, exports a bundle through `api.export` and is evaluated through
+Each method's default backbone unless --backbone (patch methods: "auto", chosen per run on synthetic
+defects in the held-out normals, recorded as `backbone` and `backbone_choice`; ReContrast:
+efficientnet_lite0), and the same input size for every method.  Each (dataset, method) trains through `edgeuad.api.train`, exports a bundle through `api.export` and is evaluated through
 `api.evaluate` (the runtime Detector: onnxruntime + _rt), so the numbers are those of the shipped path.
 Results go to benchmarks/results/methods/<dataset>_<method>.json and a markdown table is printed and
 written to benchmarks/results/methods/table.md.  Existing JSON results are reused unless --force.
@@ -45,7 +46,8 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
     return {"dataset": data.name, "method": method, "overrides": ov, "metrics": res.metrics,
             "train_seconds": run.info["train_seconds"], "total_seconds": round(time.perf_counter() - t0, 1),
             "latency_ms_per_frame": round(res.latency_ms_mean, 2), "eval_threads": args.threads,
-            "n_train": run.info["n_train"], "bundle": str(bundle.root),
+            "n_train": run.info["n_train"], "bundle": str(bundle.root), "backbone": run.config.get("backbone"),
+            **({"backbone_choice": run.info["backbone_choice"]} if run.info.get("backbone_choice") else {}),
             **({"bank": run.info["bank"]} if run.info.get("bank") else {}),  # bank_includes_holdout
             "threshold": bundle.thresholds["threshold"],
             "reused_run": reused,  # True: total_seconds covers export + eval only

@@ -180,16 +180,30 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
         vx = None if vs is None else preprocess(vs.images, pre)
         fit = fit_recontrast(cfg, x, out, validation=vs, validation_x=vx, progress=progress)
         return model_state(fit.model), fit.config.to_dict(), None if fit.report is None else {"selection": fit.report}
+    choice = None
+    if cfg.backbone == "auto":
+        from dataclasses import replace
+
+        from .methods.backbone_choice import choose_backbone
+        from .selection import load_validation_set
+
+        # the same synthetic-defect split ReContrast selects on (held-out normals + blended + cracks)
+        vs = load_validation_set(holdout, int(cfg.image_size), seed=int(cfg.seed)) if holdout else None
+        choice = choose_backbone(cfg, x, vs, None if vs is None else preprocess(vs.images, pre), progress=progress)
+        cfg = replace(cfg, backbone=choice.backbone)
+    report = None if choice is None else {"backbone_choice": choice.report}
     if method == "patchcore":
         from .methods.patchcore import train_patchcore
 
-        pm = train_patchcore(cfg, x, progress=progress)
+        # the winner's proxy IS this PatchCore (same config, same training images): not fitted twice
+        pm = choice.model if choice is not None and choice.model is not None else None
+        pm = pm or train_patchcore(cfg, x, progress=progress)
     else:
         from .methods.reconpatch import train_reconpatch
 
         pm = train_reconpatch(cfg, x, checkpoint_dir=out, progress=progress)
     if not (holdout and cfg.bank_includes_holdout):
-        return pm.state_dict(), dict(pm.config), None
+        return pm.state_dict(), dict(pm.config), report
     import torch
 
     from .methods.memory_bank import refit_bank
@@ -200,7 +214,8 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
     full = refit_bank(pm, cfg, np.concatenate([x, xh]), progress=progress)
     state = full.state_dict()
     state[CALIBRATION_BANK] = torch.from_numpy(np.ascontiguousarray(pm.bank, dtype=np.float32))
-    report = {"bank": {"images": len(x) + len(xh), "calibration_images": len(x), "entries": len(full.bank),
+    report = {**(report or {}),
+              "bank": {"images": len(x) + len(xh), "calibration_images": len(x), "entries": len(full.bank),
                        "calibration_entries": len(pm.bank)}}
     return state, dict(full.config), report
 

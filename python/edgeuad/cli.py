@@ -81,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--method", choices=METHODS, default="recontrast", help="anomaly detection method")
     t.add_argument("--data", required=True, help="MVTec-layout root or folder/glob of normal images")
     t.add_argument("--out", required=True, help="run directory (weights, config, held-out list)")
-    t.add_argument("--backbone", choices=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18",
-                                          "wide_resnet50_2"), default=None,
-                   help="feature backbone (default efficientnet_lite0: ImageNet weights ship with it)")
+    t.add_argument("--backbone", choices=("auto", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                                          "resnet18", "wide_resnet50_2"), default=None,
+                   help="feature backbone (default: the method's; patchcore/reconpatch: auto = the cheapest "
+                        "EfficientNet-Lite0/1/2 within 0.01 of the best I-AUROC on synthetic defects in the held-out "
+                        "normals; recontrast: efficientnet_lite0)")
     t.add_argument("--weights", default=None, help="backbone weights file (.pth/.safetensors) for resnet18/wrn50")
     t.add_argument("--image-size", type=int, default=None, help="square network input size (default 256)")
     t.add_argument("--iterations", type=int, default=None, help="ReContrast iterations (paper: 2000)")

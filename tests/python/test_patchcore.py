@@ -28,7 +28,7 @@ def _images(n: int, seed: int, defect: bool = False) -> np.ndarray:
 
 
 def _cfg(**kw) -> PatchCoreConfig:
-    base = dict(pretrained=False, image_size=SIZE, coreset_ratio=0.25, coreset_min_items=16,
+    base = dict(backbone="efficientnet_lite0", pretrained=False, image_size=SIZE, coreset_ratio=0.25, coreset_min_items=16,
                 pre_dim=64, out_dim=64, batch_size=4, reweight_b=3, sigma=2.0)
     base.update(kw)
     return PatchCoreConfig(**base)

@@ -101,7 +101,7 @@ def _feats(n_per: int = 200, seed: int = 0) -> np.ndarray:
 
 
 def _tcfg(**kw) -> ReConPatchConfig:
-    base = dict(pretrained=False, image_size=SIZE, repr_dim=32, proj_dim=16, batch_patches=128, steps=60,
+    base = dict(backbone="efficientnet_lite0", pretrained=False, image_size=SIZE, repr_dim=32, proj_dim=16, batch_patches=128, steps=60,
                 lr=1e-3, ema=0.9, coreset_ratio=0.2, coreset_min_items=8, pre_dim=32, out_dim=32,
                 batch_size=4, reweight_b=3, sigma=2.0, checkpoint_every=10)
     base.update(kw)

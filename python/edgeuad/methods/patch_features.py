@@ -395,7 +395,10 @@ class PatchBankConfig:
     their JSON round trip.  One place, so the baseline and the paper method cannot drift apart on
     the features or the bank they are compared on.
 
-    backbone/pretrained: `edgeuad.backbones.build_backbone` arguments (pretrained may be a path).
+    backbone/pretrained: `edgeuad.backbones.build_backbone` arguments (pretrained may be a path);
+        backbone "auto" (default): chosen at training time among EfficientNet-Lite0/1/2 on the
+        synthetic-defect split of the held-out normals (`methods.backbone_choice`); the run and the
+        bundle record the chosen name and the scores behind it.
     image_size: network input (int or (H, W)); must equal the preprocessed images' size.
     layers: backbone stages used (1, 2 = strides 8 and 16, PatchCore's "layer2 + layer3").
     patch_size: local aggregation neighbourhood (3 as in PatchCore); count_include_pad: whether the
@@ -418,7 +421,7 @@ class PatchBankConfig:
     seed; device: "cpu", "cuda", "auto"; batch_size: images per feature-extraction batch.
     """
 
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "auto"
     pretrained: bool | str = True
     image_size: int | tuple[int, int] = 256
     layers: tuple[int, ...] = (1, 2)
@@ -441,6 +444,12 @@ class PatchBankConfig:
         self.layers = tuple(int(v) for v in self.layers)
         if not isinstance(self.image_size, int):
             self.image_size = image_hw(self.image_size)
+        if self.backbone == "auto" and not isinstance(self.pretrained, bool):
+            raise ValueError(f"a weights file ({self.pretrained}) is for one backbone: name it (backbone=...) "
+                             "instead of 'auto'")
+        if self.backbone == "auto" and not isinstance(self.image_size, int):
+            raise ValueError("backbone 'auto' scores a square synthetic-defect split: use a square image_size "
+                             "or name a backbone")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.reweight_b < 0 or self.reweight_b == 1:

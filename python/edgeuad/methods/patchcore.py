@@ -35,7 +35,11 @@ class PatchCoreConfig(PatchBankConfig):
 def build_extractor(cfg: Mapping[str, Any], pretrained: bool | str | None = None) -> PatchFeatureExtractor:
     """The patch feature extractor described by a (PatchCore or ReConPatch) config dict."""
     pre = cfg.get("pretrained", True) if pretrained is None else pretrained
-    bb = build_backbone(str(cfg.get("backbone", "efficientnet_lite0")), pretrained=pre)
+    name = str(cfg.get("backbone", "efficientnet_lite0"))
+    if name == "auto":  # resolving it needs held-out normal images: a training run's job
+        raise ValueError("backbone 'auto' is chosen by edgeuad.api.train (`edgeuad train`) from held-out normal "
+                         "images; pass a backbone name to train a patch model directly")
+    bb = build_backbone(name, pretrained=pre)
     return PatchFeatureExtractor(bb, layers=tuple(cfg.get("layers", (1, 2))), patch_size=int(cfg.get("patch_size", 3)),
                                  pre_dim=int(cfg.get("pre_dim", 0)), out_dim=int(cfg.get("out_dim", 0)),
                                  count_include_pad=bool(cfg.get("count_include_pad", False)))
