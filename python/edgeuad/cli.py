@@ -427,6 +427,9 @@ def cmd_info(a: argparse.Namespace) -> int:
                   + f"post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
                   f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
+        choice = _backbone_choice_line(m.get("training", {}))
+        if choice:
+            lines.append(choice)
         for e, b in zip(m["postprocess"].get("members", []), bd.members):
             lines.append(f"  member {e['dir']}: {e['method']}/{e['backbone']}, input {b.preprocess.size[0]}x"
                          f"{b.preprocess.size[1]}, normal median {e['median']:.6g}, MAD {e['mad']:.6g}, "
@@ -438,6 +441,18 @@ def cmd_info(a: argparse.Namespace) -> int:
             lines.append("  PROVISIONAL thresholds: an unfinished export; Detector refuses this bundle")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _backbone_choice_line(training: Any) -> str | None:
+    """'  backbone auto: chose ... (validation I-AUROC lite0 0.75, ...)' from a manifest's training section,
+    or None.  That section is informational (never read by the runtime), so anything malformed is skipped."""
+    ch = training.get("backbone_choice") if isinstance(training, dict) else None
+    if not isinstance(ch, dict) or not isinstance(ch.get("candidates"), dict):
+        return None
+    scores = [f"{str(n).replace('efficientnet_', '')} {c['i_auroc']:.4f}" for n, c in ch["candidates"].items()
+              if isinstance(c, dict) and isinstance(c.get("i_auroc"), (int, float))]
+    return (f"  backbone auto: chose {ch.get('chosen')} on synthetic defects in {ch.get('held_out_normals')} held-out "
+            f"normal images" + (f" (validation I-AUROC {', '.join(scores)})" if scores else f" ({ch.get('reason')})"))
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "ensemble": cmd_ensemble, "eval": cmd_eval, "predict": cmd_predict,

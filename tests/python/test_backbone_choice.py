@@ -33,6 +33,16 @@ def test_pick_takes_the_cheapest_within_the_margin() -> None:
         pick({})
 
 
+def test_info_skips_a_malformed_choice() -> None:
+    from edgeuad.cli import _backbone_choice_line
+
+    assert _backbone_choice_line({}) is None and _backbone_choice_line("x") is None
+    assert _backbone_choice_line({"backbone_choice": {"candidates": "x"}}) is None
+    line = _backbone_choice_line({"backbone_choice": {"chosen": L0, "held_out_normals": 3, "candidates": {},
+                                                      "reason": "too few"}})
+    assert line == f"  backbone auto: chose {L0} on synthetic defects in 3 held-out normal images (too few)"
+
+
 def test_too_few_held_out_normals_keep_the_cheapest() -> None:
     from edgeuad.methods.patchcore import PatchCoreConfig
 
@@ -64,7 +74,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("method,extra", [("patchcore", {}),
                                           ("reconpatch", {"steps": 4, "repr_dim": 32, "proj_dim": 16,
                                                           "batch_patches": 64})])
-def test_auto_run_records_and_ships_its_choice(method: str, extra: dict, data: Path, tmp_path: Path) -> None:
+def test_auto_run_records_and_ships_its_choice(method: str, extra: dict, data: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     run = api.train(method, data, tmp_path / "run", {**TINY, **extra}, holdout_fraction=0.25, progress=False)
     rep = run.info["backbone_choice"]
     assert rep["held_out_normals"] == len(run.holdout) >= MIN_HOLDOUT
@@ -76,6 +87,11 @@ def test_auto_run_records_and_ships_its_choice(method: str, extra: dict, data: P
     bundle = Bundle.load(api.export(run, tmp_path / "bundle").root)
     assert bundle.manifest["backbone"] == chosen
     assert bundle.manifest["training"]["backbone_choice"]["chosen"] == chosen
+    from edgeuad import cli
+
+    assert cli.main(["info", "--bundle", str(bundle.root)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "backbone auto" in x)
+    assert f"chose {chosen}" in line and f"lite1 {rep['candidates'][L1]['i_auroc']:.4f}" in line
 
 
 def test_patchcore_auto_ships_what_the_named_backbone_trains(data: Path, tmp_path: Path) -> None:
