@@ -86,6 +86,8 @@ def table(rows: list[dict]) -> str:
         m = r["metrics"]
         f = lambda k: f"{m[k]:.4f}" if k in m else "n/a (no masks)"  # noqa: E731
         settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        if r.get("backbone_choice"):  # the method's default backbone "auto" and what it chose
+            settings += f", backbone=auto -> {r['backbone'].replace('efficientnet_', '')}"
         lines.append(f"| {r['dataset']} | {r['method']} | {f('i_auroc')} | {f('p_auroc')} | {f('aupro')} | "
                      f"{f('f1_max')} | {f('accuracy_at_threshold')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} | "
                      f"{r.get('commit', '?')}, {r.get('date', '?')} |")
