@@ -530,6 +530,7 @@ def main() -> None:
         "serve_low_latency": lambda: _read("serve_low_latency.md")
         or "(not measured: python benchmarks/bench_serve.py --low-latency --stem serve_low_latency)",
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
+        "ens_auto": lambda: patch_summary("methods/magnetic_tile_ensemble_auto.json"),
         "rcp_bottle_ch": lambda: patch_summary("methods/bottle_reconpatch_compressed.json"),
         "rcp_mt_ch": lambda: patch_summary("methods/magnetic_tile_reconpatch_compressed.json"),
         **{k: (lambda k=k: g13[k][0]) for k in g13},
