@@ -6,8 +6,9 @@
 
 Each method's default backbone unless --backbone (patch methods: "auto", chosen per run on synthetic
 defects in the held-out normals, recorded as `backbone` and `backbone_choice`; ReContrast:
-efficientnet_lite0), and the same input size for every method.  Each (dataset, method) trains through `edgeuad.api.train`, exports a bundle through `api.export` and is evaluated through
-`api.evaluate` (the runtime Detector: onnxruntime + _rt), so the numbers are those of the shipped path.
+efficientnet_lite0), and the same input size for every method.  Each (dataset, method) trains through
+`edgeuad.api.train`, exports a bundle through `api.export` and is evaluated through `api.evaluate` (the
+runtime Detector: onnxruntime + _rt), so the numbers are those of the shipped path.
 Results go to benchmarks/results/methods/<dataset>_<method>.json and a markdown table is printed and
 written to benchmarks/results/methods/table.md.  Existing JSON results are reused unless --force.
 """

@@ -272,11 +272,9 @@ def auto_table() -> str:
                                  if "i_auroc" in c.get(n, {}) else "n/a" for n in
                                  ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"))
                 mt = r["metrics"]
+                pa = f"{mt['p_auroc']:.4f}" if "p_auroc" in mt else "n/a"  # bottle has image labels only
                 out.append(f"| {ds} | {m} | {r['overrides'].get('seed', '?')} | {val} | {short(ch['chosen'])} | "
-                           f"{mt['i_auroc']:.4f} | {mt['p_auroc']:.4f} | {r['train_seconds']:.0f} |"
-                           if "p_auroc" in mt else
-                           f"| {ds} | {m} | {r['overrides'].get('seed', '?')} | {val} | {short(ch['chosen'])} | "
-                           f"{mt['i_auroc']:.4f} | n/a | {r['train_seconds']:.0f} |")
+                           f"{mt['i_auroc']:.4f} | {pa} | {r['train_seconds']:.0f} |")
     return "\n".join(out) if len(out) > 2 else "(not measured)"
 
 

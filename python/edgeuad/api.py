@@ -166,6 +166,17 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
     return run
 
 
+def _selection_split(holdout: Sequence[Path], cfg: Any, pre: PreprocessConfig) -> tuple[Any, np.ndarray | None]:
+    """The label-free selection split of a run (`edgeuad.selection`: its held-out normals with blended and
+    thin-crack copies) and its preprocessed images; (None, None) when nothing was held out."""
+    if not holdout:
+        return None, None
+    from .selection import load_validation_set
+
+    vs = load_validation_set(holdout, int(cfg.image_size), seed=int(cfg.seed))
+    return vs, preprocess(vs.images, pre)
+
+
 def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdout: Sequence[Path],
          pre: PreprocessConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """Train; return (state dict, the config that rebuilds the model from it, run.info additions or None:
@@ -173,11 +184,9 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
     if method == "recontrast":
         from .methods.recontrast import model_state
         from .methods.recontrast_train import fit_recontrast
-        from .selection import load_validation_set
 
         # synthetic defects pasted into the held-out normals pick BN mode, checkpoint and score
-        vs = load_validation_set(holdout, int(cfg.image_size), seed=int(cfg.seed)) if holdout else None
-        vx = None if vs is None else preprocess(vs.images, pre)
+        vs, vx = _selection_split(holdout, cfg, pre)
         fit = fit_recontrast(cfg, x, out, validation=vs, validation_x=vx, progress=progress)
         return model_state(fit.model), fit.config.to_dict(), None if fit.report is None else {"selection": fit.report}
     choice = None
@@ -185,19 +194,18 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
         from dataclasses import replace
 
         from .methods.backbone_choice import choose_backbone
-        from .selection import load_validation_set
 
-        # the same synthetic-defect split ReContrast selects on (held-out normals + blended + cracks)
-        vs = load_validation_set(holdout, int(cfg.image_size), seed=int(cfg.seed)) if holdout else None
-        choice = choose_backbone(cfg, x, vs, None if vs is None else preprocess(vs.images, pre), progress=progress)
+        choice = choose_backbone(cfg, x, *_selection_split(holdout, cfg, pre), progress=progress)
         cfg = replace(cfg, backbone=choice.backbone)
     report = None if choice is None else {"backbone_choice": choice.report}
     if method == "patchcore":
         from .methods.patchcore import train_patchcore
 
         # the winner's proxy IS this PatchCore (same config, same training images): not fitted twice
-        pm = choice.model if choice is not None and choice.model is not None else None
-        pm = pm or train_patchcore(cfg, x, progress=progress)
+        if choice is not None and choice.model is not None:
+            pm = choice.model
+        else:
+            pm = train_patchcore(cfg, x, progress=progress)
     else:
         from .methods.reconpatch import train_reconpatch
 

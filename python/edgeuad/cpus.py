@@ -158,17 +158,19 @@ def ort_session(ort: Any, path: str, threads: int = 0, providers: list[str] | No
     opened with its Q/DQ fusion off (`session.disable_quant_qdq`): Q and DQ run as operators and the
     convs in fp32, which is the graph's own Q/DQ arithmetic (no saturation), only slower; a warning
     says so.  A graph that fails that way too raises the first error."""
-    so = ort_session_options(ort, threads)
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    def options(fuse_qdq: bool) -> Any:
+        so = ort_session_options(ort, threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not fuse_qdq:
+            so.add_session_config_entry("session.disable_quant_qdq", "1")
+        return so
+
     providers = providers or ["CPUExecutionProvider"]
     try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+        return ort.InferenceSession(str(path), sess_options=options(True), providers=providers)
     except Exception as first:  # onnxruntime's own exception types (Fail, InvalidGraph, ...)
-        retry = ort_session_options(ort, threads)
-        retry.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        retry.add_session_config_entry("session.disable_quant_qdq", "1")
         try:
-            sess = ort.InferenceSession(str(path), sess_options=retry, providers=providers)
+            sess = ort.InferenceSession(str(path), sess_options=options(False), providers=providers)
         except Exception:
             raise first from None
         log.warning("onnxruntime could not build %s with fused int8 kernels in its precise mode (%s); running its "

@@ -31,9 +31,8 @@ from .patch_features import PatchBankConfig, PatchModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUTO", "AUTO_MARGIN", "CANDIDATES", "MIN_HOLDOUT", "BackboneChoice", "choose_backbone", "pick"]
+__all__ = ["AUTO_MARGIN", "CANDIDATES", "MIN_HOLDOUT", "BackboneChoice", "choose_backbone", "pick"]
 
-AUTO = "auto"
 # cheapest first: Lite1/Lite2 are Lite0 scaled in depth (and width), ~1.2x / ~1.5x its compute here
 CANDIDATES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 AUTO_MARGIN = 0.01
