@@ -10,7 +10,9 @@ A "space" is interp,count_include_pad(T/F),features:
            area = always INTER_AREA (the plain recipe);
   T/F      whether the 3x3 local average counts the zero padding (PatchCore's zero-padded unfold: T);
   features proj256 = PatchCore's adaptive-average channel projection to 256 (replicates thin levels),
-           raw = the plain concatenation of the two stages.
+           raw = the plain concatenation of the two stages,
+           raw+s4 = raw plus the stride-4 stage (3x3 average at stride 4, bilinearly resampled to the
+           stride-8 grid): the product's `layers=(1, 0, 2)`.
 Every space gets its own 1% greedy coreset (seed 0) over the training patches; scores are exact 1-NN
 Euclidean distances, bilinear upsampling (align_corners True and False), Gaussian blur sigma 4, image score
 = max.  The SELECTION criterion is the validation split: the held-out normal images (10%, the split
@@ -32,6 +34,14 @@ Post-processing and bank size (one factor at a time against the default, issue #
         --val blended+crack --coreset 0.01 0.03 --sigmas 4 2 --scores max topk --align true
 Every (coreset ratio) gets its own coreset; sigmas and scores (max, or the mean of the top 1 % of map
 pixels) are read from the same distances.
+The stride-4 stage (issue #13; written down on 2026-12-03 before its first run):
+    python benchmarks/ablate_patchcore.py --data ../shared/data/magnetic_tile --backbone efficientnet_lite0 \
+        --spaces product,T,raw product,T,raw+s4 --val blended+crack --splits val --align true
+(and --backbone efficientnet_lite2, and both on bottle).  Criterion: the selection split's I-AUROC (mean of
+the blended and crack families), seed 0.  raw+s4 becomes a default candidate if it gains >= +0.010 on
+magnetic_tile with both Lite0 and Lite2 (the backbones `auto` chose there) and loses <= 0.010 on bottle;
+a candidate then runs 3 seeds through the shipped path.  The test split is not read for the decision.
+
 Writes benchmarks/results/methods/<dataset>_patchcore_ablation.jsonl (one record per space x coreset x
 split x align x sigma x score).
 """
@@ -95,26 +105,40 @@ def load_splits(root: Path, every: int, drop: int = 0, val_kind: str = "full", s
                                 for i, y in enumerate(vlab)], "test": test_defects}}
 
 
-def stage_features(bb: torch.nn.Module, ims: list, interp: str, size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stride-8 and stride-16 stages of `ims` resized to size x size (0: this run's --size)."""
+def stage_features(bb: torch.nn.Module, ims: list, interp: str, size: int = 0,
+                   stride4: bool = False) -> tuple[torch.Tensor, ...]:
+    """The stride-8 and stride-16 stages of `ims` resized to size x size (0: this run's --size), and the
+    stride-4 stage third when `stride4`."""
     size = size or S
     if interp == "area":
         ims = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in ims]
     x = preprocess(ims, PreprocessConfig(size=(size, size)))
-    a, b = [], []
+    out: list[list[torch.Tensor]] = [[], [], []]
     with torch.inference_mode():
         for s in range(0, len(x), 32):
             f = bb(torch.from_numpy(x[s:s + 32]))
-            a.append(f[1])
-            b.append(f[2])
-    return torch.cat(a), torch.cat(b)
+            out[0].append(f[1])
+            out[1].append(f[2])
+            if stride4:
+                out[2].append(f[0])
+    return tuple(torch.cat(o) for o in out if o)
 
 
-def embed(a: torch.Tensor, b: torch.Tensor, cip: bool, feats: str) -> tuple[torch.Tensor, tuple[int, int]]:
+def embed(a: torch.Tensor, b: torch.Tensor, cip: bool, feats: str,
+          s4: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch features on the stride-8 grid of `a`.  feats raw+s4 also concatenates the stride-4 stage `s4`
+    (averaged over 3x3 at its own stride, then bilinearly resampled to the grid: the product's
+    layers=(1, 0, 2))."""
     a = F.avg_pool2d(a, 3, 1, 1, count_include_pad=cip)
     b = F.avg_pool2d(b, 3, 1, 1, count_include_pad=cip)
     b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
-    m = torch.cat([a, b], 1)
+    parts = [a, b]
+    if feats == "raw+s4":
+        if s4 is None:
+            raise ValueError("features raw+s4 need the stride-4 stage")
+        s4 = F.avg_pool2d(s4, 3, 1, 1, count_include_pad=cip)
+        parts.insert(1, F.interpolate(s4, size=a.shape[-2:], mode="bilinear", align_corners=False))
+    m = torch.cat(parts, 1)
     n, c, h, w = m.shape
     m = m.permute(0, 2, 3, 1).reshape(n, h * w, c)
     if feats == "proj256":
@@ -163,13 +187,15 @@ def main() -> None:
     t0 = time.time()
     sp = load_splits(args.data, args.train_every, args.train_drop, args.val, tuple(args.splits))
     bb = build_backbone(args.backbone, True).eval()
-    feats = {(interp, k): stage_features(bb, ims, interp)
+    s4 = any(s[2] == "raw+s4" for s in spaces)
+    feats = {(interp, k): stage_features(bb, ims, interp, stride4=s4)
              for interp in sorted({s[0] for s in spaces}) for k, ims in sp["imgs"].items() if ims}
     log.info("features in %.0f s", time.time() - t0)
     for interp, cip, kind in spaces:
-        tr, grid = embed(*feats[interp, "train"], cip, kind)
+        tr, grid = embed(*feats[interp, "train"][:2], cip, kind, *feats[interp, "train"][2:])
         x = tr.reshape(-1, tr.shape[-1]).numpy()
-        queries = {split: embed(*feats[interp, split], cip, kind)[0] for split in args.splits}
+        queries = {split: embed(*feats[interp, split][:2], cip, kind, *feats[interp, split][2:])[0]
+                   for split in args.splits}
         for ratio in args.coreset:
             tc = time.time()
             bank = torch.from_numpy(x[np.sort(greedy_coreset(x, ratio, proj_dim=128, seed=0, min_items=1000))])
