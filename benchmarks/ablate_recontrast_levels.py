@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Which feature levels of a trained ReContrast model carry its anomaly signal (issue #13)?
+
+    python benchmarks/ablate_recontrast_levels.py --run RUN_DIR --data ../shared/data/magnetic_tile
+
+Reads a finished `edgeuad train --method recontrast` run (its weights and config, the checkpoint its
+label-free selection kept) and scores the run's own selection split (its held-out normals with blended
+and thin-crack copies, `edgeuad.selection`) and, with `--splits val test`, the test split, once per
+subset of the three levels (strides 4, 8, 16; each level = its two crossed pairs).  The map of a subset
+is the sum of its pairs' bilinearly upsampled cosine distances, blurred with the run's sigma, exactly as
+`anomaly_map_torch` with pair weights 1 (in) and 0 (out), which a bundle's `postprocess.weights` express.
+
+Per subset and split it records I-AUROC (max and top-1 % mean), P-AUROC, the I-AUROC of each defect
+type, and the share of normal images whose map maximum lies within 16 px of the border (the issue's
+lead).  Selection reads the validation rows only; the test rows are for the record.
+Written down on 2026-12-03 before the first run on magnetic_tile (a 500-iteration run, encoder BN train,
+seed 0): if dropping the stride-4 level (levels 2+3) beats all three levels by >= +0.010 validation
+I-AUROC under the run's image score, ReContrast gets a label-free level choice (all vs 2+3, made on this
+split at the kept checkpoint) and a full run through the shipped path; otherwise the finding is recorded
+and nothing changes.
+Writes benchmarks/results/methods/<dataset>_recontrast_levels.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeuad import api
+from edgeuad import data as D
+from edgeuad.methods.common import gaussian_blur_torch
+from edgeuad.methods.recontrast import ReContrastConfig, load_model
+from edgeuad.metrics import auroc, pixel_auroc
+from edgeuad.preprocess import preprocess
+from edgeuad.selection import load_validation_set, type_aurocs
+
+HERE = Path(__file__).resolve().parent
+log = logging.getLogger("ablate_recontrast_levels")
+BORDER = 16
+
+
+@torch.inference_mode()
+def level_maps(model, x: np.ndarray, size: int, batch: int = 8) -> np.ndarray:
+    """(N, 3, size, size) float32: per level, the sum of its pairs' upsampled cosine distances."""
+    names = list(model.pair_names())
+    level = [int(n[1]) - 1 for n in names]  # "l1_frozen" -> 0
+    out = np.zeros((len(x), 3, size, size), np.float32)
+    for s in range(0, len(x), batch):
+        enc, dec = model(torch.from_numpy(x[s:s + batch]))
+        for lv, a, b in zip(level, enc, dec):
+            dot = (a * b).sum(1)
+            dist = 1.0 - dot / (a.norm(dim=1).clamp_min(1e-8) * b.norm(dim=1).clamp_min(1e-8))
+            up = F.interpolate(dist[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
+            out[s:s + batch, lv] += up.numpy()
+    return out
+
+
+def evaluate(lm: np.ndarray, subset: tuple[int, ...], sigma: float, labels: np.ndarray, masks: list,
+             defects: list[str]) -> dict:
+    maps = gaussian_blur_torch(torch.from_numpy(lm[:, list(subset)].sum(1)), sigma).numpy()
+    flat = maps.reshape(len(maps), -1)
+    k = max(1, int(0.01 * flat.shape[1]))
+    mx, tk = flat.max(1), np.sort(flat, axis=1)[:, -k:].mean(1)
+    keep = [i for i, m in enumerate(masks) if m is not None]
+    rec = {"i_auroc_max": auroc(labels, mx), "i_auroc_topk_mean": auroc(labels, tk)}
+    if any(masks[i].any() for i in keep):  # a set with image labels only (bottle here) has no P-AUROC
+        rec["p_auroc"] = pixel_auroc([masks[i][::4, ::4] for i in keep], [maps[i][::4, ::4] for i in keep])
+    rec.update(type_aurocs(labels, mx, defects))
+    s = maps.shape[-1]
+    arg = flat[labels == 0].argmax(1)
+    r, c = arg // s, arg % s
+    near = (r < BORDER) | (c < BORDER) | (r >= s - BORDER) | (c >= s - BORDER)
+    rec["normal_max_near_border"] = float(near.mean())
+    return {k: round(float(v), 4) for k, v in rec.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a finished ReContrast training run")
+    ap.add_argument("--data", type=Path, required=True, help="the MVTec-layout set the run was trained on")
+    ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    run = api.Run.load(args.run)
+    if run.method != "recontrast":
+        raise SystemExit(f"{args.run} is a {run.method} run, not recontrast")
+    cfg = ReContrastConfig.from_dict(run.config)
+    from safetensors.torch import load_file
+
+    model = load_model(load_file(str(args.run / api.RUN_WEIGHTS)), cfg)
+    size = int(cfg.image_size)
+    out = args.out or HERE / "results" / "methods" / f"{args.data.name}_recontrast_levels.jsonl"
+    sel = run.info.get("selection", {})
+    base = {"dataset": args.data.name, "run": str(args.run), "iterations": cfg.iterations,
+            "kept_iteration": sel.get("checkpoint", {}).get("iteration"), "encoder_bn": cfg.encoder_bn,
+            "sigma": cfg.sigma}
+    for split in args.splits:
+        t0 = time.time()
+        if split == "val":
+            vs = load_validation_set([Path(p) for p in run.holdout], size, seed=int(cfg.seed))
+            x, labels, masks, defects = preprocess(vs.images, run.preprocess), vs.labels, vs.masks, vs.defects
+        else:
+            test = D.list_mvtec(args.data, "test")
+            x, _ = api.load_array([s.path for s in test], run.preprocess)
+            labels = np.array([s.label for s in test])
+            masks = [D.load_mask(s, (size, size)) for s in test]
+            defects = [s.defect for s in test]
+        lm = level_maps(model, x, size)
+        log.info("%s: %d images in %.0f s", split, len(x), time.time() - t0)
+        for n in (3, 2, 1):
+            for subset in itertools.combinations(range(3), n):
+                rec = {**base, "split": split, "levels": [l + 1 for l in subset],
+                       **evaluate(lm, subset, cfg.sigma, labels, masks, defects)}
+                log.info("%s", rec)
+                with open(out, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
