@@ -40,10 +40,13 @@ def _validation(n: int = 3) -> tuple[Any, np.ndarray]:
 
 
 def _fake_validator(monkeypatch: pytest.MonkeyPatch, value_of) -> list[tuple[str, int]]:  # type: ignore[no-untyped-def]
-    """Replace the validation forward pass by value_of(mode, call index) -> I-AUROC (both scores)."""
+    """Replace the validation forward pass by value_of(mode, call index) -> I-AUROC (both scores); the map
+    levels' choice at the end (levels given) sees a tie, which keeps the official three levels."""
     calls: list[tuple[str, int]] = []
 
-    def fake(self: _Validator, model: Any) -> dict[str, float]:
+    def fake(self: _Validator, model: Any, levels: str | None = None) -> dict[str, float]:
+        if levels is not None:
+            return {"i_auroc_max": 0.5, "i_auroc_topk_mean": 0.5, "p_auroc": 0.5}
         calls.append((model.encoder_bn, len(calls)))
         v = float(value_of(model.encoder_bn, len(calls) - 1))
         return {"i_auroc_max": v, "i_auroc_topk_mean": v - 0.01, "p_auroc": 0.5}

@@ -44,6 +44,7 @@ __all__ = [
     "ReContrastConfig",
     "ReContrastModel",
     "alpha_at",
+    "level_weights",
     "anomaly_map_torch",
     "build_model",
     "gaussian_blur_torch",
@@ -65,6 +66,22 @@ def resolved_score(cfg: "ReContrastConfig") -> str:
 
 ENCODER_BN_MODES = ("train", "eval", "auto")
 SCORES = ("max", "topk_mean", "auto")
+# feature levels whose pairs make the anomaly map (levels 1, 2, 3 = strides 4, 8, 16); "auto": chosen on
+# the synthetic-defect validation split at the kept checkpoint (official: all three)
+LEVELS = ("1,2,3", "2,3", "auto")
+LEVELS_MARGIN = 0.01  # "2,3" replaces the official "1,2,3" only when this much better on validation
+
+
+def resolved_levels(cfg: "ReContrastConfig") -> tuple[int, ...]:
+    """The levels a model's map sums: cfg.levels, or for "auto" when no validation decided it the official
+    three (a config from before the field existed also reads as "auto")."""
+    return tuple(int(v) for v in ("1,2,3" if cfg.levels == "auto" else cfg.levels).split(","))
+
+
+def level_weights(cfg: "ReContrastConfig", pair_names: Sequence[str]) -> list[float]:
+    """Per pair ("l<k>_..."), weight 1 when its level is in the map, else 0 (a bundle's postprocess.weights)."""
+    keep = set(resolved_levels(cfg))
+    return [1.0 if int(n[1]) in keep else 0.0 for n in pair_names]
 
 
 @dataclass
@@ -113,6 +130,7 @@ class ReContrastConfig:
     score: str = "auto"                    # image score: "max" | "topk_mean" | "auto" (validation picks;
                                            # without validation: max, stable topk_mean as official)
     topk_frac: float = 0.01
+    levels: str = "auto"                   # "1,2,3" | "2,3" | "auto" (validation decides; see LEVELS)
     device: str = "cpu"                    # "cpu", "cuda", "cuda:N" or "auto"
 
     def __post_init__(self) -> None:
@@ -136,6 +154,8 @@ class ReContrastConfig:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if not 0.0 < self.topk_frac <= 1.0:
             raise ValueError(f"topk_frac must be in (0, 1], got {self.topk_frac}")
+        if self.levels not in LEVELS:
+            raise ValueError(f"levels must be one of {LEVELS}, got {self.levels!r}")
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
         if self.bottleneck_dim is not None and self.bottleneck_dim <= 0:

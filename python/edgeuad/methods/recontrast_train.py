@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from .common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint, optimizer_from_flat,
                      optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
-from .recontrast import (ReContrastConfig, ReContrastModel, alpha_at, anomaly_map_torch, build_model, recontrast_loss,
-                         resolved_score)
+from .recontrast import (LEVELS_MARGIN, ReContrastConfig, ReContrastModel, alpha_at, anomaly_map_torch, build_model,
+                         level_weights, recontrast_loss, resolved_score)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ BEST_NAME = "best.safetensors"
 _CKPT_FORMAT = "edgeuad.recontrast.checkpoint/2"   # /2: BN-mode choice and selection state in the meta
 _BEST_FORMAT = "edgeuad.recontrast.best/1"
 _RESUME_FREE = {"iterations", "checkpoint_every", "device", "pretrained", "sigma", "score", "topk_frac",
-                "select_every"}
+                "select_every", "levels"}
 SCORE_KEYS = {"max": "i_auroc_max", "topk_mean": "i_auroc_topk_mean"}
 
 
@@ -174,16 +174,20 @@ class _Validator:
         self.vs, self.x, self.cfg, self.device, self.batch = vs, x, cfg, device, batch
 
     @torch.no_grad()
-    def __call__(self, model: ReContrastModel) -> dict[str, float]:
+    def __call__(self, model: ReContrastModel, levels: str | None = None) -> dict[str, float]:
+        """Validation metrics of the map over `levels` (None: the configured levels; "auto" scores all
+        three until the end of training decides)."""
         from ..selection import validation_metrics
 
         was = model.training
         model.eval()
         maxs, topks, maps = [], [], []
         size = self.x.shape[-1]
+        weights = level_weights(replace(self.cfg, levels=levels or self.cfg.levels), model.pair_names())
         for i in range(0, len(self.x), self.batch):
             enc, dec = model(torch.from_numpy(self.x[i:i + self.batch]).to(self.device))
-            m, mx, tk = anomaly_map_torch(enc, dec, size, sigma=self.cfg.sigma, topk_frac=self.cfg.topk_frac)
+            m, mx, tk = anomaly_map_torch(enc, dec, size, sigma=self.cfg.sigma, topk_frac=self.cfg.topk_frac,
+                                          weights=weights)
             maps += list(m.float().cpu().numpy())
             maxs.append(mx.double().cpu().numpy())
             topks.append(tk.double().cpu().numpy())
@@ -457,15 +461,36 @@ def _finish(arm: _Arm, cfg: ReContrastConfig, bn_choice: dict[str, Any], validat
     else:
         how = "set in the configuration"
     report["score"] = {"rule": rule, "how": how}
+    levels = _choose_levels(arm, cfg, validator, rule, report)
     config = replace(cfg, encoder_bn=bn_choice["mode"], score=rule, bn_probe_iterations=probe_iterations(cfg),
-                     **recipe)
+                     levels=levels, **recipe)
     ck = report["checkpoint"]
-    log.info("ReContrast selection: encoder BN %s (%s); checkpoint iteration %d of %d (%s%s); image score %s (%s)",
-             bn_choice["mode"], bn_choice["how"], ck["iteration"], ck["last_iteration"], ck["how"],
+    log.info("ReContrast selection: encoder BN %s (%s); checkpoint iteration %d of %d (%s%s); image score %s (%s); "
+             "map levels %s (%s)", bn_choice["mode"], bn_choice["how"], ck["iteration"], ck["last_iteration"], ck["how"],
              f", val I-AUROC {ck['val_i_auroc']:.4f}, last {ck['last_val_i_auroc']:.4f}" if "val_i_auroc" in ck
-             else "", rule, how)
+             else "", rule, how, levels, report["levels"]["how"])
     arm.model.eval()
     return ReContrastFit(model=arm.model, config=config, report=report)
+
+
+def _choose_levels(arm: _Arm, cfg: ReContrastConfig, validator: _Validator | None, rule: str,
+                   report: dict[str, Any]) -> str:
+    """The map's levels (cfg.levels "auto": the official three unless the deep levels alone (2, 3: strides 8
+    and 16) score >= LEVELS_MARGIN higher validation I-AUROC with the chosen image score at the kept
+    checkpoint); recorded in report["levels"]."""
+    if cfg.levels != "auto":
+        report["levels"] = {"levels": cfg.levels, "how": "set in the configuration"}
+        return cfg.levels
+    if validator is None or not arm.curve:
+        report["levels"] = {"levels": "1,2,3", "how": "no validation set: the official three"}
+        return "1,2,3"
+    key = SCORE_KEYS[rule]
+    scores = {lv: float(validator(arm.model, lv)[key]) for lv in ("1,2,3", "2,3")}
+    levels = "2,3" if scores["2,3"] >= scores["1,2,3"] + LEVELS_MARGIN else "1,2,3"
+    report["levels"] = {"levels": levels, "val_i_auroc": {k: round(v, 6) for k, v in scores.items()},
+                        "how": f"validation I-AUROC ({rule}) at the kept checkpoint; 2,3 only when "
+                               f">= {LEVELS_MARGIN} above all three"}
+    return levels
 
 
 def train_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | Path, progress: bool = True,

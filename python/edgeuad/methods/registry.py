@@ -47,14 +47,15 @@ class ExportSpec:
 
 
 def recontrast_spec(model: nn.Module, cfg: Any) -> ExportSpec:
-    from .recontrast import resolved_score
+    from .recontrast import level_weights, resolved_score
 
     names = list(model.pair_names())
     outputs = [f"enc_{n}" for n in names] + [f"dec_{n}" for n in names]
     post = {
         "kind": "cos_pairs",
         "pairs": [[f"enc_{n}", f"dec_{n}"] for n in names],
-        "weights": [1.0] * len(names),
+        # levels left out of the map weigh 0 (the graph keeps their outputs: one export for every choice)
+        "weights": level_weights(cfg, names),
         "align_corners": True,
         "sigma": float(cfg.sigma),
         "score": resolved_score(cfg),   # never "auto" in a bundle: the runtime needs the rule
