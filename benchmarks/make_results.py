@@ -501,6 +501,28 @@ def stride4_table() -> str:
     return "\n".join(out) if len(out) > 2 else "(not measured: results/methods/*_patchcore_stride4.jsonl missing)"
 
 
+def rc_levels_table(dataset: str = "magnetic_tile") -> str:
+    """ReContrast by map levels (ablate_recontrast_levels.py): the selection split (what decides) and the
+    test split (record) per subset of levels, with the normal images' border-maximum share."""
+    name = f"methods/{dataset}_recontrast_levels.jsonl"
+    arms = _splits_by_arm(name, lambda r: tuple(r["levels"]))
+    if arms is None:
+        return f"(not measured: results/{name} missing)"
+    types = sorted({k[len("i_auroc_"):] for sp in arms.values() for k in sp.get("test", {})
+                    if k.startswith("i_auroc_") and k not in ("i_auroc_max", "i_auroc_topk_mean")})
+    out = ["| levels | val I-AUROC (max) | val blended | val crack | val P-AUROC | test I-AUROC (max) | test P-AUROC "
+           "| normal maxima within 16 px of the border (test) | " + " | ".join(f"test {t}" for t in types) + " |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(types)]
+    for lv, sp in sorted(arms.items(), key=lambda kv: (-len(kv[0]), kv[0])):
+        v, t = sp.get("val", {}), sp.get("test", {})
+        f = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
+        share = f"{t['normal_max_near_border']:.0%}" if "normal_max_near_border" in t else "-"
+        out.append(f"| {','.join(map(str, lv))} | {f(v, 'i_auroc_max')} | {f(v, 'i_auroc_blended')} | "
+                   f"{f(v, 'i_auroc_crack')} | {f(v, 'p_auroc')} | {f(t, 'i_auroc_max')} | {f(t, 'p_auroc')} | {share} | "
+                   + " | ".join(f(t, f"i_auroc_{ty}") for ty in types) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     tpl = (HERE / "RESULTS_template.md").read_text()
     mr, mmet = maps_ratio()
@@ -541,6 +563,8 @@ def main() -> None:
         "patchcore_ablation": patchcore_ablation,
         "patchcore_post": post_ablation_table,
         "stride4": stride4_table,
+        "rc_levels": rc_levels_table,
+        "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
         "serve17": lambda: serve_summary()[0],
         "serve17_met": lambda: serve_summary()[1],
         "serve": lambda: _read("serve.md") or "(not measured: python benchmarks/bench_serve.py)",
