@@ -427,9 +427,9 @@ def cmd_info(a: argparse.Namespace) -> int:
                   + f"post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
                   f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
-        choice = _backbone_choice_line(m.get("training", {}))
-        if choice:
-            lines.append(choice)
+        for line in (_backbone_choice_line(m.get("training", {})), _selection_line(m.get("training", {}))):
+            if line:
+                lines.append(line)
         for e, b in zip(m["postprocess"].get("members", []), bd.members):
             lines.append(f"  member {e['dir']}: {e['method']}/{e['backbone']}, input {b.preprocess.size[0]}x"
                          f"{b.preprocess.size[1]}, normal median {e['median']:.6g}, MAD {e['mad']:.6g}, "
@@ -453,6 +453,29 @@ def _backbone_choice_line(training: Any) -> str | None:
               if isinstance(c, dict) and isinstance(c.get("i_auroc"), (int, float))]
     return (f"  backbone auto: chose {ch.get('chosen')} on synthetic defects in {ch.get('held_out_normals')} held-out "
             f"normal images" + (f" (validation I-AUROC {', '.join(scores)})" if scores else f" ({ch.get('reason')})"))
+
+
+def _selection_line(training: Any) -> str | None:
+    """'  selection: encoder BN train, checkpoint 400 of 500, score max, levels 2,3 (...)' from a ReContrast
+    manifest's training section, or None; informational like the backbone line, so malformed parts are skipped."""
+    sel = training.get("selection") if isinstance(training, dict) else None
+    if not isinstance(sel, dict):
+        return None
+    parts = []
+    bn, ck, sc, lv = (sel.get(k) if isinstance(sel.get(k), dict) else {} for k in ("encoder_bn", "checkpoint", "score",
+                                                                                    "levels"))
+    if bn.get("mode"):
+        parts.append(f"encoder BN {bn['mode']}")
+    if ck.get("iteration") is not None:
+        parts.append(f"checkpoint {ck['iteration']} of {ck.get('last_iteration', '?')}")
+    if sc.get("rule"):
+        parts.append(f"score {sc['rule']}")
+    if lv.get("levels"):
+        vals = lv.get("val_i_auroc")
+        scores = (", ".join(f"{k} {v:.4f}" for k, v in vals.items() if isinstance(v, (int, float)))
+                  if isinstance(vals, dict) else "")
+        parts.append(f"levels {lv['levels']}" + (f" (validation I-AUROC {scores})" if scores else ""))
+    return f"  selection: {', '.join(parts)}" if parts else None
 
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "ensemble": cmd_ensemble, "eval": cmd_eval, "predict": cmd_predict,

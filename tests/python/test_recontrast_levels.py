@@ -86,7 +86,7 @@ def test_real_validator_scores_the_chosen_levels(tmp_path: Path) -> None:
         {"max": "i_auroc_max", "topk_mean": "i_auroc_topk_mean"}[fit.config.score]], 6)
 
 
-def test_bundle_without_level_one_scores_as_the_reference(tmp_path: Path) -> None:
+def test_bundle_without_level_one_scores_as_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Train (2 iterations, levels 2,3), export, and score with the runtime Detector: the manifest's weights
     leave level 1 out and the Detector's score equals the torch reference map with those weights."""
     from edgeuad import api
@@ -116,3 +116,19 @@ def test_bundle_without_level_one_scores_as_the_reference(tmp_path: Path) -> Non
     other = float((mx_all if cfg.score == "max" else tk_all)[0])
     assert got.score == pytest.approx(want, rel=1e-4, abs=1e-5)
     assert abs(want - other) > 1e-3                          # leaving level 1 out changed the score
+    from edgeuad import cli
+
+    assert cli.main(["info", "--bundle", str(tmp_path / "bundle")]) == 0
+    assert "levels 2,3" in capsys.readouterr().out
+
+
+def test_info_selection_line_by_value_and_malformed_parts_skipped() -> None:
+    from edgeuad.cli import _selection_line
+
+    sel = {"encoder_bn": {"mode": "train"}, "checkpoint": {"iteration": 400, "last_iteration": 500},
+           "score": {"rule": "max"}, "levels": {"levels": "2,3", "val_i_auroc": {"1,2,3": 0.72938, "2,3": 0.76174}}}
+    assert _selection_line({"selection": sel}) == ("  selection: encoder BN train, checkpoint 400 of 500, score max, "
+                                                   "levels 2,3 (validation I-AUROC 1,2,3 0.7294, 2,3 0.7617)")
+    assert _selection_line({}) is None and _selection_line("x") is None and _selection_line({"selection": {}}) is None
+    bad = {**sel, "encoder_bn": "train", "levels": {"levels": "2,3", "val_i_auroc": {"1,2,3": "x"}}}
+    assert _selection_line({"selection": bad}) == "  selection: checkpoint 400 of 500, score max, levels 2,3"
