@@ -7,7 +7,7 @@ Reads a finished `edgeuad train --method recontrast` run (its weights and config
 label-free selection kept) and scores the run's own selection split (its held-out normals with blended
 and thin-crack copies, `edgeuad.selection`) and, with `--splits val test`, the test split, once per
 subset of the three levels (strides 4, 8, 16; each level = its two crossed pairs).  The map of a subset
-is the sum of its pairs' bilinearly upsampled cosine distances, blurred with the run's sigma, exactly as
+is the sum of its pairs' bilinearly upsampled cosine distances, blurred with the run's sigma: the shipped
 `anomaly_map_torch` with pair weights 1 (in) and 0 (out), which a bundle's `postprocess.weights` express.
 
 Per subset and split it records I-AUROC (max and top-1 % mean), P-AUROC, the I-AUROC of each defect
@@ -31,12 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgeuad import api
 from edgeuad import data as D
-from edgeuad.methods.common import gaussian_blur_torch
-from edgeuad.methods.recontrast import ReContrastConfig, load_model
+from edgeuad.methods.recontrast import ReContrastConfig, anomaly_map_torch, load_model
 from edgeuad.metrics import auroc, pixel_auroc
 from edgeuad.preprocess import preprocess
 from edgeuad.selection import load_validation_set, type_aurocs
@@ -46,37 +44,39 @@ log = logging.getLogger("ablate_recontrast_levels")
 BORDER = 16
 
 
+SUBSETS = [sub for n in (3, 2, 1) for sub in itertools.combinations((1, 2, 3), n)]
+
+
 @torch.inference_mode()
-def level_maps(model, x: np.ndarray, size: int, batch: int = 8) -> np.ndarray:
-    """(N, 3, size, size) float32: per level, the sum of its pairs' upsampled cosine distances."""
+def subset_maps(model, x: np.ndarray, cfg: ReContrastConfig, batch: int = 8) -> dict[tuple[int, ...], dict]:
+    """Per subset of levels: the image scores (max, top-1 % mean), the maps at a quarter of the resolution
+    (for P-AUROC) and each map's maximum position, all from `anomaly_map_torch` (the shipped reference) with
+    weight 1 on the subset's pairs and 0 on the others; the model runs once per batch for every subset."""
     names = list(model.pair_names())
-    level = [int(n[1]) - 1 for n in names]  # "l1_frozen" -> 0
-    out = np.zeros((len(x), 3, size, size), np.float32)
+    acc: dict[tuple[int, ...], dict[str, list]] = {sub: {"max": [], "topk": [], "maps": [], "argmax": []}
+                                                   for sub in SUBSETS}
     for s in range(0, len(x), batch):
         enc, dec = model(torch.from_numpy(x[s:s + batch]))
-        for lv, a, b in zip(level, enc, dec):
-            dot = (a * b).sum(1)
-            dist = 1.0 - dot / (a.norm(dim=1).clamp_min(1e-8) * b.norm(dim=1).clamp_min(1e-8))
-            up = F.interpolate(dist[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
-            out[s:s + batch, lv] += up.numpy()
-    return out
+        for sub, a in acc.items():
+            w = [1.0 if int(n[1]) in sub else 0.0 for n in names]  # "l1_frozen" -> level 1
+            maps, mx, tk = anomaly_map_torch(enc, dec, cfg.image_size, sigma=cfg.sigma, weights=w,
+                                             topk_frac=cfg.topk_frac)
+            a["max"].append(mx.numpy())
+            a["topk"].append(tk.numpy())
+            a["maps"].append(maps[:, ::4, ::4].numpy())
+            a["argmax"].append(maps.flatten(1).argmax(1).numpy())
+    return {sub: {k: np.concatenate(v) for k, v in a.items()} for sub, a in acc.items()}
 
 
-def evaluate(lm: np.ndarray, subset: tuple[int, ...], sigma: float, labels: np.ndarray, masks: list,
-             defects: list[str]) -> dict:
-    maps = gaussian_blur_torch(torch.from_numpy(lm[:, list(subset)].sum(1)), sigma).numpy()
-    flat = maps.reshape(len(maps), -1)
-    k = max(1, int(0.01 * flat.shape[1]))
-    mx, tk = flat.max(1), np.sort(flat, axis=1)[:, -k:].mean(1)
+def evaluate(sm: dict, size: int, labels: np.ndarray, masks: list, defects: list[str]) -> dict:
     keep = [i for i, m in enumerate(masks) if m is not None]
-    rec = {"i_auroc_max": auroc(labels, mx), "i_auroc_topk_mean": auroc(labels, tk)}
+    rec = {"i_auroc_max": auroc(labels, sm["max"]), "i_auroc_topk_mean": auroc(labels, sm["topk"])}
     if any(masks[i].any() for i in keep):  # a set with image labels only (bottle here) has no P-AUROC
-        rec["p_auroc"] = pixel_auroc([masks[i][::4, ::4] for i in keep], [maps[i][::4, ::4] for i in keep])
-    rec.update(type_aurocs(labels, mx, defects))
-    s = maps.shape[-1]
-    arg = flat[labels == 0].argmax(1)
-    r, c = arg // s, arg % s
-    near = (r < BORDER) | (c < BORDER) | (r >= s - BORDER) | (c >= s - BORDER)
+        rec["p_auroc"] = pixel_auroc([masks[i][::4, ::4] for i in keep], [sm["maps"][i] for i in keep])
+    rec.update(type_aurocs(labels, sm["max"], defects))
+    arg = sm["argmax"][labels == 0]
+    r, c = arg // size, arg % size
+    near = (r < BORDER) | (c < BORDER) | (r >= size - BORDER) | (c >= size - BORDER)
     rec["normal_max_near_border"] = float(near.mean())
     return {k: round(float(v), 4) for k, v in rec.items()}
 
@@ -115,15 +115,13 @@ def main() -> None:
             labels = np.array([s.label for s in test])
             masks = [D.load_mask(s, (size, size)) for s in test]
             defects = [s.defect for s in test]
-        lm = level_maps(model, x, size)
+        by_subset = subset_maps(model, x, cfg)
         log.info("%s: %d images in %.0f s", split, len(x), time.time() - t0)
-        for n in (3, 2, 1):
-            for subset in itertools.combinations(range(3), n):
-                rec = {**base, "split": split, "levels": [l + 1 for l in subset],
-                       **evaluate(lm, subset, cfg.sigma, labels, masks, defects)}
-                log.info("%s", rec)
-                with open(out, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+        for subset, sm in by_subset.items():
+            rec = {**base, "split": split, "levels": list(subset), **evaluate(sm, size, labels, masks, defects)}
+            log.info("%s", rec)
+            with open(out, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
 
 
 if __name__ == "__main__":
