@@ -484,8 +484,10 @@ def _choose_levels(arm: _Arm, cfg: ReContrastConfig, validator: _Validator | Non
     if validator is None or not arm.curve:
         report["levels"] = {"levels": "1,2,3", "how": "no validation set: the official three"}
         return "1,2,3"
-    key = SCORE_KEYS[rule]
-    scores = {lv: float(validator(arm.model, lv)[key]) for lv in ("1,2,3", "2,3")}
+    # the curve validated the kept checkpoint over all three levels ("auto" scores them until now): only the
+    # deep levels need a pass over the validation set
+    scores = {"1,2,3": float(report["checkpoint"]["val_i_auroc"]),
+              "2,3": float(validator(arm.model, "2,3")[SCORE_KEYS[rule]])}
     levels = "2,3" if scores["2,3"] >= scores["1,2,3"] + LEVELS_MARGIN else "1,2,3"
     report["levels"] = {"levels": levels, "val_i_auroc": {k: round(v, 6) for k, v in scores.items()},
                         "how": f"validation I-AUROC ({rule}) at the kept checkpoint; 2,3 only when "
