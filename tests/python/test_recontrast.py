@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgeuad.backbones import BACKBONES
 from edgeuad.methods.common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint,
                                     save_checkpoint, seed_everything)
 from edgeuad.methods.recontrast import (ReContrastConfig, alpha_at, anomaly_map_torch, build_model,
@@ -52,7 +53,7 @@ def _randomise_bn(model: torch.nn.Module) -> None:
 
 
 # ----------------------------------------------------------------------- model
-@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "resnet18", "wide_resnet50_2"])
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))  # every backbone a user may name, Lite1/Lite2 included
 def test_pair_shapes_all_backbones(backbone: str) -> None:
     torch.manual_seed(0)
     model = build_model(_cfg(backbone=backbone))

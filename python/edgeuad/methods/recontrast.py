@@ -140,8 +140,9 @@ class ReContrastConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.backbone not in BACKBONES or self.backbone not in DECODER_SPECS:
+            raise ValueError(f"backbone must be one of {sorted(set(BACKBONES) & set(DECODER_SPECS))}, "
+                             f"got {self.backbone!r}")
         if self.image_size <= 0 or self.image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
         if self.iterations <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
@@ -238,8 +239,10 @@ class DecoderSpec:
 DECODER_SPECS: dict[str, DecoderSpec] = {
     "resnet18": DecoderSpec("basic", 2, (2, 2, 2)),
     "wide_resnet50_2": DecoderSpec("bottleneck", 3, (3, 4, 6), width_per_group=128),
-    # no official configuration: the light ResNet-18 layout, mirrored on lite0's channels
+    # no official configuration: the light ResNet-18 layout, mirrored on each Lite variant's channels
     "efficientnet_lite0": DecoderSpec("basic", 2, (2, 2, 2)),
+    "efficientnet_lite1": DecoderSpec("basic", 2, (2, 2, 2)),
+    "efficientnet_lite2": DecoderSpec("basic", 2, (2, 2, 2)),
 }
 
 
