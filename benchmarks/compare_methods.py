@@ -37,6 +37,7 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
         ov.update(iterations=args.iterations, batch_size=args.batch_size)
     elif method == "reconpatch":
         ov.update(steps=args.steps)
+    ov.update(_sets(args.set))  # parsed by the field's type where the method's config is built
     t0 = time.perf_counter()
     run = None if args.force else _reusable_run(work / "run", method, ov)
     reused = run is not None
@@ -56,13 +57,25 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
             **({"selection": run.info["selection"]} if run.info.get("selection") else {})}
 
 
+def _sets(items: list[str]) -> dict[str, str]:
+    """`--set key=value` pairs, as `edgeuad train --set` takes them (values stay text)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
 def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
     """A finished run in the work dir with exactly these settings is exported again, not retrained
     (a ReContrast training is ~35 min here; an export failure should not cost another one)."""
     if not (root / "run.json").exists() or not (root / "weights.safetensors").exists():
         return None
     run = api.Run.load(root)
-    if run.method != method or any(run.config.get(k) != v for k, v in ov.items()):
+    want = api.method_config(method, ov).to_dict()  # --set values parsed as the run's config holds them
+    if run.method != method or any(run.config.get(k) != want[k] for k in ov):
         return None
     logging.info("reusing finished run %s (trained in %.0f s)", root, run.info["train_seconds"])
     return run
@@ -107,6 +120,8 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config field of every method run (as `edgeuad train --set`), e.g. decoder_width=4")
     ap.add_argument("--suffix", default="",
                     help="result file <dataset>_<method><suffix>.json (e.g. _seed1): kept beside the main table, not in it")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"))

@@ -294,12 +294,13 @@ def test_anomaly_map_reference() -> None:
 
 
 # ------------------------------------------------------------------------ export
-def test_onnx_export_dynamic_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("width", [1, 3])
+def test_onnx_export_dynamic_batch(tmp_path: Path, width: int) -> None:
     # the TorchScript exporter (dynamo=False) is the one export/onnx.py ships; the dynamo exporter is not
     # used by the product, so it is not tested here (it took ~80 s of the suite)
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = build_model(_cfg()).eval()
+    model = build_model(_cfg(decoder_width=width)).eval()
     _randomise_bn(model)
     names = model.pair_names()
     outputs = [f"enc_{n}" for n in names] + [f"dec_{n}" for n in names]
@@ -317,3 +318,38 @@ def test_onnx_export_dynamic_batch(tmp_path: Path) -> None:
         for g, w in zip(got, enc + dec):
             assert g.shape == tuple(w.shape)
             np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ decoder width
+def test_decoder_width_widens_the_decoder_not_the_pairs() -> None:
+    torch.manual_seed(0)
+    narrow, wide = build_model(_cfg()), build_model(_cfg(decoder_width=3))
+    c = narrow.channels
+    # the decoder's stages are 3x as wide; the 1x1 heads map them back to the encoder's channels
+    assert [h.weight.shape[1] for h in wide.heads_a] == [3 * k for k in c]
+    assert [h.weight.shape[0] for h in wide.heads_b] == list(c)
+    assert wide.decoder.layer1[-1].conv2.out_channels == 3 * c[0]
+    assert wide.bottleneck_dim == narrow.bottleneck_dim
+    with torch.no_grad():
+        enc_n, dec_n = narrow(torch.randn(2, 3, SIZE, SIZE))
+        enc_w, dec_w = wide(torch.randn(2, 3, SIZE, SIZE))
+    assert [t.shape for t in dec_w] == [t.shape for t in dec_n] == [t.shape for t in enc_w]
+
+
+@pytest.mark.parametrize("bad", [0, 17, True, 2.0, "2"])
+def test_decoder_width_is_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="decoder_width"):
+        _cfg(decoder_width=bad)
+
+
+def test_decoder_width_round_trips_through_state(tmp_path: Path) -> None:
+    cfg = _cfg(decoder_width=2)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    again = load_model(model_state(model), ReContrastConfig.from_dict(cfg.to_dict()))
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        for a, b in zip(model(x)[1], again(x)[1]):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(RuntimeError):  # a state of the other width does not load silently
+        load_model(model_state(model), _cfg(decoder_width=1))

@@ -124,6 +124,9 @@ class ReContrastConfig:
     encoder_pause: int = 100               # ... the encoder optimiser pauses until this many iterations later
     select_every: int = 100                # validate every N iterations and keep the best (0: keep the last)
     bottleneck_dim: int | None = None      # None: 2 x stage-3 channels (= official for ResNets)
+    # the decoder's stages output decoder_width x the encoder's channels and the 1x1 heads map them back
+    # (1 = the official layout, where the decoder mirrors the encoder; Lite0's mirror is 112/40/24 wide)
+    decoder_width: int = 1
     seed: int = 0
     checkpoint_every: int = 200
     sigma: float = 4.0                     # anomaly-map Gaussian blur (0 = off)
@@ -161,6 +164,9 @@ class ReContrastConfig:
             raise ValueError(f"sigma must be >= 0, got {self.sigma}")
         if self.bottleneck_dim is not None and self.bottleneck_dim <= 0:
             raise ValueError("bottleneck_dim must be positive")
+        if not isinstance(self.decoder_width, int) or isinstance(self.decoder_width, bool) \
+                or not 1 <= self.decoder_width <= 16:
+            raise ValueError(f"decoder_width must be an integer in [1, 16], got {self.decoder_width!r}")
         if min(self.lr_decoder, self.lr_encoder) < 0 or self.weight_decay < 0:
             raise ValueError("learning rates and weight_decay must be >= 0")
         if self.adam_eps is not None and self.adam_eps <= 0:
@@ -343,8 +349,9 @@ class Bottleneck(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Upside-down encoder: three upsampling residual stages 32 -> 16 -> 8 -> 4 whose
-    outputs have the encoder's channels; returns [level1, level2, level3] (strides 4/8/16)."""
+    """Upside-down encoder: three upsampling residual stages 32 -> 16 -> 8 -> 4 whose outputs have
+    `channels` (the encoder's, times ReContrastConfig.decoder_width); returns [level1, level2, level3]
+    (strides 4/8/16)."""
 
     def __init__(self, channels: Sequence[int], dim: int, spec: DecoderSpec) -> None:
         super().__init__()
@@ -366,7 +373,7 @@ class ReContrastModel(nn.Module):
     """Trainable + frozen encoder, shared bottleneck/decoder, crossed 1x1 heads (module docstring)."""
 
     def __init__(self, encoder: Backbone, bottleneck_dim: int | None = None, encoder_bn: str = "train",
-                 encoder_bn_momentum: float | None = None) -> None:
+                 encoder_bn_momentum: float | None = None, decoder_width: int = 1) -> None:
         super().__init__()
         if encoder_bn not in ("train", "eval"):
             raise ValueError(f"encoder_bn must be 'train' or 'eval', got {encoder_bn!r}")
@@ -386,9 +393,10 @@ class ReContrastModel(nn.Module):
         for p in self.encoder_frozen.parameters():
             p.requires_grad_(False)
         self.bottleneck = Bottleneck(channels, dim, spec)
-        self.decoder = Decoder(channels, dim, spec)
-        self.heads_a = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)  # -> frozen targets
-        self.heads_b = nn.ModuleList(nn.Conv2d(c, c, 1) for c in channels)  # -> trainable targets
+        wide = tuple(decoder_width * c for c in channels)
+        self.decoder = Decoder(wide, dim, spec)
+        self.heads_a = nn.ModuleList(nn.Conv2d(w, c, 1) for w, c in zip(wide, channels))  # -> frozen targets
+        self.heads_b = nn.ModuleList(nn.Conv2d(w, c, 1) for w, c in zip(wide, channels))  # -> trainable targets
         # RD4AD/official initialisation of the new parts (transposed convs keep torch defaults)
         for part in (self.bottleneck, self.decoder, self.heads_a, self.heads_b):
             for m in part.modules():
@@ -440,7 +448,7 @@ def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = No
     """
     mode = encoder_bn or (cfg.encoder_bn if cfg.encoder_bn != "auto" else "train")
     encoder = build_backbone(cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained)
-    return ReContrastModel(encoder, cfg.bottleneck_dim, mode, cfg.encoder_bn_momentum)
+    return ReContrastModel(encoder, cfg.bottleneck_dim, mode, cfg.encoder_bn_momentum, cfg.decoder_width)
 
 
 def model_state(model: ReContrastModel) -> dict[str, Tensor]:
