@@ -88,8 +88,8 @@ def test_real_validator_scores_the_chosen_levels(tmp_path: Path) -> None:
 
 
 def test_bundle_without_level_one_scores_as_the_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Train (2 iterations, levels 2,3), export, and score with the runtime Detector: the manifest's weights
-    leave level 1 out and the Detector's score equals the torch reference map with those weights."""
+    """Train (2 iterations, levels 2,3), export, and score with the runtime Detector: the bundle leaves
+    level 1 out and the Detector's score equals the torch reference map with level 1 weighed 0."""
     from edgeuad import api
     from edgeuad.detector import Detector
     from edgeuad.synthetic import make_synthetic_dataset
@@ -99,7 +99,18 @@ def test_bundle_without_level_one_scores_as_the_reference(tmp_path: Path, capsys
         "image_size": 64, "iterations": 2, "batch_size": 4, "pretrained": False, "encoder_bn": "train",
         "levels": "2,3"}, holdout_fraction=0.25, progress=False, threads=1)
     bundle = api.export(run, tmp_path / "bundle", threads=1)
-    assert bundle.manifest["postprocess"]["weights"] == [0.0, 1.0, 1.0, 0.0, 1.0, 1.0]
+    # the shipped graph computes levels 2,3 only: no level-1 outputs, no stride-4 decoder stage
+    assert bundle.manifest["postprocess"]["pairs"] == [[f"enc_l{k}_{s}", f"dec_l{k}_{s}"]
+                                                       for s in ("frozen", "train") for k in (2, 3)]
+    assert bundle.manifest["postprocess"]["weights"] == [1.0] * 4
+    import onnx
+
+    graph = onnx.load(str(bundle.onnx_path)).graph
+    assert sorted(o.name for o in graph.output) == sorted(sum(bundle.manifest["postprocess"]["pairs"], []))
+    shapes = [tuple(t.dims) for t in graph.initializer]
+    c1, c2, c3 = (24, 40, 112)                              # lite0's channels
+    assert (c3, c2, 2, 2) in shapes                         # the stride-8 stage's 2x2 transposed conv ...
+    assert (c2, c1, 2, 2) not in shapes                     # ... but none of the stride-4 stage
     frame = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     det = Detector(tmp_path / "bundle", threads=1)
     got = det.score(frame)

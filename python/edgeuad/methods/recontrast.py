@@ -361,10 +361,12 @@ class Decoder(nn.Module):
         self.layer2 = _stage(spec, c3, c2, n2, up=True)
         self.layer1 = _stage(spec, c2, c1, n1, up=True)
 
-    def forward(self, z: Tensor) -> list[Tensor]:
+    def forward(self, z: Tensor, finest: int = 1) -> list[Tensor | None]:
+        """[level1, level2, level3]; levels finer than `finest` are not computed (None): a map without
+        level 1 never runs the stride-4 stage."""
         d3 = self.layer3(z)
-        d2 = self.layer2(d3)
-        d1 = self.layer1(d2)
+        d2 = self.layer2(d3) if finest <= 2 else None
+        d1 = self.layer1(d2) if finest <= 1 and d2 is not None else None
         return [d1, d2, d3]
 
 
@@ -408,8 +410,8 @@ class ReContrastModel(nn.Module):
         self.train(False)
 
     @staticmethod
-    def pair_names() -> list[str]:
-        return [f"l{k}_frozen" for k in (1, 2, 3)] + [f"l{k}_train" for k in (1, 2, 3)]
+    def pair_names(levels: Sequence[int] = (1, 2, 3)) -> list[str]:
+        return [f"l{k}_frozen" for k in levels] + [f"l{k}_train" for k in levels]
 
     def new_parameters(self) -> list[nn.Parameter]:
         """Bottleneck, decoder and heads (the lr_decoder group)."""
@@ -423,19 +425,25 @@ class ReContrastModel(nn.Module):
             self.encoder.train(False)
         return self
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def forward(self, x: Tensor, levels: Sequence[int] = (1, 2, 3)) -> tuple[list[Tensor], list[Tensor]]:
+        """(enc, dec) of `levels`, paired as `pair_names(levels)`; the bottleneck always fuses all three
+        encoder levels, the decoder stops at the finest level asked for."""
         h, w = x.shape[-2], x.shape[-1]
         if h % 32 or w % 32:
             raise ValueError(f"ReContrast input height/width must be multiples of 32, got {h}x{w}")
+        keep = sorted({int(k) for k in levels})
+        if not keep or keep[0] < 1 or keep[-1] > 3:
+            raise ValueError(f"levels must be a non-empty subset of 1, 2, 3, got {levels!r}")
         b = x.shape[0]
         en_t = self.encoder(x)
         with torch.no_grad():
             en_f = self.encoder_frozen(x)
         z = self.bottleneck([torch.cat([t, f], dim=0) for t, f in zip(en_t, en_f)])
-        de = self.decoder(z)
-        dec_a = [head(d[:b]) for head, d in zip(self.heads_a, de)]   # from trainable -> frozen
-        dec_b = [head(d[b:]) for head, d in zip(self.heads_b, de)]   # from frozen -> trainable
-        return list(en_f) + list(en_t), dec_a + dec_b
+        de = self.decoder(z, finest=keep[0])
+        idx = [k - 1 for k in keep]
+        dec_a = [self.heads_a[i](de[i][:b]) for i in idx]   # from trainable -> frozen
+        dec_b = [self.heads_b[i](de[i][b:]) for i in idx]   # from frozen -> trainable
+        return [en_f[i] for i in idx] + [en_t[i] for i in idx], dec_a + dec_b
 
 
 def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = None,

@@ -17,14 +17,16 @@ METHOD_NAMES = ("recontrast", "patchcore", "reconpatch")
 
 
 class PairsExport(nn.Module):
-    """ReContrast for export: input image -> flat tuple (enc_0..enc_{n-1}, dec_0..dec_{n-1})."""
+    """ReContrast for export: input image -> flat tuple (enc_0..enc_{n-1}, dec_0..dec_{n-1}) of the
+    map's levels only (a level left out of the map is not computed by the shipped graph)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, levels: tuple[int, ...] = (1, 2, 3)) -> None:
         super().__init__()
         self.model = model
+        self.levels = tuple(levels)
 
     def forward(self, x: torch.Tensor):  # noqa: D102
-        enc, dec = self.model(x)
+        enc, dec = self.model(x, self.levels)
         return tuple(enc) + tuple(dec)
 
 
@@ -47,21 +49,23 @@ class ExportSpec:
 
 
 def recontrast_spec(model: nn.Module, cfg: Any) -> ExportSpec:
-    from .recontrast import level_weights, resolved_score
+    from .recontrast import resolved_levels, resolved_score
 
-    names = list(model.pair_names())
+    # only the map's levels are exported: with levels 2,3 the graph has no stride-4 decoder stage and
+    # no level-1 heads (bundles written before this weighed the dropped pairs 0; the runtime reads both)
+    levels = resolved_levels(cfg)
+    names = list(model.pair_names(levels))
     outputs = [f"enc_{n}" for n in names] + [f"dec_{n}" for n in names]
     post = {
         "kind": "cos_pairs",
         "pairs": [[f"enc_{n}", f"dec_{n}"] for n in names],
-        # levels left out of the map weigh 0 (the graph keeps their outputs: one export for every choice)
-        "weights": level_weights(cfg, names),
+        "weights": [1.0] * len(names),
         "align_corners": True,
         "sigma": float(cfg.sigma),
         "score": resolved_score(cfg),   # never "auto" in a bundle: the runtime needs the rule
         "topk_frac": float(cfg.topk_frac),
     }
-    return ExportSpec(PairsExport(model).eval(), outputs, post)
+    return ExportSpec(PairsExport(model, levels).eval(), outputs, post)
 
 
 def patch_spec(pm: Any) -> ExportSpec:
