@@ -523,6 +523,43 @@ def rc_levels_table(dataset: str = "magnetic_tile") -> str:
     return "\n".join(out)
 
 
+RC_ARMS = (("baseline", "magnetic_tile_recontrast_500it_levels.json"),
+           ("A: Lite2", "magnetic_tile_recontrast_lite2_300it.json"),
+           ("B: decoder 4x", "magnetic_tile_recontrast_dec4_300it.json"))
+
+
+def rc_arms_table() -> str:
+    """The pre-registered ReContrast arms (benchmarks/plans/recontrast_arms_2026-12-04.md): the criterion
+    (best all-levels validation I-AUROC, max score, over iterations 100-300 of each run's curve) against the
+    baseline run's, then what the shipped selection kept and the test split (record)."""
+    out = ["| arm | backbone | decoder width | encoder BN | val max @100 / 200 / 300 | criterion | vs baseline "
+           "| shipped selection (val I-AUROC) | test I-AUROC | test P-AUROC | test crack | commit |",
+           "|---|---|---:|---|---|---:|---:|---|---:|---:|---:|---|"]
+    base = None
+    for arm, name in RC_ARMS:
+        p = RES / "methods" / name
+        if not p.exists():
+            out.append(f"| {arm} | not measured (`{name}` missing) |" + " |" * 10)
+            continue
+        r = json.loads(p.read_text())
+        s = r["selection"]
+        curve = {e["iteration"]: e["i_auroc_max"] for e in s["curve"]}
+        crit = max(curve[i] for i in (100, 200, 300) if i in curve)
+        base = crit if base is None else base
+        diff = "-" if arm == "baseline" else f"{crit - base:+.4f}"
+        lv = s.get("levels", {})
+        kept = (f"checkpoint {s['checkpoint']['iteration']}, score {s['score']['rule']}, levels {lv.get('levels')} "
+                f"({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
+        m = r["metrics"]
+        bn = s["encoder_bn"]["mode"] + (" (set)" if "probe_iterations" not in s["encoder_bn"] else " (probe)")
+        width = r["overrides"].get("decoder_width", 1)
+        out.append(f"| {arm} | {(r.get('backbone') or 'efficientnet_lite0').replace('efficientnet_', '')} | {width} | "
+                   f"{bn} | {' / '.join(f'{curve[i]:.4f}' for i in (100, 200, 300) if i in curve)} | {crit:.4f} | "
+                   f"{diff} | {kept} | {m['i_auroc']:.4f} | {m['p_auroc']:.4f} | {m['i_auroc/crack']:.4f} | "
+                   f"{r['commit']} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     tpl = (HERE / "RESULTS_template.md").read_text()
     mr, mmet = maps_ratio()
@@ -564,6 +601,7 @@ def main() -> None:
         "patchcore_post": post_ablation_table,
         "stride4": stride4_table,
         "rc_levels": rc_levels_table,
+        "rc_arms": rc_arms_table,
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
         "serve17": lambda: serve_summary()[0],
         "serve17_met": lambda: serve_summary()[1],
