@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edgeuad import api
 from edgeuad.bench.machine import git_dirty
+from edgeuad.cli import _kv  # the `edgeuad train --set` argument type
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "methods"
@@ -37,7 +38,7 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
         ov.update(iterations=args.iterations, batch_size=args.batch_size)
     elif method == "reconpatch":
         ov.update(steps=args.steps)
-    ov.update(_sets(args.set))  # parsed by the field's type where the method's config is built
+    ov.update(dict(args.set))  # text, parsed by the field's type where the method's config is built
     t0 = time.perf_counter()
     run = None if args.force else _reusable_run(work / "run", method, ov)
     reused = run is not None
@@ -55,17 +56,6 @@ def run_one(data: Path, method: str, args: argparse.Namespace, work: Path) -> di
             "reused_run": reused,  # True: total_seconds covers export + eval only
             # what label-free selection chose and its validation curve (ReContrast), for the record
             **({"selection": run.info["selection"]} if run.info.get("selection") else {})}
-
-
-def _sets(items: list[str]) -> dict[str, str]:
-    """`--set key=value` pairs, as `edgeuad train --set` takes them (values stay text)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        out[key.strip()] = value
-    return out
 
 
 def _reusable_run(root: Path, method: str, ov: dict) -> api.Run | None:
@@ -120,7 +110,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    ap.add_argument("--set", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                     help="a config field of every method run (as `edgeuad train --set`), e.g. decoder_width=4")
     ap.add_argument("--suffix", default="",
                     help="result file <dataset>_<method><suffix>.json (e.g. _seed1): kept beside the main table, not in it")

@@ -353,3 +353,18 @@ def test_decoder_width_round_trips_through_state(tmp_path: Path) -> None:
             torch.testing.assert_close(a, b)
     with pytest.raises(RuntimeError):  # a state of the other width does not load silently
         load_model(model_state(model), _cfg(decoder_width=1))
+
+
+def test_forward_levels_subset_and_bad_levels() -> None:
+    torch.manual_seed(0)
+    model = build_model(_cfg()).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        enc_all, dec_all = model(x)
+        enc, dec = model(x, (3, 2))                      # order-free: pairs come as pair_names((2, 3))
+    assert model.pair_names((2, 3)) == ["l2_frozen", "l3_frozen", "l2_train", "l3_train"]
+    for got, want in zip(enc + dec, [enc_all[i] for i in (1, 2, 4, 5)] + [dec_all[i] for i in (1, 2, 4, 5)]):
+        torch.testing.assert_close(got, want)
+    for bad in ((), (0,), (4,), (1, 5)):
+        with pytest.raises(ValueError, match="levels"):
+            model(x, bad)

@@ -366,7 +366,7 @@ class Decoder(nn.Module):
         level 1 never runs the stride-4 stage."""
         d3 = self.layer3(z)
         d2 = self.layer2(d3) if finest <= 2 else None
-        d1 = self.layer1(d2) if finest <= 1 and d2 is not None else None
+        d1 = self.layer1(d2) if finest <= 1 else None
         return [d1, d2, d3]
 
 
