@@ -507,3 +507,48 @@ def test_benchmark_script_builds_and_evaluates_an_ensemble_of_finished_runs(memb
                        text=True, timeout=600)
     assert p.returncode != 0 and "run compare_methods.py" in p.stderr
     assert not (tmp_path / "results" / f"{dataset.name}_ensemble_x.json").exists()
+
+
+def test_validation_script_scores_members_unseen_and_combines_them_as_the_runtime(members: dict, dataset: Path,
+                                                                                  tmp_path: Path) -> None:
+    """benchmarks/ensemble_validation.py: each member alone and every combination on the runs'
+    synthetic-defect split; the patch member is scored with its bank *without* the held-out images
+    (scores above those of the shipped bank, which holds them), and the pair's I-AUROC is the one of
+    the runtime's combination of the recorded member scores."""
+    from edgeuad.metrics import auroc
+    from edgeuad.selection import load_validation_set
+
+    work = tmp_path / "work"
+    for name, method in (("pc", "patchcore"), ("rc", "recontrast")):
+        run, bundle = members[name]
+        shutil.copytree(run.root, work / dataset.name / method / "run")
+        shutil.copytree(bundle, work / dataset.name / method / "bundle")
+    env = {"PYTHONPATH": str(ROOT / "python"), "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ensemble_validation.py"), "--data", str(dataset),
+                        "--work", str(work), "--out", str(tmp_path / "results"), "--threads", "1"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads((tmp_path / "results" / f"{dataset.name}_ensemble_validation.json").read_text())
+    pc_run, pc_bundle = members["pc"]
+    holdout = api.holdout_intersection([pc_run, members["rc"][0]])
+    assert r["held_out_normals"] == len(holdout) > 0 and r["n_images"] == 3 * len(holdout)
+    names = [f"patchcore:{pc_run.config['backbone']}", f"recontrast:{members['rc'][0].config['backbone']}"]
+    assert [row["members"] for row in r["rows"]] == [[names[0]], [names[1]], names]
+    labels = np.array(r["labels"])
+    good = labels == 0
+    assert r["images"][0].endswith("_good") and good.sum() == len(holdout)
+    # the shipped bank holds the held-out normals: there they score lower than in the bank without them
+    vs = load_validation_set(holdout, pc_run.preprocess.size[0], seed=int(pc_run.config["seed"]))
+    with Detector(pc_bundle, backend="onnxruntime", threads=1) as det:
+        shipped = np.array([det.score(im).score for im, g in zip(vs.images, good) if g])
+    unseen = np.array(r["scores"][names[0]])[good]
+    assert np.all(unseen > shipped)
+    # the combination: mean of modified z with each member's median/MAD over the normal images
+    z = []
+    for n in names:
+        s = np.array(r["scores"][n])
+        z.append(modified_z(s, *median_mad(s[good])))
+    pair = auroc(labels, np.mean(z, axis=0))
+    assert r["rows"][2]["i_auroc"] == pytest.approx(pair, abs=1e-4)
+    assert r["ensemble_gain_i_auroc"] == pytest.approx(r["rows"][2]["i_auroc"]
+                                                       - max(r["rows"][0]["i_auroc"], r["rows"][1]["i_auroc"]), abs=2e-4)
