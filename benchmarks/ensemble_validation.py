@@ -7,10 +7,9 @@ The label-free check behind an ensemble choice (plan: benchmarks/plans/ensemble_
 2026-12-04.md).  Members are the runs + bundles compare_methods.py left in <work>/<dataset>/<method>
 <member-suffix>/ (as for ensemble_methods.py).  The split is `edgeuad.selection`'s, made from the
 held-out normal images every member's run shares: each image, one blended-defect copy and one thin-crack
-copy.  A patch member's shipped bank holds those images (bank_includes_holdout), so it is scored here with
-its run's `calibration_bank` instead (the bank its threshold was calibrated on): the held-out normals are
-unseen by every member.  Every subset of two or more members is combined as the runtime does
-(`runtime.ensemble`: mean of modified z, median/MAD of the normal images' scores; maps likewise).
+copy.  The scoring is `edgeuad.ensemble_check`'s (what `edgeuad ensemble --runs` records as
+training.validation): a patch member with its run's bank without the held-out images, every subset of two
+or more members combined as the runtime does.
 The result: benchmarks/results/methods/<dataset>_ensemble_validation<suffix>.json.
 
 Both kinds of member chose settings on this same split (a patch run its backbone, a ReContrast run its
@@ -23,91 +22,37 @@ import argparse
 import itertools
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
-import numpy as np
 from compare_methods import OUT, stamp
 from ensemble_methods import members_of
 from safetensors.numpy import load_file
 
 from edgeuad import api
-from edgeuad.bundle import read_manifest, write_manifest
-from edgeuad.detector import Detector
-from edgeuad.runtime.bank import Bank
-from edgeuad.runtime.ensemble import modified_z
-from edgeuad.selection import load_validation_set, validation_metrics
-from edgeuad.thresholds import median_mad
+from edgeuad.ensemble_check import combination, split_outputs
 
 log = logging.getLogger("ensemble_validation")
-
-
-def unseen_bundle(run: api.Run, bundle: Path, tmp: Path) -> Path:
-    """The bundle itself, or for a patch run that shipped its held-out images in the bank a copy whose
-    bank is the run's calibration bank (without them)."""
-    state = load_file(str(run.root / api.RUN_WEIGHTS))
-    if api.CALIBRATION_BANK not in state:
-        return bundle
-    out = tmp / bundle.parent.name
-    shutil.copytree(bundle, out)
-    m = read_manifest(out)
-    Bank.build(np.ascontiguousarray(state[api.CALIBRATION_BANK], np.float32),
-               neighbor_b=int(m["postprocess"]["reweight_b"])).save(out / m["postprocess"]["bank"])
-    write_manifest(out, m)
-    return out
-
-
-def member_scores(bundle: Path, images: list[np.ndarray], threads: int, batch: int = 8
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    scores, maps = [], []
-    with Detector(bundle, backend="onnxruntime", threads=threads) as det:
-        for i in range(0, len(images), batch):
-            for r in det.score_batch(images[i:i + batch]):
-                scores.append(r.score)
-                maps.append(np.asarray(r.raw_map, np.float32))  # raw units, as the runtime combines them
-    return np.asarray(scores, np.float64), np.stack(maps)
-
-
-def summary(m: dict[str, float]) -> dict[str, float]:
-    keys = ("i_auroc", "i_auroc_blended", "i_auroc_crack", "p_auroc")
-    return {k: round(float(m[k]), 4) for k in keys if k in m}
 
 
 def run_one(data: Path, args: argparse.Namespace) -> dict:
     runs, bundles = members_of(args.work / data.name, args.methods, args.member_suffix)
     holdout = api.holdout_intersection(runs)
-    size = runs[0].preprocess.size[0]
-    vs = load_validation_set(holdout, size, seed=args.seed)
-    good = np.array([d == "good" for d in vs.defects])
-    names = [f"{r.method}:{r.config.get('backbone')}" for r in runs]
-    z_scores, z_maps, rows = [], [], []
-    per_image: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="ens-val-") as tmp:
-        for name, run, b in zip(names, runs, bundles):
-            s, maps = member_scores(unseen_bundle(run, b, Path(tmp)), vs.images, args.threads)
-            m = validation_metrics(vs, s, list(maps))
-            log.info("%s alone: %s", name, summary(m))
-            rows.append({"members": [name], **summary(m)})
-            per_image[name] = [round(float(v), 6) for v in s]
-            med, mad = median_mad(s[good])
-            z_scores.append(modified_z(s, med, mad))
-            z_maps.append(modified_z(maps, med, mad))
-    for k in range(2, len(runs) + 1):
-        for combo in itertools.combinations(range(len(runs)), k):
-            s = np.mean([z_scores[i] for i in combo], axis=0)
-            maps = np.mean([z_maps[i] for i in combo], axis=0)
-            m = validation_metrics(vs, s, list(maps))
-            log.info("%s: %s", " + ".join(names[i] for i in combo), summary(m))
-            rows.append({"members": [names[i] for i in combo], **summary(m)})
+    banks = [load_file(str(r.root / api.RUN_WEIGHTS)).get(api.CALIBRATION_BANK) for r in runs]
+    vs, outs = split_outputs(bundles, banks, holdout, seed=args.seed, threads=args.threads)
+    rows = []
+    for k in range(1, len(outs) + 1):
+        for combo in itertools.combinations(outs, k):
+            row = {"members": [o.name for o in combo], **combination(vs, combo)}
+            log.info("%s: %s", " + ".join(row["members"]), {n: v for n, v in row.items() if n != "members"})
+            rows.append(row)
     best_single = max(r["i_auroc"] for r in rows if len(r["members"]) == 1)
-    full = rows[-1]
     return {"dataset": data.name, "methods": args.methods, "member_suffix": args.member_suffix,
             "runs": [str(r.root) for r in runs], "held_out_normals": len(holdout), "n_images": len(vs),
             "rows": rows, "best_single_i_auroc": best_single,
-            "ensemble_gain_i_auroc": round(full["i_auroc"] - best_single, 4),
+            "ensemble_gain_i_auroc": round(rows[-1]["i_auroc"] - best_single, 4),
             # per validation image (names: <held-out index>_<good|defect type>), each member's raw score
-            "images": vs.names, "labels": [int(v) for v in vs.labels], "scores": per_image}
+            "images": vs.names, "labels": [int(v) for v in vs.labels],
+            "scores": {o.name: [round(float(v), 6) for v in o.scores] for o in outs}}
 
 
 def main() -> None:

@@ -366,14 +366,18 @@ def _replaceable_bundle_dir(out: Path) -> Path:
 def ensemble(bundles: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
              normal_images: Sequence[str | os.PathLike] | str | os.PathLike | None = None, *,
              runs: Sequence[Run | str | os.PathLike] | None = None, fpr: float = 0.01,
-             backend: str = "onnxruntime", threads: int = 0) -> Bundle:
+             backend: str = "onnxruntime", threads: int = 0, check: bool = True) -> Bundle:
     """Combine finished bundles into one ensemble bundle (ReConPatch Eq. 11: mean of the members'
     modified z-scores, see runtime/ensemble.py) that `Detector` scores like any other.
 
     The members' median/MAD and the ensemble's threshold come from NORMAL images none of the members
     trained on: give either `runs` (the members' training runs: the images held out by every one of
     them are used) or `normal_images` (a folder or list of images you know are held out).  Which one
-    is recorded in the manifest.  Raises EnsembleError (a ValueError) for unusable inputs."""
+    is recorded in the manifest.  Raises EnsembleError (a ValueError) for unusable inputs.
+
+    check (with `runs`): also score the members alone and combined on the runs' synthetic-defect split
+    (`ensemble_check`), log whether the ensemble beats its best member there and record it in the
+    manifest's `training.validation`; it never changes the bundle's scores or threshold."""
     from .ensemble_build import build_ensemble
     from .runtime.ensemble import EnsembleError
 
@@ -396,8 +400,23 @@ def ensemble(bundles: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         raise EnsembleError("the normal image set is empty")
     out = _replaceable_bundle_dir(Path(out_dir))
     remove_stale_temps(out.parent, name=out.name)
+    validation = None
+    if runs is not None and check:
+        from safetensors.numpy import load_file
+
+        from .ensemble_check import check as check_members
+
+        members = [Bundle.load(b) for b in bundles]
+        if len(loaded) == len(members) and all(b.method == r.method and b.manifest.get("model", {}).get("config") == r.config
+                                               for b, r in zip(members, loaded)):
+            banks = [load_file(str(r.root / RUN_WEIGHTS)).get(CALIBRATION_BANK) for r in loaded]
+            validation = check_members([b.root for b in members], banks, paths,
+                                       seed=int(loaded[0].config.get("seed", 0)), backend=backend, threads=threads)
+        else:  # the check scores each member with its own run's bank without the held-out images
+            log.warning("the runs are not the bundles' own runs one to one, in order (method and config): the "
+                        "ensemble is not checked against its members on the synthetic-defect split")
     return build_ensemble([Path(b) for b in bundles], out, paths, provenance, fpr=fpr, backend=backend,
-                          threads=threads)
+                          threads=threads, validation=validation)
 
 
 def holdout_intersection(runs: Sequence[Run]) -> list[Path]:

@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt"),
                     help="backend scoring the normal images")
     en.add_argument("--threads", type=int, default=0, help="CPU threads (0 = every CPU this process may use)")
+    en.add_argument("--no-check", action="store_true",
+                    help="with --runs: skip scoring the members alone and combined on the runs' synthetic-defect "
+                         "split (recorded as training.validation; it never changes the bundle)")
 
     v = sub.add_parser("eval", formatter_class=_Help, help="score a test split and print I-AUROC, P-AUROC, AUPRO, F1-max",
                        description="Evaluate a bundle on <data>/test (and ground_truth masks when present) using the "
@@ -312,11 +315,17 @@ def cmd_ensemble(a: argparse.Namespace) -> int:
     from .bundle import pack
 
     bundle = api.ensemble(a.bundles, a.out, normal_images=a.normal, runs=a.runs, fpr=a.fpr, backend=a.backend,
-                          threads=a.threads)
+                          threads=a.threads, check=not a.no_check)
     normal = bundle.manifest["training"]["normal"]
     sys.stdout.write(f"bundle: {bundle.root}\ndigest: {bundle.digest}\nmembers: {len(bundle.members)}\n"
                      f"normal images: {normal['n_images']} ({normal['source']})\n"
                      f"threshold: {bundle.thresholds['threshold']:.6g} ({bundle.thresholds['source']})\n")
+    val = bundle.manifest["training"].get("validation")
+    if val:
+        best = next(m for m in val["members"] if m["member"] == val["best_member"])
+        sys.stdout.write(f"validation I-AUROC (synthetic defects, {val['images']} images): ensemble "
+                         f"{val['ensemble']['i_auroc']:.4f}, best member {val['best_member']} {best['i_auroc']:.4f} "
+                         f"({val['gain_i_auroc']:+.4f})\n")
     if a.archive:
         sys.stdout.write(f"archive: {pack(bundle.root, Path(a.archive))}\n")
     return 0

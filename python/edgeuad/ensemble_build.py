@@ -67,11 +67,12 @@ def load_members(bundles: Sequence[str | Path]) -> list[Bundle]:
 
 def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequence[str | Path],
                    provenance: dict[str, Any], fpr: float = 0.01, backend: str = "onnxruntime",
-                   threads: int = 0, batch: int = 8) -> Bundle:
+                   threads: int = 0, batch: int = 8, validation: dict[str, Any] | None = None) -> Bundle:
     """Write the ensemble bundle to `out` (replaced whole); returns it loaded.
 
     provenance: where `normal_images` come from, e.g. {"source": "runs_holdout", "runs": [...]} or
-    {"source": "user_heldout", "dir": ...}; recorded in the manifest's `training.normal`."""
+    {"source": "user_heldout", "dir": ...}; recorded in the manifest's `training.normal`.
+    validation: `ensemble_check.check`'s record, kept as `training.validation` (informational)."""
     members = load_members(bundles)
     if not normal_images:
         raise EnsembleError("no normal images: an ensemble is calibrated on held-out normal images")
@@ -122,7 +123,8 @@ def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequ
             "thresholds": th.to_dict(),
             "training": {"normal": {**provenance, "n_images": len(images),
                                     "images": [str(p) for p in loaded.paths]},
-                         "members": [str(b) for b in bundles]},
+                         "members": [str(b) for b in bundles],
+                         **({"validation": validation} if validation is not None else {})},
             "files": {},
         }
         write_manifest(tmp, manifest)

@@ -416,15 +416,50 @@ def test_cli_flags_reach_api_ensemble(monkeypatch: pytest.MonkeyPatch, ensemble3
     assert cli.main(["-q", "ensemble", "--bundles", "a", "b", "--normal", "held", "--out", "o", "--fpr", "0.05",
                      "--backend", "torch", "--threads", "3"]) == 0
     assert seen == {"bundles": ["a", "b"], "out": "o", "normal_images": "held", "runs": None, "fpr": 0.05,
-                    "backend": "torch", "threads": 3}
-    assert cli.main(["-q", "ensemble", "--bundles", "a", "--runs", "r1", "r2", "--out", "o"]) == 0
+                    "backend": "torch", "threads": 3, "check": True}
+    assert cli.main(["-q", "ensemble", "--bundles", "a", "--runs", "r1", "r2", "--out", "o", "--no-check"]) == 0
     assert seen["runs"] == ["r1", "r2"] and seen["normal_images"] is None and seen["fpr"] == 0.01
+    assert seen["check"] is False
     out = capsys.readouterr().out
     assert "members: 3" in out and "digest: " in out
+    val = Bundle.load(ensemble3).manifest["training"]["validation"]  # built with --runs: the check's line
+    assert (f"ensemble {val['ensemble']['i_auroc']:.4f}, best member {val['best_member']}" in out
+            and f"({val['gain_i_auroc']:+.4f})" in out)
     with pytest.raises(SystemExit):  # --runs and --normal exclude each other; one is required
         cli.main(["ensemble", "--bundles", "a", "--out", "o"])
     with pytest.raises(SystemExit):
         cli.main(["ensemble", "--bundles", "a", "--runs", "r", "--normal", "n", "--out", "o"])
+
+
+def test_ensemble_records_its_check_against_the_members(members: dict, ensemble3: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """api.ensemble with the members' runs scores each member alone and the combination on the runs'
+    synthetic-defect split (ensemble_check) and records it; a member without a bank is scored as shipped,
+    so its number is the AUROC of its own Detector scores on that split."""
+    from edgeuad.metrics import auroc
+    from edgeuad.selection import load_validation_set
+
+    names = list(MEMBERS)
+    runs = [members[n][0] for n in names]
+    val = Bundle.load(ensemble3).manifest["training"]["validation"]
+    holdout = api.holdout_intersection(runs)
+    assert val["held_out_normals"] == len(holdout) and val["images"] == 3 * len(holdout)
+    assert [m["member"] for m in val["members"]] == [f"{r.method}:{r.config['backbone']}" for r in runs]
+    best = max(val["members"], key=lambda m: m["i_auroc"])
+    assert val["best_member"] == best["member"]
+    assert val["gain_i_auroc"] == pytest.approx(val["ensemble"]["i_auroc"] - best["i_auroc"], abs=2e-4)
+    size = max(r.preprocess.size[0] for r in runs)  # the split is made at the largest member input
+    vs = load_validation_set(holdout, size, seed=0)
+    with Detector(members["rc"][1], backend="onnxruntime", threads=1) as det:
+        rc = np.array([det.score(im).score for im in vs.images])
+    assert val["members"][names.index("rc")]["i_auroc"] == pytest.approx(auroc(vs.labels, rc), abs=1e-4)
+    # opting out, and runs that are not the bundles' own (here: in another order), record nothing
+    off = api.ensemble([members[n][1] for n in names], tmp_path / "off", runs=runs, check=False)
+    assert "validation" not in off.manifest["training"]
+    with caplog.at_level("WARNING"):
+        other = api.ensemble([members[n][1] for n in names], tmp_path / "other", runs=runs[::-1])
+    assert "validation" not in other.manifest["training"] and "not checked" in caplog.text
+    assert other.thresholds == off.thresholds  # the check never changes the bundle
 
 
 def test_cli_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -552,3 +587,12 @@ def test_validation_script_scores_members_unseen_and_combines_them_as_the_runtim
     assert r["rows"][2]["i_auroc"] == pytest.approx(pair, abs=1e-4)
     assert r["ensemble_gain_i_auroc"] == pytest.approx(r["rows"][2]["i_auroc"]
                                                        - max(r["rows"][0]["i_auroc"], r["rows"][1]["i_auroc"]), abs=2e-4)
+
+
+def test_check_refuses_a_bank_for_a_bundle_without_one(members: dict, tmp_path: Path) -> None:
+    from edgeuad.ensemble_check import unseen_bundle
+
+    rc_bundle = members["rc"][1]
+    assert unseen_bundle(rc_bundle, None, tmp_path) == rc_bundle  # no bank given: scored as shipped
+    with pytest.raises(ValueError, match="has no bank"):
+        unseen_bundle(rc_bundle, np.zeros((4, 8), np.float32), tmp_path)
