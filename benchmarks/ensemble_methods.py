@@ -38,6 +38,20 @@ def members_of(work: Path, methods: list[str], member_suffix: str) -> tuple[list
     return runs, bundles
 
 
+def member_args(doc: str | None, methods: list[str]) -> argparse.ArgumentParser:
+    """The options that name the member runs (shared with ensemble_validation.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", required=True, type=Path, help="MVTec-layout dataset roots")
+    ap.add_argument("--methods", nargs="+", default=methods, help=f"member methods (default: {' '.join(methods)})")
+    ap.add_argument("--member-suffix", default="",
+                    help="compare_methods.py --suffix of the member runs (default: none)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"),
+                    help="compare_methods.py's work dir (default: /tmp/edgeuad-compare)")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"results directory (default: {OUT})")
+    return ap
+
+
 def run_one(data: Path, args: argparse.Namespace) -> dict:
     work = args.work / data.name
     runs, bundles = members_of(work, args.methods, args.member_suffix)
@@ -62,18 +76,9 @@ def run_one(data: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", nargs="+", required=True, type=Path, help="MVTec-layout dataset roots")
-    ap.add_argument("--methods", nargs="+", default=["patchcore", "reconpatch"],
-                    help="member methods (default: patchcore reconpatch)")
-    ap.add_argument("--member-suffix", default="",
-                    help="compare_methods.py --suffix of the member runs (default: none)")
+    ap = member_args(__doc__, ["patchcore", "reconpatch"])
     ap.add_argument("--suffix", default="", help="result file <dataset>_ensemble<suffix>.json (default: none)")
     ap.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the threshold (default: 0.01)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"),
-                    help="compare_methods.py's work dir (default: /tmp/edgeuad-compare)")
-    ap.add_argument("--out", type=Path, default=OUT, help=f"results directory (default: {OUT})")
     ap.add_argument("--force", action="store_true", help="rebuild and re-evaluate even when the result exists")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

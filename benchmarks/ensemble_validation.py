@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 
 from compare_methods import OUT, stamp
-from ensemble_methods import members_of
+from ensemble_methods import member_args, members_of
 from safetensors.numpy import load_file
 
 from edgeuad import api
@@ -56,18 +56,9 @@ def run_one(data: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", nargs="+", required=True, type=Path, help="MVTec-layout dataset roots")
-    ap.add_argument("--methods", nargs="+", default=["patchcore", "recontrast"],
-                    help="member methods (default: patchcore recontrast)")
-    ap.add_argument("--member-suffix", default="",
-                    help="compare_methods.py --suffix of the member runs (default: none)")
+    ap = member_args(__doc__, ["patchcore", "recontrast"])
     ap.add_argument("--suffix", default="", help="result file <dataset>_ensemble_validation<suffix>.json")
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic defects (default: 0, as api.train)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/edgeuad-compare"),
-                    help="compare_methods.py's work dir (default: /tmp/edgeuad-compare)")
-    ap.add_argument("--out", type=Path, default=OUT, help=f"results directory (default: {OUT})")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
