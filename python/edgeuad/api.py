@@ -407,8 +407,9 @@ def ensemble(bundles: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         from .ensemble_check import check as check_members
 
         members = [Bundle.load(b) for b in bundles]
-        if len(loaded) == len(members) and all(b.method == r.method and b.manifest.get("model", {}).get("config") == r.config
-                                               for b, r in zip(members, loaded)):
+        own = [b.method == r.method and b.manifest.get("model", {}).get("config") == r.config
+               for b, r in zip(members, loaded)]
+        if len(loaded) == len(members) and all(own):
             banks = [load_file(str(r.root / RUN_WEIGHTS)).get(CALIBRATION_BANK) for r in loaded]
             validation = check_members([b.root for b in members], banks, paths,
                                        seed=int(loaded[0].config.get("seed", 0)), backend=backend, threads=threads)

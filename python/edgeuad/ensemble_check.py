@@ -5,11 +5,11 @@ a blended-defect copy and a thin-crack copy), the split the runs chose their own
 member whose shipped bank holds those images (bank_includes_holdout) would score them as training
 images, so the caller passes its run's calibration bank (the bank without them, `api.CALIBRATION_BANK`)
 and the member is scored with that bank, in a temporary copy of the bundle: every member meets the
-held-out normals unseen.  Members
-are combined as the runtime combines them (`runtime.ensemble`: mean of modified z with the median/MAD
-of the normal images' scores; raw maps likewise).  Sits beside `ensemble_build` (drives the Detector);
-no torch.  Each member's own number is optimistic by what its run chose on this same split, so the
-comparison that means something is between combinations of the same members.
+held-out normals unseen.  Members are combined as the runtime combines them (`runtime.ensemble`: mean
+of modified z with the median/MAD of the normal images' scores; raw maps likewise).  Sits beside
+`ensemble_build` (drives the Detector); no torch.  Each member's own number is optimistic by what its run
+chose on this same split, so the comparison that means something is between combinations of the same
+members.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
 from .bundle import Bundle, read_manifest, write_manifest
 from .detector import Detector
 from .runtime.bank import Bank
@@ -57,14 +58,15 @@ def unseen_bundle(bundle: Path, calibration_bank: np.ndarray | None, tmp: Path) 
     return out
 
 
-def split_outputs(bundles: Sequence[Path], calibration_banks: Sequence[np.ndarray | None], holdout: Sequence[Path], seed: int,
+def split_outputs(bundles: Sequence[Path], calibration_banks: Sequence[np.ndarray | None],
+                  holdout: Sequence[Path], seed: int,
                   backend: str = "onnxruntime", threads: int = 0, batch: int = 8
                   ) -> tuple[ValidationSet, list[MemberOutputs]]:
     """The split (at the largest member input; each member resizes for itself) and every member's raw
     scores and maps on it.  calibration_banks: per member, its run's bank without the held-out images,
     or None (a bundle that never saw them)."""
     loaded = [Bundle.load(b) for b in bundles]
-    size = max(b.preprocess.size[0] for b in loaded)
+    size = max(max(b.preprocess.size) for b in loaded)  # the split is square
     vs = load_validation_set(holdout, size, seed=seed)
     outs = []
     with tempfile.TemporaryDirectory(prefix="edgeuad-ens-check-") as tmp:
@@ -91,8 +93,8 @@ def combination(vs: ValidationSet, members: Sequence[MemberOutputs]) -> dict[str
     return {k: round(float(met[k]), 4) for k in _KEYS if k in met}
 
 
-def check(bundles: Sequence[Path], calibration_banks: Sequence[np.ndarray | None], holdout: Sequence[Path], seed: int,
-          backend: str = "onnxruntime", threads: int = 0) -> dict[str, Any]:
+def check(bundles: Sequence[Path], calibration_banks: Sequence[np.ndarray | None], holdout: Sequence[Path],
+          seed: int, backend: str = "onnxruntime", threads: int = 0) -> dict[str, Any]:
     """The ensemble and each member alone on the split -> a record for the manifest's training section."""
     vs, outs = split_outputs(bundles, calibration_banks, holdout, seed, backend=backend, threads=threads)
     members = [{"member": o.name, **combination(vs, [o])} for o in outs]
