@@ -92,6 +92,9 @@ def table(rows: list[dict]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
         if r.get("backbone_choice"):  # the method's default backbone "auto" and what it chose
             settings += f", backbone=auto -> {r['backbone'].replace('efficientnet_', '')}"
+            norm = r["backbone_choice"].get("input_norm")
+            if norm:  # recorded since input_norm=auto (plan input_normalisation_2026-12-04.md)
+                settings += f", input_norm=auto -> {norm}"
         lines.append(f"| {r['dataset']} | {r['method']} | {f('i_auroc')} | {f('p_auroc')} | {f('aupro')} | "
                      f"{f('f1_max')} | {f('accuracy_at_threshold')} | {r['train_seconds']:.0f} | {r['latency_ms_per_frame']:.1f} | {settings} | "
                      f"{r.get('commit', '?')}, {r.get('date', '?')} |")

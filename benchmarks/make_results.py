@@ -252,6 +252,29 @@ def ens_table(suffix: str = "_pc_rc") -> str:
     return "\n".join(out)
 
 
+def input_norm_table() -> str:
+    """benchmarks/ablate_input_norm.py: per dataset and normalisation, the stem statistics (Lite0, Lite2) and
+    the patch proxy's validation I-AUROC per Lite backbone (plan: input_normalisation_2026-12-04.md)."""
+    out = ["| dataset | normalisation | stem mean shift / var ratio (lite0) | (lite2) | val I-AUROC lite0 | lite1 | "
+           "lite2 | best | vs ImageNet | commit |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for ds in ("magnetic_tile", "bottle"):
+        r = _json(f"methods/{ds}_input_norm.json")
+        if r is None:
+            out.append(f"| {ds} | not measured (`{ds}_input_norm.json` missing) |" + " |" * 8)
+            continue
+        stem = {(x["backbone"], x["norm"]): x for x in r["stem"]}
+        base = next((p["best_i_auroc"] for p in r["proxy"] if p["norm"] == "imagenet"), None)
+        for p in r["proxy"]:
+            st = [stem.get((f"efficientnet_{b}", p["norm"])) for b in ("lite0", "lite2")]
+            st_txt = [f"{x['mean_shift_sd']:.2f} / {x['var_ratio']:.2f}" if x else "-" for x in st]
+            c = [p["candidates"].get(f"efficientnet_{b}", {}).get("i_auroc") for b in ("lite0", "lite1", "lite2")]
+            c_txt = [f"{v:.4f}" if v is not None else "-" for v in c]
+            diff = "-" if base is None or p["norm"] == "imagenet" else f"{p['best_i_auroc'] - base:+.4f}"
+            out.append(f"| {ds} | {p['norm']} | {st_txt[0]} | {st_txt[1]} | {' | '.join(c_txt)} | "
+                       f"{p['best_i_auroc']:.4f} | {diff} | {r['commit']} |")
+    return "\n".join(out)
+
+
 def methods_verdict() -> tuple[str, bool]:
     """Each paper method against PatchCore, per dataset and metric, from the methods JSON files.
     Met = both paper methods strictly above PatchCore in I-AUROC on every dataset measured."""
@@ -657,6 +680,7 @@ def main() -> None:
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
         "ens_auto": lambda: patch_summary("methods/magnetic_tile_ensemble_auto.json"),
         "ens_pc_rc": ens_table,
+        "input_norm": input_norm_table,
         "rcp_bottle_ch": lambda: patch_summary("methods/bottle_reconpatch_compressed.json"),
         "rcp_mt_ch": lambda: patch_summary("methods/magnetic_tile_reconpatch_compressed.json"),
         **{k: (lambda k=k: g13[k][0]) for k in g13},

@@ -23,7 +23,7 @@ from . import data as _data
 from .atomic import atomic_dir, atomic_write_bytes, remove_stale_temps
 from .bundle import MANIFEST, Bundle, sha256_file, write_manifest
 from .overrides import parse_overrides
-from .preprocess import PreprocessConfig, preprocess
+from .preprocess import INPUT_NORMS, PreprocessConfig, preprocess
 from .thresholds import from_labelled, from_normal_robust, from_normal_scores
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,12 @@ def method_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
 
 
 def preprocess_for(cfg: Any) -> PreprocessConfig:
+    """The network input a config asks for; input_norm "auto" starts from ImageNet's mean/std (training
+    chooses, `methods.backbone_choice`, and the run records the chosen one)."""
     s = int(cfg.image_size)
-    return PreprocessConfig(size=(s, s))
+    norm = getattr(cfg, "input_norm", "imagenet")
+    mean, std = INPUT_NORMS["imagenet" if norm == "auto" else norm]
+    return PreprocessConfig(size=(s, s), mean=mean, std=std)
 
 
 @dataclass
@@ -151,7 +155,7 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
 
     seed_everything(int(cfg.seed))
     t0 = time.perf_counter()
-    state, config, selection = _fit(method, cfg, x, out, progress, holdout, pre)
+    state, config, selection, pre = _fit(method, cfg, x, out, progress, holdout, pre)
     seconds = time.perf_counter() - t0
     from safetensors.torch import save
 
@@ -178,9 +182,11 @@ def _selection_split(holdout: Sequence[Path], cfg: Any, pre: PreprocessConfig) -
 
 
 def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdout: Sequence[Path],
-         pre: PreprocessConfig) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+         pre: PreprocessConfig
+         ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any] | None, PreprocessConfig]:
     """Train; return (state dict, the config that rebuilds the model from it, run.info additions or None:
-    ReContrast's label-free selection report, a patch method's bank provenance)."""
+    ReContrast's label-free selection report, a patch method's bank provenance; the preprocessing the
+    model was trained with: `pre`, or the input normalisation backbone auto chose)."""
     if method == "recontrast":
         from .methods.recontrast import model_state
         from .methods.recontrast_train import fit_recontrast
@@ -188,15 +194,20 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
         # synthetic defects pasted into the held-out normals pick BN mode, checkpoint and score
         vs, vx = _selection_split(holdout, cfg, pre)
         fit = fit_recontrast(cfg, x, out, validation=vs, validation_x=vx, progress=progress)
-        return model_state(fit.model), fit.config.to_dict(), None if fit.report is None else {"selection": fit.report}
+        report = None if fit.report is None else {"selection": fit.report}
+        return model_state(fit.model), fit.config.to_dict(), report, pre
     choice = None
-    if cfg.backbone == "auto":
+    if "auto" in (cfg.backbone, cfg.input_norm):
         from dataclasses import replace
 
         from .methods.backbone_choice import choose_backbone
+        from .preprocess import renormalise
 
-        choice = choose_backbone(cfg, x, *_selection_split(holdout, cfg, pre), progress=progress)
-        cfg = replace(cfg, backbone=choice.backbone)
+        choice = choose_backbone(cfg, x, *_selection_split(holdout, cfg, pre), progress=progress, pre=pre)
+        cfg = replace(cfg, backbone=choice.backbone, input_norm=choice.input_norm)
+        chosen = preprocess_for(cfg)
+        if chosen != pre:  # the model is fitted (and the held-out images preprocessed) as the bundle will be
+            x, pre = renormalise(x, pre, chosen), chosen
     report = None if choice is None else {"backbone_choice": choice.report}
     if method == "patchcore":
         from .methods.patchcore import train_patchcore
@@ -211,7 +222,7 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
 
         pm = train_reconpatch(cfg, x, checkpoint_dir=out, progress=progress)
     if not (holdout and cfg.bank_includes_holdout):
-        return pm.state_dict(), dict(pm.config), report
+        return pm.state_dict(), dict(pm.config), report, pre
     import torch
 
     from .methods.memory_bank import refit_bank
@@ -225,7 +236,7 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
     report = {**(report or {}),
               "bank": {"images": len(x) + len(xh), "calibration_images": len(x), "entries": len(full.bank),
                        "calibration_entries": len(pm.bank)}}
-    return state, dict(full.config), report
+    return state, dict(full.config), report, pre
 
 
 # ----------------------------------------------------------------------------- export

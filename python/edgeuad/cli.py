@@ -460,8 +460,10 @@ def _backbone_choice_line(training: Any) -> str | None:
         return None
     scores = [f"{str(n).replace('efficientnet_', '')} {c['i_auroc']:.4f}" for n, c in ch["candidates"].items()
               if isinstance(c, dict) and isinstance(c.get("i_auroc"), (int, float))]
-    return (f"  backbone auto: chose {ch.get('chosen')} on synthetic defects in {ch.get('held_out_normals')} held-out "
-            f"normal images" + (f" (validation I-AUROC {', '.join(scores)})" if scores else f" ({ch.get('reason')})"))
+    norm = f", input {ch['input_norm']}" if isinstance(ch.get("input_norm"), str) else ""
+    return (f"  backbone auto: chose {ch.get('chosen')}{norm} on synthetic defects in {ch.get('held_out_normals')} "
+            f"held-out normal images" + (f" (validation I-AUROC {', '.join(scores)})" if scores
+                                         else f" ({ch.get('reason')})"))
 
 
 def _selection_line(training: Any) -> str | None:

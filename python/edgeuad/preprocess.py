@@ -14,6 +14,10 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What Google's edge models (EfficientNet-Lite) were trained with: (x - 127) / 128, "inception-style"
+INCEPTION_MEAN = (127 / 255,) * 3
+INCEPTION_STD = (128 / 255,) * 3
+INPUT_NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "inception": (INCEPTION_MEAN, INCEPTION_STD)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,22 @@ class PreprocessConfig:
             raise ValueError("preprocess.mean/std must be three numbers (std > 0)")
         return cls(size=size, mean=mean, std=std,  # type: ignore[arg-type]
                    interpolation=str(d.get("interpolation", "area_or_linear")))
+
+
+def renormalise(x: np.ndarray, src: PreprocessConfig, dst: PreprocessConfig) -> np.ndarray:
+    """Network inputs (N x 3 x H x W) that `preprocess` made with src -> exactly what it makes with dst's
+    mean/std from the same frames (bit-identical), without a second decode and resize: each value is
+    one of src's 256 table entries per channel, so its uint8 level is recovered and dst's table applied."""
+    if src.size != dst.size or src.interpolation != dst.interpolation:
+        raise ValueError(f"renormalise changes mean/std only, not size/interpolation ({src} -> {dst})")
+    mean = np.asarray(src.mean, np.float32)[:, None, None] * np.float32(255.0)
+    std = np.asarray(src.std, np.float32)[:, None, None] * np.float32(255.0)
+    levels = np.clip(np.rint(x * std + mean), 0, 255).astype(np.uint8)
+    luts = _normalise_luts(dst)
+    out = np.empty(x.shape, dtype=np.float32)
+    for c in range(3):
+        np.take(luts[c], levels[:, c], out=out[:, c])
+    return out
 
 
 def validate_frame(frame: Any, name: str = "frame") -> np.ndarray:

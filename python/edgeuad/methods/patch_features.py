@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..preprocess import INPUT_NORMS
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -399,6 +401,10 @@ class PatchBankConfig:
         backbone "auto" (default): chosen at training time among EfficientNet-Lite0/1/2 on the
         synthetic-defect split of the held-out normals (`methods.backbone_choice`); the run and the
         bundle record the chosen name and the scores behind it.
+    input_norm: the input's mean/std: "imagenet" (ImageNet mean/std), "inception" ((x - 127) / 128, what
+        the EfficientNet-Lite weights were trained with) or "auto" (default): chosen with the backbone
+        on the same split, the cheapest (backbone, normalisation) pair within the margin, ImageNet first
+        at equal cost (`methods.backbone_choice`); the run records the chosen one.
     image_size: network input (int or (H, W)); must equal the preprocessed images' size.
     layers: backbone stages used (1, 2 = strides 8 and 16, PatchCore's "layer2 + layer3").
     patch_size: local aggregation neighbourhood (3 as in PatchCore); count_include_pad: whether the
@@ -423,6 +429,7 @@ class PatchBankConfig:
 
     backbone: str = "auto"
     pretrained: bool | str = True
+    input_norm: str = "auto"
     image_size: int | tuple[int, int] = 256
     layers: tuple[int, ...] = (1, 2)
     patch_size: int = 3
@@ -447,9 +454,11 @@ class PatchBankConfig:
         if self.backbone == "auto" and not isinstance(self.pretrained, bool):
             raise ValueError(f"a weights file ({self.pretrained}) is for one backbone: name it (backbone=...) "
                              "instead of 'auto'")
-        if self.backbone == "auto" and not isinstance(self.image_size, int):
-            raise ValueError("backbone 'auto' scores a square synthetic-defect split: use a square image_size "
-                             "or name a backbone")
+        if self.input_norm not in ("auto", *INPUT_NORMS):
+            raise ValueError(f"input_norm must be 'auto' or one of {sorted(INPUT_NORMS)}, got {self.input_norm!r}")
+        if "auto" in (self.backbone, self.input_norm) and not isinstance(self.image_size, int):
+            raise ValueError("backbone/input_norm 'auto' score a square synthetic-defect split: use a square "
+                             "image_size or name a backbone and an input_norm")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.reweight_b < 0 or self.reweight_b == 1:

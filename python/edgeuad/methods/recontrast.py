@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import BACKBONES, Backbone, build_backbone
+from ..preprocess import INPUT_NORMS
 from .common import gaussian_blur_torch, resolve_device
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class ReContrastConfig:
     """
 
     backbone: str = "efficientnet_lite0"
+    # the input's mean/std (preprocess.INPUT_NORMS): ImageNet's, as every ReContrast run so far; the
+    # patch methods choose theirs on the synthetic-defect split ("auto"), no such arm ran for ReContrast
+    input_norm: str = "imagenet"
     pretrained: bool | str = True          # True: default ImageNet source; str: weights file
     image_size: int = 256                  # square network input, multiple of 32
     iterations: int = 2000
@@ -154,6 +158,9 @@ class ReContrastConfig:
             raise ValueError(f"alpha_warmup_frac must be in [0, 1], got {self.alpha_warmup_frac}")
         if self.encoder_bn not in ENCODER_BN_MODES:
             raise ValueError(f"encoder_bn must be one of {ENCODER_BN_MODES}, got {self.encoder_bn!r}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {sorted(INPUT_NORMS)} for ReContrast, got "
+                             f"{self.input_norm!r}")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if not 0.0 < self.topk_frac <= 1.0:
