@@ -162,7 +162,7 @@ def _load_members(cls: type["Bundle"], root: Path, manifest: Mapping[str, Any], 
                   archive: bool) -> list["Bundle"]:
     """An ensemble's members: each sub-directory is a whole bundle whose manifest must have exactly the
     sha256 the ensemble manifest records (so a member's files, hashed in its own manifest, are pinned
-    too), and whose method, backbone and colour convention agree with the entry."""
+    too), and whose method and backbone agree with the entry."""
     members = []
     for i, d in enumerate(_member_dirs(manifest)):
         f = f"postprocess.members[{i}]"

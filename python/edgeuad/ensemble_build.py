@@ -27,7 +27,7 @@ from . import data as _data
 from .atomic import atomic_dir
 from .bundle import MANIFEST, Bundle, sha256_file, write_manifest
 from .detector import Detector
-from .manifest_schema import ENSEMBLE, colour_convention
+from .manifest_schema import ENSEMBLE
 from .runtime.ensemble import EnsembleError, combine_scores
 from .thresholds import from_normal_robust, median_mad
 from .limits import MAD_RANGE, MAX_ENSEMBLE_MEMBERS
@@ -50,13 +50,6 @@ def load_members(bundles: Sequence[str | Path]) -> list[Bundle]:
     for src, b in zip(bundles, members):
         if b.method == ENSEMBLE:
             raise EnsembleError(f"{src} is itself an ensemble: list its members instead (ensembles do not nest)")
-    ref = colour_convention(members[0].manifest["preprocess"])
-    for src, b in zip(bundles[1:], members[1:]):
-        conv = colour_convention(b.manifest["preprocess"])
-        if conv != ref:
-            raise EnsembleError(f"{src} expects inputs normalised as mean/std/interpolation {list(conv)} but "
-                                f"{bundles[0]} as {list(ref)}: ensemble members must share one colour convention "
-                                "(input sizes may differ)")
     seen: dict[str, str] = {}
     for src, b in zip(bundles, members):
         if b.digest in seen:
@@ -116,8 +109,8 @@ def build_ensemble(bundles: Sequence[str | Path], out: Path, normal_images: Sequ
         manifest: dict[str, Any] = {
             "method": ENSEMBLE,
             "backbone": "+".join(dict.fromkeys(b.backbone for b in members)),
-            # size: where evaluation compares maps with masks (the largest member input); the rest is
-            # the members' shared colour convention
+            # size: where evaluation compares maps with masks (the largest member input); mean/std are
+            # the first member's, for the record: each member normalises the frame its own way
             "preprocess": {**members[0].manifest["preprocess"], "size": list(largest)},
             "postprocess": {"kind": "modified_z", "members": entries},
             "thresholds": th.to_dict(),

@@ -384,28 +384,13 @@ def check_against_bank(m: Mapping[str, Any], bank_dim: int, bank_size: int,
 def check_ensemble_member(m: Mapping[str, Any], i: int, member: Mapping[str, Any], where: str = MANIFEST) -> None:
     """An ensemble's entry `i` against the (validated) manifest found in that member's directory.
 
-    Members may differ in input size, backbone and method, but not in colour convention: the
-    ensemble's preprocess mean/std/interpolation are those of every member (one convention for the
-    frames all members read; the ensemble preprocesses once per distinct input size)."""
+    Members may differ in input size, normalisation, backbone and method: each preprocesses the frame
+    with its own manifest's `preprocess` (runtime/ensemble.py), so the ensemble's own `preprocess` only
+    names the size its maps are compared with masks at; its mean/std are the first member's, for the
+    record."""
     c = _Checker(where)
     f = f"postprocess.members[{i}]"
     e = m["postprocess"]["members"][i]
     for key in ("method", "backbone"):
         if member[key] != e[key]:
             raise c.fail(f"{f}.{key}", f"is {_show(e[key])} but the member's manifest says {_show(member[key])}")
-    for key in ("mean", "std", "interpolation"):
-        want, got = _convention(m["preprocess"], key), _convention(member["preprocess"], key)
-        if want != got:
-            raise c.fail(f"preprocess.{key}", f"is {_show(want)} but member {i} ({e['dir']}) uses {_show(got)}: "
-                                             "ensemble members must share one colour convention")
-
-
-def _convention(pre: Mapping[str, Any], key: str) -> Any:
-    if key == "interpolation":
-        return pre.get(key, INTERPOLATIONS[0])  # absent = the only one there is
-    return [float(x) for x in pre[key]]        # 0 and 0.0 are the same convention
-
-
-def colour_convention(pre: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a network assumes about its input's colours: (mean, std, interpolation) of `preprocess`."""
-    return tuple(_convention(pre, k) for k in ("mean", "std", "interpolation"))

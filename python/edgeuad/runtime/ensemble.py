@@ -34,7 +34,7 @@ __all__ = ["MAD_TO_SIGMA", "Ensemble", "EnsembleError", "combine_scores", "modif
 
 
 class EnsembleError(ValueError):
-    """Members or normal images that cannot make an ensemble (none, mixed colour conventions, ...)."""
+    """Members or normal images that cannot make an ensemble (none, nested ensembles, ...)."""
 
 
 def modified_z(x: np.ndarray | float, median: float, mad: float) -> np.ndarray:
