@@ -24,6 +24,7 @@ import numpy as np
 
 from .bundle import Bundle, read_manifest, write_manifest
 from .detector import Detector
+from .preprocess import INPUT_NORMS
 from .runtime.bank import Bank
 from .runtime.ensemble import modified_z
 from .selection import ValidationSet, load_validation_set, validation_metrics
@@ -38,9 +39,16 @@ MIN_NORMALS = 10
 
 @dataclass
 class MemberOutputs:
-    name: str                # "<method>:<backbone>"
+    name: str                # member_name
     scores: np.ndarray       # raw image scores, one per split image
     maps: np.ndarray         # raw maps, split images x H x W
+
+
+def member_name(b: Bundle) -> str:
+    """"<method>:<backbone>", suffixed "/<normalisation>" unless the input is ImageNet-normalised."""
+    norm = next((n for n, (m, sd) in INPUT_NORMS.items() if (b.preprocess.mean, b.preprocess.std) == (m, sd)),
+                "custom")
+    return f"{b.method}:{b.backbone}" + ("" if norm == "imagenet" else f"/{norm}")
 
 
 def unseen_bundle(bundle: Path, calibration_bank: np.ndarray | None, tmp: Path) -> Path:
@@ -77,7 +85,7 @@ def split_outputs(bundles: Sequence[Path], calibration_banks: Sequence[np.ndarra
                     for r in det.score_batch(vs.images[i:i + batch]):
                         scores.append(r.score)
                         maps.append(np.asarray(r.raw_map, np.float32))
-            outs.append(MemberOutputs(f"{b.method}:{b.backbone}", np.asarray(scores, np.float64), np.stack(maps)))
+            outs.append(MemberOutputs(member_name(b), np.asarray(scores, np.float64), np.stack(maps)))
     return vs, outs
 
 

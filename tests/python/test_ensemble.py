@@ -298,6 +298,8 @@ def test_members_may_normalise_their_inputs_differently(members: dict, dataset: 
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     # the ensemble's own preprocess names the size maps meet masks at, and the first member's mean/std
     assert ens.manifest["preprocess"]["mean"] == list(INPUT_NORMS["inception"][0])
+    names = [m["member"] for m in ens.manifest["training"]["validation"]["members"]]
+    assert names[0].endswith("/inception") and names[1] == f"recontrast:{rc_run.config['backbone']}"
 
 
 # ----------------------------------------------------------------------------- bad inputs
