@@ -210,6 +210,8 @@ def patch_summary(name: str) -> str:
 
 
 ENS_MARGIN = 0.010  # the plan's criterion (benchmarks/plans/ensemble_patchcore_recontrast_2026-12-04.md)
+# _pc_rc: the plan's arm (PatchCore default of seed 0 before input_norm); _pcnorm_rc: with input_norm=auto
+ENS_SUFFIXES = ("_pc_rc", "_pcnorm_rc")
 
 
 def ens_check(dataset: str, suffix: str = "_pc_rc") -> dict | None:
@@ -223,16 +225,17 @@ def ens_adopted(dataset: str = "magnetic_tile", suffix: str = "_pc_rc") -> bool:
     return r is not None and r["ensemble_gain_i_auroc"] >= ENS_MARGIN - 1e-9
 
 
-def ens_table(suffix: str = "_pc_rc") -> str:
-    """Per dataset: every member alone and each combination on the synthetic-defect split (the criterion),
-    then the ensemble bundle's test row (read afterwards, for the record)."""
+def ens_table() -> str:
+    """Per dataset and member set: every member alone and each combination on the synthetic-defect split
+    (the criterion), then the ensemble bundle's test row (read afterwards, for the record)."""
     out = ["| dataset | members | val I-AUROC | val blended | val crack | val P-AUROC | vs best member | "
            "test I-AUROC | test P-AUROC | Acc@thr | commit (val / test) |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for ds in ("magnetic_tile", "bottle"):
+    for ds, suffix in [(d, x) for d in ("magnetic_tile", "bottle") for x in ENS_SUFFIXES]:
         v, t = ens_check(ds, suffix), _json(f"methods/{ds}_ensemble{suffix}.json")
         if v is None:
-            out.append(f"| {ds} | not measured (`{ds}_ensemble_validation{suffix}.json` missing) |" + " |" * 9)
+            if suffix == ENS_SUFFIXES[0]:
+                out.append(f"| {ds} | not measured (`{ds}_ensemble_validation{suffix}.json` missing) |" + " |" * 9)
             continue
         best = v["best_single_i_auroc"]
         for row in v["rows"]:
@@ -344,6 +347,28 @@ def auto_table() -> str:
     return "\n".join(out) if len(out) > 2 else "(not measured)"
 
 
+def norm_auto_table() -> str:
+    """Runs with input_norm=auto (`*_norm_auto*.json`): every (backbone, normalisation) candidate's validation
+    I-AUROC, the choice, and the shipped bundle's test result (read afterwards)."""
+    # backbone_choice.ORDER (not imported: this script reads JSON only, no torch)
+    ORDER = tuple(f"efficientnet_lite{i}{s}" for i in range(3) for s in ("", "/inception"))
+    short = lambda n: n.replace("efficientnet_", "")  # noqa: E731
+    out = ["| dataset | method | seed | " + " | ".join(f"val {short(n)}" for n in ORDER)
+           + " | chosen | test I-AUROC | test P-AUROC | AUPRO | Acc@thr | train s | commit |",
+           "|---|---|---:|" + "---:|" * len(ORDER) + "---|---:|---:|---:|---:|---:|---|"]
+    for f in sorted((RES / "methods").glob("*_norm_auto*.json")):
+        r = json.loads(f.read_text())
+        ch, mt = r.get("backbone_choice") or {}, r["metrics"]
+        c = ch.get("candidates", {})
+        vals = [f"{c[n]['i_auroc']:.4f}" if "i_auroc" in c.get(n, {}) else "-" for n in ORDER]
+        pa = f"{mt['p_auroc']:.4f}" if "p_auroc" in mt else "n/a"
+        ap = f"{mt['aupro']:.4f}" if "aupro" in mt else "n/a"
+        out.append(f"| {r['dataset']} | {r['method']} | {r['overrides'].get('seed', '?')} | {' | '.join(vals)} | "
+                   f"{short(ch.get('chosen', '?'))} / {ch.get('input_norm', '?')} | {mt['i_auroc']:.4f} | {pa} | {ap} | "
+                   f"{mt['accuracy_at_threshold']:.4f} | {r['train_seconds']:.0f} | {r['commit']} |")
+    return "\n".join(out) if len(out) > 2 else "(not measured: no *_norm_auto*.json)"
+
+
 def demo() -> tuple[str, bool]:
     d = _json("demo_summary.json")
     if d is None:
@@ -401,8 +426,9 @@ def goals13() -> dict[str, tuple[str, Optional[bool]]]:
     else:
         out["pc13"] = out["pc13_mean"] = ("(not measured with the current defaults)", False)
     # the PatchCore + ReContrast ensemble counts only if it passed its pre-registered validation criterion
-    names = ("patchcore", "reconpatch", "recontrast", "ensemble", "patchcore_lite2",
-             *(("ensemble_pc_rc",) if ens_adopted() else ()))
+    names = ("patchcore", "reconpatch", "recontrast", "ensemble", "patchcore_lite2", "patchcore_norm_auto",
+             # only the pre-registered arm can be adopted (the plan); _pcnorm_rc is reported beside it
+             *(("ensemble_pc_rc",) if ens_adopted(suffix="_pc_rc") else ()))
     rows = [r for m in names
             for r in [_json(f"methods/magnetic_tile_{m}.json")] if r is not None and "accuracy_at_threshold" in r["metrics"]]
     if rows:
@@ -410,6 +436,8 @@ def goals13() -> dict[str, tuple[str, Optional[bool]]]:
         m = best["metrics"]
         bb = best["overrides"].get("members") or best.get("backbone") or best["overrides"].get("backbone",
                                                                                               "efficientnet_lite0")
+        norm = (best.get("backbone_choice") or {}).get("input_norm")
+        bb += f", input {norm} (input_norm auto)" if norm else ""
         out["best13"] = (f"{best['method']} ({bb}, seed 0): I-AUROC {m['i_auroc']:.4f}, "
                          f"P-AUROC {m.get('p_auroc', float('nan')):.4f}",
                          m["i_auroc"] >= 0.95 and m.get("p_auroc", 0.0) >= 0.85)
@@ -594,7 +622,8 @@ def rc_levels_table(dataset: str = "magnetic_tile") -> str:
 
 RC_ARMS = (("baseline", "magnetic_tile_recontrast_500it_levels.json"),
            ("A: Lite2", "magnetic_tile_recontrast_lite2_300it.json"),
-           ("B: decoder 4x", "magnetic_tile_recontrast_dec4_300it.json"))
+           ("B: decoder 4x", "magnetic_tile_recontrast_dec4_300it.json"),
+           ("C: inception input", "magnetic_tile_recontrast_inception_300it.json"))
 
 
 def rc_arms_table() -> str:
@@ -681,6 +710,7 @@ def main() -> None:
         "ens_auto": lambda: patch_summary("methods/magnetic_tile_ensemble_auto.json"),
         "ens_pc_rc": ens_table,
         "input_norm": input_norm_table,
+        "norm_auto": norm_auto_table,
         "rcp_bottle_ch": lambda: patch_summary("methods/bottle_reconpatch_compressed.json"),
         "rcp_mt_ch": lambda: patch_summary("methods/magnetic_tile_reconpatch_compressed.json"),
         **{k: (lambda k=k: g13[k][0]) for k in g13},
