@@ -207,7 +207,9 @@ def test_modified_zscore_and_ensemble():
 
 def test_config_roundtrip():
     import json
-    cfg = _tcfg(image_size=(64, 80), max_patches_per_image=10)
+    with pytest.raises(ValueError, match="square"):
+        _tcfg(image_size=(64, 80))
+    cfg = _tcfg(image_size=(64, 80), max_patches_per_image=10, input_norm="imagenet")
     assert ReConPatchConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError):
         ReConPatchConfig.from_dict({"nope": 1})
