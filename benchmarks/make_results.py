@@ -325,14 +325,15 @@ def seeds_table(dataset: str, methods: tuple[str, ...] = ("patchcore", "reconpat
 
 
 def auto_table() -> str:
-    """The patch methods' backbone "auto" per run: what each candidate scored on the synthetic-defect
-    validation split, what was chosen, and the run's test result (the default rows of this section)."""
+    """The patch methods' backbone "auto" per run, before input_norm auto: what each candidate scored on the
+    synthetic-defect validation split, what was chosen, and the run's test result (magnetic_tile's archived
+    `*_prenorm*` rows where they exist, else the default rows: bottle's predate input_norm and are kept)."""
     short = lambda n: n.replace("efficientnet_", "")  # noqa: E731
     out = ["| dataset | method | seed | val I-AUROC lite0 / lite1 / lite2 (crack family) | chosen | test I-AUROC "
            "| test P-AUROC | train s |", "|---|---|---:|---|---|---:|---:|---:|"]
     for ds in ("magnetic_tile", "bottle"):
         for m in ("patchcore", "reconpatch"):
-            for r in _seed_runs(ds, m):
+            for r in _seed_runs(ds, m, "_prenorm") or _seed_runs(ds, m):
                 ch = r.get("backbone_choice")
                 if not ch:
                     continue
@@ -348,16 +349,18 @@ def auto_table() -> str:
 
 
 def norm_auto_table() -> str:
-    """Runs with input_norm=auto (`*_norm_auto*.json`): every (backbone, normalisation) candidate's validation
-    I-AUROC, the choice, and the shipped bundle's test result (read afterwards)."""
+    """Runs whose backbone auto chose an input normalisation too (input_norm=auto): every (backbone,
+    normalisation) candidate's validation I-AUROC, the choice, and the shipped bundle's test result (read
+    afterwards)."""
     # backbone_choice.ORDER (not imported: this script reads JSON only, no torch)
     ORDER = tuple(f"efficientnet_lite{i}{s}" for i in range(3) for s in ("", "/inception"))
     short = lambda n: n.replace("efficientnet_", "")  # noqa: E731
     out = ["| dataset | method | seed | " + " | ".join(f"val {short(n)}" for n in ORDER)
            + " | chosen | test I-AUROC | test P-AUROC | AUPRO | Acc@thr | train s | commit |",
            "|---|---|---:|" + "---:|" * len(ORDER) + "---|---:|---:|---:|---:|---:|---|"]
-    for f in sorted((RES / "methods").glob("*_norm_auto*.json")):
-        r = json.loads(f.read_text())
+    runs = [r for f in sorted((RES / "methods").glob("*.json")) for r in [json.loads(f.read_text())]
+            if (r.get("backbone_choice") or {}).get("input_norm")]
+    for r in sorted(runs, key=lambda r: (r["dataset"], r["method"], r["overrides"].get("seed", 0))):
         ch, mt = r.get("backbone_choice") or {}, r["metrics"]
         c = ch.get("candidates", {})
         vals = [f"{c[n]['i_auroc']:.4f}" if "i_auroc" in c.get(n, {}) else "-" for n in ORDER]
@@ -366,7 +369,7 @@ def norm_auto_table() -> str:
         out.append(f"| {r['dataset']} | {r['method']} | {r['overrides'].get('seed', '?')} | {' | '.join(vals)} | "
                    f"{short(ch.get('chosen', '?'))} / {ch.get('input_norm', '?')} | {mt['i_auroc']:.4f} | {pa} | {ap} | "
                    f"{mt['accuracy_at_threshold']:.4f} | {r['train_seconds']:.0f} | {r['commit']} |")
-    return "\n".join(out) if len(out) > 2 else "(not measured: no *_norm_auto*.json)"
+    return "\n".join(out) if len(out) > 2 else "(not measured: no run with input_norm auto)"
 
 
 def demo() -> tuple[str, bool]:
@@ -404,8 +407,9 @@ def serve_summary() -> tuple[str, str]:
     return txt, "yes" if all(ok) else ("**partly**: throughput met, latency not" if ok[1] else "**no**")
 
 
-def _seed_runs(dataset: str, method: str) -> list[dict]:
-    names = [f"{dataset}_{method}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{dataset}_{method}_seed*.json"))
+def _seed_runs(dataset: str, method: str, variant: str = "") -> list[dict]:
+    stem = f"{dataset}_{method}{variant}"
+    names = [f"{stem}.json"] + sorted(p.name for p in (RES / "methods").glob(f"{stem}_seed*.json"))
     return [r for r in (_json(f"methods/{n}") for n in names) if r is not None]
 
 
@@ -417,16 +421,18 @@ def goals13() -> dict[str, tuple[str, Optional[bool]]]:
     if pc:
         mean = sum(r["metrics"]["i_auroc"] for r in pc) / len(pc)
         seeds = ", ".join(f"{r['metrics']['i_auroc']:.4f}" for r in pc)
-        chosen = sorted({r.get("backbone", "efficientnet_lite0").replace("efficientnet_", "") for r in pc})
+        # per seed, in seed order: "lite2/inception" (backbone / input normalisation where auto chose one)
+        chosen = [r.get("backbone", "efficientnet_lite0").replace("efficientnet_", "")
+                  + (f"/{n}" if (n := (r.get("backbone_choice") or {}).get("input_norm")) else "") for r in pc]
         auto = all(r.get("backbone_choice") for r in pc)
-        note = (f"; backbone auto chose {'/'.join(chosen)} from validation: not an independent confirmation on this "
-                "set (section 1, \"What this does and does not show\")" if auto else f"; backbone {'/'.join(chosen)}")
+        note = (f"; backbone auto chose {', '.join(chosen)} from validation: not an independent confirmation on this "
+                "set (section 1, \"What this does and does not show\")" if auto else f"; backbone {', '.join(chosen)}")
         out["pc13"] = (f"mean I-AUROC {mean:.4f} over {len(pc)} seed(s) ({seeds}){note}", mean >= 0.925 and len(pc) >= 3)
         out["pc13_mean"] = (f"mean I-AUROC {mean:.4f} over {len(pc)} seed(s) ({seeds})", None)
     else:
         out["pc13"] = out["pc13_mean"] = ("(not measured with the current defaults)", False)
     # the PatchCore + ReContrast ensemble counts only if it passed its pre-registered validation criterion
-    names = ("patchcore", "reconpatch", "recontrast", "ensemble", "patchcore_lite2", "patchcore_norm_auto",
+    names = ("patchcore", "reconpatch", "recontrast", "ensemble", "patchcore_lite2",
              # only the pre-registered arm can be adopted (the plan); _pcnorm_rc is reported beside it
              *(("ensemble_pc_rc",) if ens_adopted(suffix="_pc_rc") else ()))
     rows = [r for m in names
@@ -717,6 +723,7 @@ def main() -> None:
         **{f"{k}_met": (lambda k=k: "yes" if g13[k][1] else "**no**") for k in g13},
         "methods_cmp": lambda: mv,
         "seeds_mt": lambda: seeds_table("magnetic_tile"),
+        "seeds_mt_prenorm": lambda: seeds_table("magnetic_tile", variant="_prenorm"),
         "seeds_mt_bank630": lambda: seeds_table("magnetic_tile", variant="_bank630"),
         "seeds_mt_lite2": lambda: seeds_table("magnetic_tile", ("patchcore",), variant="_lite2"),
         "seeds_mt_rcp_ch": lambda: seeds_table("magnetic_tile", ("reconpatch",), variant="_compressed"),
