@@ -297,6 +297,9 @@ def cmd_detector(args: argparse.Namespace) -> int:
                 row(f"TensorRT {precision} + CUDA map", lambda: det.score_batch(frames, return_map=False))
     else:
         out("| TensorRT | - | SKIPPED: tensorrt/pycuda not installed | |")
+    with Detector(bundle) as det:  # the embedded default, for scale: onnxruntime CPU + _rt CPU map
+        row(f"onnxruntime CPU + CPU map (Detector default, {det.threads} threads)",
+            lambda: det.score_batch(frames, return_map=False))
     ort = optional("onnxruntime")
     if ort and "CUDAExecutionProvider" in ort.get_available_providers():
         from edgeuad.runtime.backends import OrtBackend

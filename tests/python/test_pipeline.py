@@ -80,6 +80,26 @@ def test_detector_matches_torch_reference(bundle: Path, dataset: Path, caplog: p
         assert r.is_anomaly == (r.score >= det.threshold)
 
 
+def test_torch_reference_runs_a_two_level_recontrast_bundle(dataset: Path, tmp_path: Path) -> None:
+    """A ReContrast bundle whose map sums levels 2 and 3 (what label-free selection often ships) exports 4
+    pairs; the torch reference must run the model on those levels, not the model's default three (it
+    raised "4 weights for 6 pairs" before), and score like the Detector."""
+    from edgeuad.data import read_image
+    from edgeuad.methods.reference import build_reference
+
+    run = api.train("recontrast", dataset, tmp_path / "run", {**TINY["recontrast"], "levels": "2,3"},
+                    holdout_fraction=0.2, progress=False)
+    root = api.export(run, tmp_path / "bundle").root
+    det = Detector(root)
+    assert [a for a, _ in det.bundle.manifest["postprocess"]["pairs"]] == [
+        "enc_l2_frozen", "enc_l3_frozen", "enc_l2_train", "enc_l3_train"]
+    imgs = [read_image(p) for p in sorted((dataset / "test").rglob("*.png"))[:3]]
+    got = np.array([r.score for r in det.score_batch(imgs)])
+    _, scores = build_reference(det.bundle, threads=1)(imgs)
+    assert np.ptp(scores) > 0
+    np.testing.assert_allclose(got, scores, rtol=2e-3, atol=2e-3)
+
+
 def test_benchmark_torch_references_match_the_correctness_reference(bundle: Path, dataset: Path) -> None:
     """bench/torch_ref.py's float32 user-style references (eager torch; onnxruntime + torch post) score
     like methods/reference.py (the training side's float64 search): the speed-ups compare equal work."""

@@ -73,12 +73,18 @@ class ReferencePipeline:
         p = self.post
         size = tuple(int(v) for v in self.bundle.preprocess.size)
         use_max = p.get("score", "max") == "max"
+        # The bundle's graph holds only the map's levels (pairs "enc_l{k}_frozen", ...): run the
+        # model on those levels, in the manifest's pair order, so weights and pairs line up.
+        levels = sorted({int(str(a)[len("enc_l")]) for a, _ in p["pairs"]})
+        names = [f"enc_{n}" for n in self.model.pair_names(levels)]
+        if names != [str(a) for a, _ in p["pairs"]]:
+            raise ValueError(f"manifest pairs {p['pairs']} do not match the model's pairs {names}")
 
         def run(x: np.ndarray) -> ReferenceOutput:
             xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device)
             with torch.inference_mode():
                 t0 = time.perf_counter()
-                enc, dec = self.model(xt)
+                enc, dec = self.model(xt, levels=levels)
                 t1 = time.perf_counter()
                 maps, smax, stopk = anomaly_map_torch(enc, dec, size, sigma=float(p["sigma"]),
                                                       align_corners=bool(p["align_corners"]),
