@@ -9,8 +9,9 @@
 
 Each command prints a markdown section; a part whose requirement is missing (torch with CUDA, tensorrt,
 pycuda, the onnxruntime CUDA provider) prints SKIPPED with the reason and exits 0, a wrong result exits 1.
-Written for a lent GPU; this project's own machines have none, so this file has only been imported and
-argument-parsed there (tests/python/test_gpu_smoke.py), never run on a GPU.
+Written for a lent GPU; CI has none and only imports and argument-parses it (tests/python/test_gpu_smoke.py).
+It ran once on a lent H200 (2026-12-04, commit ff36a8f; `engine` and the TensorRT rows SKIPPED there:
+no tensorrt/pycuda in that image); the results are in benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 

@@ -15,8 +15,9 @@
 # Exit status: 0 when every step that could run passed, 1 otherwise.  Steps whose requirements are
 # missing (torch with CUDA, tensorrt, pycuda, compute-sanitizer) say SKIPPED and why.
 #
-# Status: written without a GPU (none was lent to the session that wrote it); only `bash -n` and the
-# Python part's imports/argument parsing are tested (tests/python/test_gpu_smoke.py).
+# Status: ran once on a lent H200 (2026-12-04, commit ff36a8f, torch 2.11+cu130, no TensorRT/pycuda
+# there: steps 6 and TensorRT rows SKIPPED); results in benchmarks/RESULTS.md.  CI (no GPU) tests only
+# `bash -n` and the Python part's imports/argument parsing (tests/python/test_gpu_smoke.py).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUTDIR="${1:-${OUT:-$ROOT/gpu_smoke_out}}"

@@ -161,8 +161,9 @@ def _train_into(method: str, cfg: Any, pre: PreprocessConfig, x: np.ndarray, kep
 
     atomic_write_bytes(out / RUN_WEIGHTS, save({k: v.detach().contiguous().cpu() for k, v in state.items()}))
     run = Run(root=out, method=method, config=config, preprocess=pre,
-              holdout=[str(p) for p in holdout],
-              info={"data": str(data), "n_train": len(kept), "train_seconds": round(seconds, 2)})
+              # absolute: export reads the held-out images later, maybe from another working directory
+              holdout=[str(Path(p).resolve()) for p in holdout],
+              info={"data": str(Path(data).resolve()), "n_train": len(kept), "train_seconds": round(seconds, 2)})
     if selection is not None:  # what label-free selection chose and why, what the bank covers (also in the manifest)
         run.info.update(selection)
     run.save()

@@ -1,7 +1,7 @@
 """tools/gpu_smoke.sh and its Python part, checked as far as a machine without a GPU allows: the shell script
 parses, the Python part imports, parses its arguments, makes its tiny ONNX, and its steps that need
 missing pieces say SKIPPED (exit 0) while the environment step reports why _rt has no GPU (exit 1).
-The script itself has never run on a GPU."""
+The script ran once on a lent H200 (2026-12-04, commit ff36a8f, results in benchmarks/RESULTS.md); CI has no GPU."""
 from __future__ import annotations
 
 import importlib.util
@@ -75,3 +75,23 @@ def test_steps_without_their_requirements_skip_cleanly(capsys, tmp_path):
     if mod.torch_cuda() is None:
         assert mod.main(["timing"]) == 0
         assert "SKIPPED: torch with CUDA" in capsys.readouterr().out
+
+
+def test_gpu_train_driver_trains_every_seed_as_compare_methods_would(tmp_path):
+    """tools/gpu_train_recontrast.py on CPU (device=auto), tiny: each seed's run is the one
+    compare_methods reuses (same overrides), with absolute held-out paths."""
+    from edgeuad import api
+    from edgeuad.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "data", kind="texture", n_train=10, n_test_good=1, n_test_defect=1,
+                                  size=64, seed=0)
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_train_recontrast.py"), "--data", str(data),
+                        "--work", str(tmp_path / "w"), "--seeds", "0,1", "--iterations", "2", "--image-size", "64",
+                        "--time-limit", "300"], capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr + (tmp_path / "w" / "seed0.log").read_text()
+    for s in (0, 1):
+        run = api.Run.load(tmp_path / "w" / f"recontrast_gpu_seed{s}" / "run")
+        assert {k: run.config[k] for k in ("image_size", "seed", "iterations", "batch_size", "device")} == {
+            "image_size": 64, "seed": s, "iterations": 2, "batch_size": 16, "device": "auto"}
+        assert all(Path(p).is_absolute() for p in run.holdout)
+    assert "seed 1: exit 0" in r.stderr

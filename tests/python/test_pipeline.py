@@ -80,6 +80,19 @@ def test_detector_matches_torch_reference(bundle: Path, dataset: Path, caplog: p
         assert r.is_anomaly == (r.score >= det.threshold)
 
 
+def test_run_records_absolute_paths(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run trained from a relative data path exports from any working directory: run.json holds the
+    held-out images (read again by export for thresholds) as absolute paths."""
+    monkeypatch.chdir(dataset.parent)
+    run = api.train("patchcore", Path(dataset.name), tmp_path / "run", TINY["patchcore"], holdout_fraction=0.2,
+                    progress=False)
+    assert run.holdout and all(Path(p).is_absolute() and Path(p).is_file() for p in run.holdout)
+    assert Path(run.info["data"]) == dataset.resolve()
+    monkeypatch.chdir(tmp_path)
+    bundle = api.export(api.Run.load(tmp_path / "run"), tmp_path / "bundle")
+    assert bundle.thresholds["threshold"] > 0
+
+
 def test_torch_reference_runs_a_two_level_recontrast_bundle(dataset: Path, tmp_path: Path) -> None:
     """A ReContrast bundle whose map sums levels 2 and 3 (what label-free selection often ships) exports 4
     pairs; the torch reference must run the model on those levels, not the model's default three (it
