@@ -61,7 +61,8 @@ step() {
 }
 
 : >"$REPORT"
-say "# edgeuad GPU smoke test ($(date -u +%FT%TZ), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+# EDGEUAD_COMMIT names the tree when its .git is absent or stale (a copied working tree)
+say "# edgeuad GPU smoke test ($(date -u +%FT%TZ), commit ${EDGEUAD_COMMIT:-$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')})"
 
 say ""
 say "### system"
