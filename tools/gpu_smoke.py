@@ -5,6 +5,7 @@
     python3 tools/gpu_smoke.py kernels [--small]      # _rt CUDA kernels vs the CPU kernel (exit 1 on mismatch)
     python3 tools/gpu_smoke.py engine --out DIR       # tiny engine, fp32 and fp16: build, run, compare with onnxruntime
     python3 tools/gpu_smoke.py timing                 # fused CUDA map vs torch CUDA, % of peak DRAM bandwidth
+    python3 tools/gpu_smoke.py profile                # the same map: device time per kernel vs wall time per call
     python3 tools/gpu_smoke.py detector --out DIR [--bundle B]   # Detector fps: TensorRT vs onnxruntime-CUDA vs torch CUDA
 
 Each command prints a markdown section; a part whose requirement is missing (torch with CUDA, tensorrt,
@@ -249,6 +250,66 @@ def cmd_timing(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ profile
+KERNELS = ("k_tables", "k_cos", "k_convert", "k_hpass", "k_vpass", "k_scores")
+
+
+def _device_us(evt: Any) -> float:
+    """An averaged profiler event's total device time in us (the attribute's name changed across torch)."""
+    for name in ("device_time_total", "cuda_time_total", "self_device_time_total", "self_cuda_time_total"):
+        v = getattr(evt, name, None)
+        if v:
+            return float(v)
+    return 0.0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Where a fused-map call's time goes: each kernel's device time (torch.profiler, CUPTI) against the
+    wall time of the call from Python, so fixed per-call costs and kernel time can be told apart."""
+    from edgeuad import _rt
+
+    out("## fused CUDA map: device time per kernel vs wall time per call (fp32, 256x256, sigma 4)")
+    torch = torch_cuda()
+    if torch is None:
+        out("SKIPPED: torch with CUDA is not installed (the profiler and the device arrays come from it)")
+        return 0
+    from torch.profiler import ProfilerActivity, profile
+
+    bw = peak_bandwidth_gbs()
+    out("| batch | wall ms/call | kernels us/call | " + " | ".join(f"{k} us" for k in KERNELS)
+        + " | kernel-time GB/s | % of peak |")
+    out("|---|---|---|" + "---|" * len(KERNELS) + "---|---|")
+    for batch in (1, 8, 64):
+        pairs = _pairs(batch, np.float32, LEVELS)
+        tp = [(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()) for a, b in pairs]
+        o = torch.empty((batch, *OUT), device="cuda")
+        mx, tk = torch.empty(batch, device="cuda"), torch.empty(batch, device="cuda")
+        s = torch.cuda.current_stream()
+
+        def call() -> None:
+            _rt.cos_map_cuda(tp, o, OUT, sigma=SIGMA, stream=s, max_out=mx, topk_out=tk)
+
+        wall = _time(call, torch.cuda.synchronize)
+        n = 20
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(n):
+                call()
+            torch.cuda.synchronize()
+        per = {k: 0.0 for k in KERNELS}
+        for evt in prof.key_averages():
+            for k in KERNELS:
+                if k in evt.key:
+                    per[k] += _device_us(evt) / n
+        total = sum(per.values())
+        nbytes = sum(a.nbytes + b.nbytes for a, b in pairs) + batch * OUT[0] * OUT[1] * 4
+        gbs = nbytes / (total * 1e-6) / 1e9 if total else float("nan")
+        out(f"| {batch} | {wall:.3f} | {total:.1f} | " + " | ".join(f"{per[k]:.1f}" for k in KERNELS)
+            + f" | {gbs:.0f} | " + (f"{100 * gbs / bw:.0f}% |" if bw else "? |"))
+    out("(kernels us/call: the sum of the six kernels' device time; the rest of the wall time is launch,"
+        " argument checking and Python)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ detector
 def make_bundle(work: Path) -> Optional[Path]:
     """A ReContrast-Lite0 bundle at 256 px, trained for a few iterations (fps does not depend on quality)."""
@@ -337,6 +398,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     e = sub.add_parser("engine", help="tiny engine fp32/fp16: build, run, compare")
     e.add_argument("--out", default="gpu_smoke_out")
     sub.add_parser("timing", help="fused CUDA map vs torch CUDA")
+    sub.add_parser("profile", help="fused CUDA map: device time per kernel vs wall time per call")
     d = sub.add_parser("detector", help="Detector fps per backend")
     d.add_argument("--out", default="gpu_smoke_out")
     d.add_argument("--bundle", help="bundle to time (default: train a tiny ReContrast-Lite0 at 256 px)")
@@ -345,7 +407,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return {"env": cmd_env, "kernels": cmd_kernels, "engine": cmd_engine, "timing": cmd_timing,
-            "detector": cmd_detector}[args.cmd](args)
+            "profile": cmd_profile, "detector": cmd_detector}[args.cmd](args)
 
 
 if __name__ == "__main__":

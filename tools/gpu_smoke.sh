@@ -10,7 +10,7 @@
 #   4. compute-sanitizer memcheck and racecheck on small shapes, when compute-sanitizer exists
 #   5. pytest -m gpu (the GPU tests fail, not skip, when a GPU is visible but unusable)
 #   6. a tiny TensorRT engine in fp32 and fp16: build, run, compare with onnxruntime
-#   7. timing table: fused CUDA map vs torch CUDA, % of peak DRAM bandwidth
+#   7. timing table: fused CUDA map vs torch CUDA, % of peak DRAM bandwidth; the map's device time per kernel
 #   8. Detector fps: TensorRT (+ CUDA map) vs onnxruntime-CUDA vs eager torch CUDA
 # Exit status: 0 when every step that could run passed, 1 otherwise.  Steps whose requirements are
 # missing (torch with CUDA, tensorrt, pycuda, compute-sanitizer) say SKIPPED and why.
@@ -96,6 +96,7 @@ else
 fi
 step engine 150 "$PY" "$SMOKE" engine --out "$OUTDIR/engine"
 step timing 90 "$PY" "$SMOKE" timing
+step profile 90 "$PY" "$SMOKE" profile
 step detector 240 "$PY" "$SMOKE" detector --out "$OUTDIR/detector"
 
 say ""

@@ -33,20 +33,20 @@ def test_shell_script_parses_and_names_every_step():
     assert r.returncode == 0, r.stderr
     text = SCRIPT.read_text()
     for part in ("\"$SMOKE\" env", "kernels", "compute-sanitizer", "memcheck", "racecheck", "-m gpu",
-                 "engine", "timing", "detector", "deadline"):
+                 "engine", "timing", "profile", "detector", "deadline"):
         assert part in text, part
 
 
 def test_python_part_parses_every_command(monkeypatch):
     mod = _module()
     calls = []
-    for name in ("env", "kernels", "engine", "timing", "detector"):
+    for name in ("env", "kernels", "engine", "timing", "profile", "detector"):
         monkeypatch.setattr(mod, f"cmd_{name}", lambda a, n=name: calls.append((n, a)) or 0)
-    for argv in (["env"], ["kernels", "--small"], ["engine", "--out", "x"], ["timing"],
+    for argv in (["env"], ["kernels", "--small"], ["engine", "--out", "x"], ["timing"], ["profile"],
                  ["detector", "--out", "y", "--bundle", "b", "--batch", "4", "--repeat", "3"]):
         assert mod.main(argv) == 0
-    assert [c[0] for c in calls] == ["env", "kernels", "engine", "timing", "detector"]
-    assert calls[1][1].small and calls[4][1].batch == 4 and calls[4][1].bundle == "b"
+    assert [c[0] for c in calls] == ["env", "kernels", "engine", "timing", "profile", "detector"]
+    assert calls[1][1].small and calls[5][1].batch == 4 and calls[5][1].bundle == "b"
     with pytest.raises(SystemExit):
         mod.main(["nope"])
 
@@ -74,6 +74,8 @@ def test_steps_without_their_requirements_skip_cleanly(capsys, tmp_path):
         assert "SKIPPED: tensorrt" in capsys.readouterr().out
     if mod.torch_cuda() is None:
         assert mod.main(["timing"]) == 0
+        assert "SKIPPED: torch with CUDA" in capsys.readouterr().out
+        assert mod.main(["profile"]) == 0
         assert "SKIPPED: torch with CUDA" in capsys.readouterr().out
 
 
