@@ -28,10 +28,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#if defined(__CUDACC__)
-#include <cooperative_groups.h>
-#include <cooperative_groups/reduce.h>
-#endif
 
 #include "edgeuad/maps.hpp"
 #include "edgeuad/maps_pixel.hpp"
@@ -278,19 +274,9 @@ EDGEUAD_HD void vpass_body(const Blk& blk, const Plan& P, const Taps& T, const f
   });
 }
 
-// A map's values share their top key bytes, so in the first radix passes every lane of a warp adds to
-// the same histogram bin, and shared-memory atomics to one address serialise: on an H200 the score
-// kernel took 130 of a call's 149 us at batch 1 (tools/gpu_smoke.py profile, commit a36bd34). Lanes
-// adding to the same address are grouped (match-any) and one of them adds the group's sum.
 EDGEUAD_HD void atomic_add_u32(unsigned* p, unsigned v) {
 #if defined(__CUDA_ARCH__)
-  namespace cg = cooperative_groups;
-  const cg::coalesced_group active = cg::coalesced_threads();
-  // the address's low 32 bits tell the bins of one shared array apart
-  const cg::coalesced_group peers =
-      cg::labeled_partition(active, static_cast<int>(reinterpret_cast<uintptr_t>(p) & 0xffffffffu));
-  const unsigned total = cg::reduce(peers, v, cg::plus<unsigned>());
-  if (peers.thread_rank() == 0) atomicAdd(p, total);
+  atomicAdd(p, v);
 #else
   *p += v;  // the host emulation runs threads one after the other
 #endif
