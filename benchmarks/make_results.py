@@ -105,10 +105,10 @@ def maps_ratio() -> tuple[str, bool]:
 GPU_REPORT = "gpu_smoke_h200.md"  # tools/gpu_smoke.sh's report.md from the lent H200, as it came back
 
 
-def gpu_report() -> str:
-    """The GPU smoke report without its CMake log, headings turned into bold lines (this page's own
+def gpu_report(name: str = GPU_REPORT) -> str:
+    """A report from the GPU without its CMake log, headings turned into bold lines (this page's own
     section levels stay intact)."""
-    t = _read(GPU_REPORT)
+    t = _read(name)
     if t is None:
         return "(not run: no GPU lent)"
     out, skip = [], False
@@ -120,6 +120,8 @@ def gpu_report() -> str:
                                               "built `_rt` in 25 s)" if skip else ""), ""]
             continue
         if not skip:  # plain lines keep their line breaks in markdown (two trailing spaces)
+            if out and out[-1].startswith("|") and not line.startswith("|"):
+                out.append("")  # a table ends at a blank line, else the next line becomes a row
             out.append(line if line.startswith(("|", "- ")) or not line.strip() else line + "  ")
     return "\n".join(out)
 
@@ -775,6 +777,7 @@ def main() -> None:
         "seeds_mt_lite2": lambda: seeds_table("magnetic_tile", ("patchcore",), variant="_lite2"),
         "seeds_mt_rc_gpu": lambda: seeds_table("magnetic_tile", ("recontrast",), variant="_gpu"),
         "gpu_report": gpu_report,
+        "gpu_profile": lambda: gpu_report("gpu_profile_h200.md"),
         "gpu_maps": lambda: gpu_maps()[0],
         "gpu_maps_met": lambda: "yes" if gpu_maps()[1] else "**no**",
         "seeds_mt_rcp_ch": lambda: seeds_table("magnetic_tile", ("reconpatch",), variant="_compressed"),
