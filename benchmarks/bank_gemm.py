@@ -5,8 +5,9 @@
 One frame's worth of patch queries (1024 = a 32x32 grid) against coreset-sized banks (2k and 8k items,
 dims 256 and 512); FLOPs = 2 * queries * items * dim (the q.x products; norms, the top-k filter and the
 re-rank are extra work the kernel also does).  Rows:
-- `_rt exact (<kernel>)`: the bank's own search (k=1), AVX2 tile and, in a child process with
-  EDGEUAD_RT_PORTABLE=1, the portable tile aarch64 runs;
+- `_rt exact (<kernel>)`: the bank's own search (k=1) with the widest tile the CPU has (AVX-512 or AVX2)
+  and, in child processes, the AVX2 tile (EDGEUAD_RT_NO_AVX512=1, on an AVX-512 CPU) and the portable
+  tile aarch64 runs (EDGEUAD_RT_PORTABLE=1);
 - `torch GEMM (MKL/oneDNN)`: q @ x.T alone (the product a BLAS-based search starts with, nothing else);
 - `torch GEMM + argmin`: the whole search a BLAS user writes (float32 expanded form, min over items).
 Peak per thread = clock (cpu MHz in /proc/cpuinfo: the base clock a VM reports; boost is not visible)
@@ -104,10 +105,14 @@ def torch_rows(threads: list[int]) -> list[dict]:
 def run(threads: list[int]) -> str:
     rows = rt_rows(threads)
     if "--child" not in sys.argv:
-        env = dict(os.environ, EDGEUAD_RT_PORTABLE="1")
-        r = subprocess.run([sys.executable, __file__, "--child", ",".join(map(str, threads))], env=env,
-                           capture_output=True, text=True, check=True)
-        rows += json.loads(r.stdout)
+        forced = ([{"EDGEUAD_RT_NO_AVX512": "1"}] if _rt.exact_kernel().startswith("avx512") else []) + [
+            {"EDGEUAD_RT_PORTABLE": "1"}]
+        for extra in forced:
+            env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
+            env.update(extra)
+            r = subprocess.run([sys.executable, __file__, "--child", ",".join(map(str, threads))], env=env,
+                               capture_output=True, text=True, check=True)
+            rows += json.loads(r.stdout)
         rows += torch_rows(threads)
     peak, how = peak_gflops_per_thread()
     out = [f"\nExact search, {QUERIES} queries (one 32x32 frame) per call; peak per thread {peak:.1f} GFLOP/s "

@@ -691,7 +691,7 @@ PYBIND11_MODULE(_rt, m) {
   });
 
   m.def("exact_kernel", [] { return std::string(edgeuad::detail::exact_kernel_name()); },
-        "The memory bank's exact-search micro-kernel in this process: 'avx2-6x16' or 'portable-4x8'.");
+        "The memory bank's exact-search micro-kernel in this process: 'avx512-6x32', 'avx2-6x16' or 'portable-4x8'.");
   m.def("has_cuda", &edgeuad::cuda::has_cuda, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", &edgeuad::cuda::device_count,
         "Usable CUDA devices; 0 without CUDA, driver or device, or when the CUDA runtime fails to start "

@@ -191,6 +191,76 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const float* const* qrows, co
   if (full < nbk)
     tile_body<Avx2Kernel>(qrows, qn, nqb, panel + full * d, xn, jb + full, nbk - full, d, cands, cap);
 }
+
+// AVX-512F 6x32 tile: tile_avx2's loop with 512-bit registers (12 zmm accumulators of the 32, twice the
+// columns per FMA). Each column's dot is the same FMA chain over d as in the AVX2 tile, so both give the
+// same scores bit for bit. A partial last slice takes tile_body's path with Avx512Kernel.
+__attribute__((target("avx512f"), always_inline)) inline void avx512_dots(const float* const* q, const float* slice,
+                                                                          int64_t d, __m512 (&c)[6][2]) {
+#pragma GCC unroll 6
+  for (int a = 0; a < 6; ++a) c[a][0] = c[a][1] = _mm512_setzero_ps();
+  const float* p = slice;
+  for (int64_t dd = 0; dd < d; ++dd, p += 32) {
+    const __m512 p0 = _mm512_loadu_ps(p), p1 = _mm512_loadu_ps(p + 16);
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; ++a) {
+      const __m512 qv = _mm512_set1_ps(q[a][dd]);
+      c[a][0] = _mm512_fmadd_ps(qv, p0, c[a][0]);
+      c[a][1] = _mm512_fmadd_ps(qv, p1, c[a][1]);
+    }
+  }
+}
+
+struct Avx512Kernel {
+  static constexpr int kRows = 6;
+  static constexpr int kCols = 32;
+  __attribute__((target("avx512f"))) static inline void run(const float* const* q, const float* slice,
+                                                             int64_t d, float (*dots)[32]) {
+    __m512 c[6][2];
+    avx512_dots(q, slice, d, c);
+#pragma GCC unroll 6
+    for (int a = 0; a < 6; ++a) {
+      _mm512_storeu_ps(dots[a], c[a][0]);
+      _mm512_storeu_ps(dots[a] + 16, c[a][1]);
+    }
+  }
+};
+
+__attribute__((target("avx512f"))) void tile_avx512(const float* const* qrows, const float* qn, int64_t nqb,
+                                                     const float* panel, const float* xn, int64_t jb,
+                                                     int64_t nbk, int64_t d, Cand* cands, int64_t cap) {
+  const int64_t full = nbk / 32 * 32;
+  for (int64_t j0 = 0; j0 < full; j0 += 32) {
+    const float* slice = panel + j0 * d;
+    for (int64_t qa = 0; qa < nqb; qa += 6) {
+      const float* q[6];
+      for (int a = 0; a < 6; ++a) q[a] = qrows[std::min<int64_t>(qa + a, nqb - 1)];
+      __m512 c[6][2];
+      avx512_dots(q, slice, d, c);
+      const int rows = static_cast<int>(std::min<int64_t>(6, nqb - qa));
+      const __m512 xn0 = _mm512_loadu_ps(xn + jb + j0), xn1 = _mm512_loadu_ps(xn + jb + j0 + 16);
+#pragma GCC unroll 6
+      for (int a = 0; a < 6; ++a) {
+        if (a >= rows) break;
+        Cand* cc = cands + (qa + a) * cap;
+        const __m512 qnv = _mm512_set1_ps(qn[qa + a]);
+        const __m512 s0 = _mm512_add_ps(_mm512_fnmadd_ps(_mm512_set1_ps(2.0f), c[a][0], qnv), xn0);
+        const __m512 s1 = _mm512_add_ps(_mm512_fnmadd_ps(_mm512_set1_ps(2.0f), c[a][1], qnv), xn1);
+        const __m512 worst = _mm512_set1_ps(cc[cap - 1].d);
+        const uint32_t hit = static_cast<uint32_t>(_mm512_cmp_ps_mask(s0, worst, _CMP_LT_OQ)) |
+                             (static_cast<uint32_t>(_mm512_cmp_ps_mask(s1, worst, _CMP_LT_OQ)) << 16);
+        if (!hit) continue;
+        alignas(64) float sc[32];
+        _mm512_store_ps(sc, s0);
+        _mm512_store_ps(sc + 16, s1);
+        for (int j = 0; j < 32; ++j)
+          if (hit & (1u << j)) insert_cand(cc, cap, sc[j], jb + j0 + j);
+      }
+    }
+  }
+  if (full < nbk)
+    tile_body<Avx512Kernel>(qrows, qn, nqb, panel + full * d, xn, jb + full, nbk - full, d, cands, cap);
+}
 #endif
 
 // EDGEUAD_RT_PORTABLE=1 forces the portable tile: the path aarch64 (Jetson) always takes, so that
@@ -206,6 +276,12 @@ Tile pick_tile() {
   if (portable && portable[0] == '1') return {tile_generic, 8, "portable-4x8"};
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
+  // EDGEUAD_RT_NO_AVX512=1 keeps the AVX2 tile on an AVX-512 CPU (tests compare the two; some CPUs
+  // lower their clock under 512-bit work)
+  const char* no512 = std::getenv("EDGEUAD_RT_NO_AVX512");
+  if (!(no512 && no512[0] == '1') && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma"))
+    return {tile_avx512, Avx512Kernel::kCols, "avx512-6x32"};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     return {tile_avx2, Avx2Kernel::kCols, "avx2-6x16"};
 #endif
@@ -219,9 +295,9 @@ const Tile& active_tile() {
 
 }  // namespace
 
-bool avx2_kernels() {
+bool avx2_kernels() {  // AVX2 (and FMA) usable: also true when the AVX-512 tile is the active one
 #if defined(__x86_64__) && defined(__GNUC__)
-  return active_tile().fn == tile_avx2;
+  return active_tile().fn == tile_avx2 || active_tile().fn == tile_avx512;
 #else
   return false;
 #endif

@@ -419,9 +419,27 @@ def test_bank_wrapper(small, tmp_path: Path):
         Bank.build(np.zeros((0, 4), np.float32))
 
 
-@pytest.mark.parametrize("portable,pack_limit", [("0", ""), ("1", ""), ("0", "0"), ("1", "0")])
-def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
-    """Both exact micro-kernels (AVX2 6x16 on x86 and the portable 4x8 tile that aarch64/Jetson
+def _cpu_flags() -> set:
+    with open("/proc/cpuinfo") as f:
+        return set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
+
+
+# kernel -> (environment that selects it, the name _rt.exact_kernel() reports for it on this CPU)
+def _kernel_case(kernel: str) -> tuple[dict, str]:
+    flags = _cpu_flags()
+    simd = {"avx2", "fma"} <= flags
+    if kernel == "portable":
+        return {"EDGEUAD_RT_PORTABLE": "1"}, "portable-4x8"
+    if kernel == "avx2":
+        return {"EDGEUAD_RT_NO_AVX512": "1"}, "avx2-6x16" if simd else "portable-4x8"
+    return {}, "avx512-6x32" if simd and "avx512f" in flags else ("avx2-6x16" if simd else "portable-4x8")
+
+
+@pytest.mark.parametrize("kernel,pack_limit", [("native", ""), ("avx2", ""), ("portable", ""), ("native", "0"),
+                                               ("avx2", "0"), ("portable", "0")])
+def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
+    """Every exact micro-kernel (AVX-512 6x32 and AVX2 6x16 on x86, EDGEUAD_RT_NO_AVX512=1 forcing the
+    second on an AVX-512 CPU, and the portable 4x8 tile that aarch64/Jetson
     runs, forced with EDGEUAD_RT_PORTABLE=1) against float64 brute force, with query and bank
     counts that leave partial register tiles and partial bank tiles; with the bank packed once per
     call (default) and per query block (EDGEUAD_RT_PACK_LIMIT=0: what banks over 256 MiB do)."""
@@ -455,14 +473,45 @@ def test_exact_kernels_match_numpy_odd_sizes(portable, pack_limit):
         "assert np.array_equal(idx, np.argsort(ref, 1)[:, :2])\n"
         "print('ok')\n"
     )
-    env = dict(os.environ, EDGEUAD_RT_PORTABLE=portable, EDGEUAD_RT_PACK_LIMIT=pack_limit)
+    extra, want = _kernel_case(kernel)
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
+    env.update(extra, EDGEUAD_RT_PACK_LIMIT=pack_limit)
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split()[-1] == "ok", r.stderr[-2000:]
-    # the kernel that ran is the one this case means to test (AVX2 where the CPU has it)
-    with open("/proc/cpuinfo") as f:
-        flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    want = "portable-4x8" if portable == "1" or not {"avx2", "fma"} <= set(flags) else "avx2-6x16"
+    # the kernel that ran is the one this case means to test (the widest the CPU has, unless forced)
     assert r.stdout.split()[0] == want
+
+
+@pytest.mark.skipif(not {"avx512f", "avx2", "fma"} <= _cpu_flags(), reason="this CPU has no AVX-512F")
+def test_avx512_and_avx2_kernels_give_identical_distances(tmp_path):
+    """The AVX-512 tile runs each column's dot as the same FMA chain as the AVX2 tile: the exact
+    search's distances are equal bit for bit, partial tiles included."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, sys\n"
+        "from edgeuad import _rt\n"
+        "rng = np.random.default_rng(5)\n"
+        "x = rng.standard_normal((1037, 152)).astype(np.float32)\n"
+        "q = rng.standard_normal((203, 152)).astype(np.float32)\n"
+        "b = _rt.MemoryBank(152, M=16, ef_construction=50, seed=0); b.add(x, threads=1)\n"
+        "b.exact_prune = False\n"
+        "d, i = b.search(q, k=3, exact=True, threads=1)\n"
+        "np.save(sys.argv[1], np.concatenate([d, i.astype(np.float32)], 1))\n"
+        "print(_rt.exact_kernel())\n"
+    )
+    names = []
+    for tag, extra in (("512", {}), ("256", {"EDGEUAD_RT_NO_AVX512": "1"})):
+        env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
+        env.update(extra)
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{tag}.npy")], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        names.append(r.stdout.split()[-1])
+    assert names == ["avx512-6x32", "avx2-6x16"]
+    assert np.array_equal(np.load(tmp_path / "512.npy"), np.load(tmp_path / "256.npy"))
 
 
 def test_bank_search_mode_says_how_searches_run():
