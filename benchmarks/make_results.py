@@ -132,7 +132,8 @@ def gpu_maps() -> tuple[str, bool]:
     t = _read(GPU_REPORT)
     if t is None:
         return "not measured: no GPU lent", False
-    rows = _md_rows(t[t.index("## fused CUDA map"):]) if "## fused CUDA map" in t else []
+    head = "## fused CUDA map vs torch CUDA"  # the timing step (the profile step's heading starts alike)
+    rows = _md_rows(t[t.index(head):]) if head in t else []
     if not rows:
         return "(the report has no timing table)", False
     b1 = [r for r in rows if r["batch"] == "1"]
@@ -727,6 +728,7 @@ def main() -> None:
     real16 = {m: pipe_summary(f"pipeline_{m}_bottle_real.json", "torch-eager", 4.0) for m in real}
     realpeer16 = {m: pipe_summary(f"pipeline_{m}_bottle_real.json", "ort+torch-post", 1.5) for m in real}
     i8_txt, i8_files, i8_met = int8_summary()
+    gm, gmet = gpu_maps()
 
     def verdict(res: dict[str, tuple[str, Optional[bool]]]) -> str:
         met = [m for m, (_, ok) in res.items() if ok]
@@ -778,8 +780,8 @@ def main() -> None:
         "seeds_mt_rc_gpu": lambda: seeds_table("magnetic_tile", ("recontrast",), variant="_gpu"),
         "gpu_report": gpu_report,
         "gpu_profile": lambda: gpu_report("gpu_profile_h200.md"),
-        "gpu_maps": lambda: gpu_maps()[0],
-        "gpu_maps_met": lambda: "yes" if gpu_maps()[1] else "**no**",
+        "gpu_maps": lambda: gm,
+        "gpu_maps_met": lambda: "yes" if gmet else "**no**",
         "seeds_mt_rcp_ch": lambda: seeds_table("magnetic_tile", ("reconpatch",), variant="_compressed"),
         "size_mt": size_table,
         "geometry_mt": geometry_table,

@@ -215,9 +215,26 @@ def _time(fn: Callable[[], object], sync: Callable[[], object], repeat: int = 50
     return statistics.median(times)
 
 
-def cmd_timing(args: argparse.Namespace) -> int:
+def _map_case(torch: Any, batch: int, dtype: Any) -> tuple[Callable[[], object], list, int]:
+    """The fused CUDA map on `batch` frames of the default levels in `dtype`, with its output buffers on the
+    GPU: (one call, the device feature pairs, the bytes that must move at least once: the features read +
+    the map written)."""
     from edgeuad import _rt
 
+    pairs = _pairs(batch, dtype, LEVELS)
+    tp = [(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()) for a, b in pairs]
+    o = torch.empty((batch, *OUT), device="cuda")
+    mx, tk = torch.empty(batch, device="cuda"), torch.empty(batch, device="cuda")
+    s = torch.cuda.current_stream()
+
+    def call() -> None:
+        _rt.cos_map_cuda(tp, o, OUT, sigma=SIGMA, stream=s, max_out=mx, topk_out=tk)
+
+    nbytes = sum(a.nbytes + b.nbytes for a, b in pairs) + batch * OUT[0] * OUT[1] * 4
+    return call, tp, nbytes
+
+
+def cmd_timing(args: argparse.Namespace) -> int:
     out("## fused CUDA map vs torch CUDA (ms per call, median; 6 pairs, 256x256, sigma 4)")
     torch = torch_cuda()
     if torch is None:
@@ -231,17 +248,10 @@ def cmd_timing(args: argparse.Namespace) -> int:
     out("|---|---|---|---|---|---|---|")
     for batch in (1, 8, 64):
         for dt in (np.float32, np.float16):
-            pairs = _pairs(batch, dt, LEVELS)
-            tp = [(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()) for a, b in pairs]
-            o = torch.empty((batch, *OUT), device="cuda")
-            mx, tk = torch.empty(batch, device="cuda"), torch.empty(batch, device="cuda")
-            s = torch.cuda.current_stream()
-            ms = _time(lambda: _rt.cos_map_cuda(tp, o, OUT, sigma=SIGMA, stream=s, max_out=mx, topk_out=tk),
-                       torch.cuda.synchronize)
+            call, tp, nbytes = _map_case(torch, batch, dt)
+            ms = _time(call, torch.cuda.synchronize)
             tf = [(a.float(), b.float()) for a, b in tp]
             ms_t = _time(lambda: torch_eager(tf), torch.cuda.synchronize)
-            # bytes that must move at least once: the features read + the map written
-            nbytes = sum(a.nbytes + b.nbytes for a, b in pairs) + batch * OUT[0] * OUT[1] * 4
             gbs = nbytes / ms / 1e6
             out(f"| {batch} | {np.dtype(dt).name} | {ms:.3f} | {ms_t:.3f} | {ms_t / ms:.1f}x | {gbs:.0f} | "
                 f"{100 * gbs / bw:.0f}% |" if bw else f"| {batch} | {np.dtype(dt).name} | {ms:.3f} | {ms_t:.3f} | "
@@ -266,8 +276,6 @@ def _device_us(evt: Any) -> float:
 def cmd_profile(args: argparse.Namespace) -> int:
     """Where a fused-map call's time goes: each kernel's device time (torch.profiler, CUPTI) against the
     wall time of the call from Python, so fixed per-call costs and kernel time can be told apart."""
-    from edgeuad import _rt
-
     out("## fused CUDA map: device time per kernel vs wall time per call (fp32, 256x256, sigma 4)")
     torch = torch_cuda()
     if torch is None:
@@ -280,15 +288,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         + " | kernel-time GB/s | % of peak |")
     out("|---|---|---|" + "---|" * len(KERNELS) + "---|---|")
     for batch in (1, 8, 64):
-        pairs = _pairs(batch, np.float32, LEVELS)
-        tp = [(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda()) for a, b in pairs]
-        o = torch.empty((batch, *OUT), device="cuda")
-        mx, tk = torch.empty(batch, device="cuda"), torch.empty(batch, device="cuda")
-        s = torch.cuda.current_stream()
-
-        def call() -> None:
-            _rt.cos_map_cuda(tp, o, OUT, sigma=SIGMA, stream=s, max_out=mx, topk_out=tk)
-
+        call, _, nbytes = _map_case(torch, batch, np.float32)
         wall = _time(call, torch.cuda.synchronize)
         n = 20
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -301,7 +301,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 if k in evt.key:
                     per[k] += _device_us(evt) / n
         total = sum(per.values())
-        nbytes = sum(a.nbytes + b.nbytes for a, b in pairs) + batch * OUT[0] * OUT[1] * 4
         gbs = nbytes / (total * 1e-6) / 1e9 if total else float("nan")
         out(f"| {batch} | {wall:.3f} | {total:.1f} | " + " | ".join(f"{per[k]:.1f}" for k in KERNELS)
             + f" | {gbs:.0f} | " + (f"{100 * gbs / bw:.0f}% |" if bw else "? |"))

@@ -424,6 +424,15 @@ def _cpu_flags() -> set:
         return set(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), []))
 
 
+def _kernel_env(extra: dict) -> dict:
+    """This process's environment without the tile-forcing variables, plus `extra`."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
+    env.update(extra)
+    return env
+
+
 # kernel -> (environment that selects it, the name _rt.exact_kernel() reports for it on this CPU)
 def _kernel_case(kernel: str) -> tuple[dict, str]:
     flags = _cpu_flags()
@@ -443,7 +452,6 @@ def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
     runs, forced with EDGEUAD_RT_PORTABLE=1) against float64 brute force, with query and bank
     counts that leave partial register tiles and partial bank tiles; with the bank packed once per
     call (default) and per query block (EDGEUAD_RT_PACK_LIMIT=0: what banks over 256 MiB do)."""
-    import os
     import subprocess
     import sys
 
@@ -474,8 +482,7 @@ def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
         "print('ok')\n"
     )
     extra, want = _kernel_case(kernel)
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
-    env.update(extra, EDGEUAD_RT_PACK_LIMIT=pack_limit)
+    env = _kernel_env({**extra, "EDGEUAD_RT_PACK_LIMIT": pack_limit})
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split()[-1] == "ok", r.stderr[-2000:]
     # the kernel that ran is the one this case means to test (the widest the CPU has, unless forced)
@@ -486,7 +493,6 @@ def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
 def test_avx512_and_avx2_kernels_give_identical_distances(tmp_path):
     """The AVX-512 tile runs each column's dot as the same FMA chain as the AVX2 tile: the exact
     search's distances are equal bit for bit, partial tiles included."""
-    import os
     import subprocess
     import sys
 
@@ -504,9 +510,7 @@ def test_avx512_and_avx2_kernels_give_identical_distances(tmp_path):
     )
     names = []
     for tag, extra in (("512", {}), ("256", {"EDGEUAD_RT_NO_AVX512": "1"})):
-        env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
-        env.update(extra)
-        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{tag}.npy")], env=env,
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{tag}.npy")], env=_kernel_env(extra),
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         names.append(r.stdout.split()[-1])
