@@ -2,9 +2,11 @@
 """Accuracy cost of a lower precision: evaluate a bundle with its fp32 graph and with a lower-precision
 graph in onnxruntime on this CPU.
 
-* int8: the Q/DQ INT8 graph that the `onnxruntime-int8` row of the pipeline benchmark times (the same
-  function builds it: edgeuad.bench.pipelines.int8_onnx, export/quantize.insert_qdq calibrated on
-  normal training images).
+* int8: the int8 graph in onnxruntime's layout that the `onnxruntime-int8` row of the pipeline
+  benchmark times and `edgeuad export --cpu-int8` ships (the same function builds it:
+  edgeuad.bench.pipelines.int8_onnx, export/quantize.insert_qdq(target="onnxruntime") calibrated on
+  normal training images).  The copy keeps the fp32 bundle's threshold, so compare AUROCs here; the
+  shipped int8 bundle sets its own threshold from the int8 pipeline.
 * fp16: the fp16 ONNX that TensorRT 11's strongly typed fp16 engine is built from
   (export.tensorrt.fp16_onnx: weights and activations float16, I/O float32).  onnxruntime rounds
   every activation to float16 between operators, so this measures what float16 storage does to the
@@ -46,7 +48,8 @@ def low_precision_bundle(bundle: Bundle, precision: str, calib: str, work: Path)
     """A copy of `bundle` whose graph is the int8 Q/DQ or the fp16 one (manifest re-hashed, recorded)."""
     if precision == "int8":
         graph = int8_onnx(BenchConfig(bundle=str(bundle.root), int8_calib=calib), [], work)
-        record = {"kind": "qdq_int8", "calibration": calib, "tool": "edgeuad.export.quantize.insert_qdq"}
+        record = {"kind": "qdq_int8", "target": "onnxruntime", "calibration": calib,
+                  "tool": "edgeuad.export.quantize.insert_qdq"}
     else:
         graph = fp16_onnx(bundle.onnx_path, work)
         record = {"kind": "fp16", "tool": "edgeuad.export.tensorrt.fp16_onnx"}

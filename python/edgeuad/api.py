@@ -243,8 +243,14 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
 # ----------------------------------------------------------------------------- export
 def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads: int = 0,
            validation: str | os.PathLike | None = None, quantile: float = 0.99, parity_images: int = 4,
-           progress: bool = False, threshold_rule: str = "robust", fpr: float = 0.01) -> Bundle:
+           progress: bool = False, threshold_rule: str = "robust", fpr: float = 0.01,
+           cpu_int8_calib: str | os.PathLike | None = None, int8_fp32_first: int = 2) -> Bundle:
     """Write a verified bundle: ONNX (parity-checked against torch), weights, bank, thresholds.
+
+    cpu_int8_calib: normal images (folder or MVTec root) -> the bundle's graph is the int8 one for
+    onnxruntime on the CPU (export/quantize.py, target "onnxruntime"; its first `int8_fp32_first` convs
+    stay fp32): the fp32 graph is parity-checked against torch first, then quantised, and the
+    thresholds come from the int8 pipeline itself.  Recorded in the manifest's `quantization.cpu_int8`.
 
     threshold_rule: "robust" (median + z(1-fpr) * 1.4826 * MAD of the held-out normal scores) or
     "quantile" (their `quantile`); a labelled `validation` folder overrides both (F1-optimal).
@@ -288,6 +294,9 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
         xh, holdout = load_array(holdout, run.preprocess)
         rep = check_parity(spec.module, tmp / "model.onnx", xh[:parity_images], spec.output_names, threads=threads)
         log.info("ONNX parity vs torch: worst max abs diff %.2e (atol %.0e + rtol %.0e)", rep.worst, rep.atol, rep.rtol)
+        quantization = None
+        if cpu_int8_calib is not None:
+            quantization = _quantize_for_cpu(tmp / "model.onnx", cpu_int8_calib, run.preprocess, int8_fp32_first)
 
         if spec.postprocess["kind"] == "nn_l2":
             from .runtime.bank import Bank
@@ -316,6 +325,7 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
             "thresholds": {"threshold": 0.0, "min": 0.0, "max": 1.0, "source": "provisional"},
             "training": run.info,
             "files": {f: "" for f in files},
+            **({"quantization": quantization} if quantization else {}),
         }
         write_manifest(tmp, manifest)
 
@@ -346,6 +356,23 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
         Bundle.load(tmp)  # what is published must load as it is
     log.info("bundle %s: threshold %.4g (%s, %d normal images)", out, th.threshold, th.source, len(normal))
     return Bundle.load(out)
+
+
+def _quantize_for_cpu(graph: Path, calib: str | os.PathLike, pre_cfg: Any, fp32_first: int) -> dict[str, Any]:
+    """Replace the (parity-checked) fp32 graph at `graph` by its onnxruntime int8 graph; the manifest's
+    `quantization` section.  The fp32 file never reaches the bundle."""
+    from .export.calibration import calibration_batches, calibration_images
+    from .export.quantize import insert_qdq
+
+    fp32 = graph.with_name("model.fp32.onnx")
+    os.replace(graph, fp32)
+    report = insert_qdq(fp32, graph, calibration_batches(calib, pre_cfg), fp32_first=fp32_first, target="onnxruntime")
+    fp32.unlink()
+    record = report.to_dict()
+    record.update(onnx_in="model.onnx (fp32, parity-checked against torch before quantisation)",
+                  onnx_out=graph.name, calibration=str(Path(calib).resolve()),
+                  calibration_images=len(calibration_images(calib)))
+    return {"cpu_int8": record}
 
 
 def _replaceable_bundle_dir(out: Path) -> Path:

@@ -116,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--archive", default=None, help="also pack the bundle into this .tar file")
     e.add_argument("--fp16", action="store_true", help="also build a TensorRT FP16 engine (needs tensorrt + a GPU)")
     e.add_argument("--int8", action="store_true", help="also build a TensorRT INT8 engine from explicit Q/DQ")
-    e.add_argument("--calib", default=None, help="folder of normal images for INT8 calibration (required with --int8)")
+    e.add_argument("--cpu-int8", action="store_true",
+                   help="make the bundle's graph int8 for onnxruntime on the CPU (its int8 kernels; thresholds "
+                        "from the int8 pipeline); not with --fp16/--int8, which build TensorRT engines from fp32")
+    e.add_argument("--calib", default=None, help="folder of normal images for INT8 calibration (required with "
+                                                 "--int8 and --cpu-int8)")
     e.add_argument("--int8-fp32-first", type=int, default=2,
                    help="INT8: leading convs left in fp32 (the stem and first depthwise conv cost the most "
                         "accuracy in int8; 0 = every conv int8)")
@@ -293,10 +297,15 @@ def cmd_export(a: argparse.Namespace) -> int:
     from . import api
     from .bundle import pack
 
-    if a.int8 and not a.calib:
-        raise SystemExit("edgeuad export: --int8 needs --calib DIR (normal images); random calibration is never used")
+    if (a.int8 or a.cpu_int8) and not a.calib:
+        flag = "--int8" if a.int8 else "--cpu-int8"
+        raise SystemExit(f"edgeuad export: {flag} needs --calib DIR (normal images); random calibration is never used")
+    if a.cpu_int8 and (a.fp16 or a.int8):
+        raise SystemExit("edgeuad export: --cpu-int8 makes an onnxruntime int8 bundle; TensorRT engines "
+                         "(--fp16/--int8) are built from an fp32 bundle: export them separately")
     bundle = api.export(a.run, a.out, threads=a.threads, validation=a.validation, quantile=a.quantile,
-                        threshold_rule=a.threshold_rule, fpr=a.fpr)
+                        threshold_rule=a.threshold_rule, fpr=a.fpr,
+                        cpu_int8_calib=a.calib if a.cpu_int8 else None, int8_fp32_first=a.int8_fp32_first)
     sys.stdout.write(f"bundle: {bundle.root}\ndigest: {bundle.digest}\nthreshold: "
                      f"{bundle.thresholds['threshold']:.6g} ({bundle.thresholds['source']})\n")
     if a.fp16 or a.int8:
@@ -436,6 +445,11 @@ def cmd_info(a: argparse.Namespace) -> int:
                   + f"post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
                   f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
+        q = (m.get("quantization") or {}).get("cpu_int8")
+        if isinstance(q, dict):
+            lines.append(f"  graph int8 for onnxruntime on the CPU: {q.get('quantized_ops', '?')} convs int8, "
+                         f"{len(q.get('fp32_nodes') or [])} fp32, calibrated on {q.get('calibration_images', '?')} "
+                         f"images ({q.get('method', '?')}), cosine to fp32 {q.get('fp32_vs_qdq_cosine', float('nan')):.4f}")
         for line in (_backbone_choice_line(m.get("training", {})), _selection_line(m.get("training", {}))):
             if line:
                 lines.append(line)

@@ -129,9 +129,39 @@ def prefer_passive_openmp() -> None:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
+CPUINFO = Path("/proc/cpuinfo")
+# x86 instructions whose u8 x s8 dot product accumulates 4 products straight into int32 (no int16 step)
+EXACT_INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def _cpu_flags(cpuinfo: Path = CPUINFO) -> set[str] | None:
+    """The first CPU's feature flags from /proc/cpuinfo; None where it cannot be read (not Linux)."""
+    text = _read(cpuinfo)
+    if text is None:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return None
+
+
+def int8_product_saturates(machine: str | None = None, flags: set[str] | None = None) -> bool:
+    """True where onnxruntime's default x86 int8 GEMM saturates (see `ort_session_options`): an x86
+    CPU without VNNI/AMX, or one whose flags cannot be read (assume the worst).  Other machines
+    (ARM: sdot/udot accumulate in int32) are never affected."""
+    import platform  # noqa: PLC0415
+
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = _cpu_flags() if flags is None else flags
+    return flags is None or not any(f in flags for f in EXACT_INT8_DOT)
+
+
 def ort_session_options(ort: Any, threads: int = 0) -> Any:
-    """onnxruntime SessionOptions sized to the available CPUs, with spinning off and the precise
-    int8 product.
+    """onnxruntime SessionOptions sized to the available CPUs, with spinning off and, where the CPU
+    needs it, the precise int8 product.
 
     Spinning off: after each run the pool's threads would spin while `_rt` kernels (or torch,
     during export checks) run on the same cores; measured 25x slower maps on 2 cores.
@@ -139,13 +169,19 @@ def ort_session_options(ort: Any, threads: int = 0) -> Any:
     kernels, whose default u8s8 product on x86 CPUs without VNNI (AVX2 vpmaddubsw) saturates pairs of
     products at int16.  On the PatchCore magnetic_tile graph that moved the patch distances by 34 % RMS
     from the graph's own Q/DQ arithmetic, against 4 % in the precise mode (benchmarks/RESULTS.md,
-    section 5).  No effect on float graphs, nor on VNNI CPUs, whose product does not saturate."""
+    section 5).  On a VNNI CPU the default product is exact (the two modes gave identical outputs on
+    the AVX-512 VNNI VM) and the precise mode only costs time (2.4x on the CPU int8 PatchCore graph),
+    so it is set only where `int8_product_saturates()`.  No effect on float graphs.
+    Log severity: error.  onnxruntime warns on stderr (outside Python logging) for every constant its
+    int8 fusion leaves unused (~50 lines per session of an int8 graph); real errors still raise."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = resolve_threads(threads)
     so.inter_op_num_threads = 1
+    so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.add_session_config_entry("session.x64quantprecision", "1")
+    if int8_product_saturates():
+        so.add_session_config_entry("session.x64quantprecision", "1")
     return so
 
 
@@ -187,5 +223,5 @@ def set_torch_threads(torch: Any, threads: int = 0) -> int:
     return n
 
 
-__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "ort_session", "ort_session_options",
-           "prefer_passive_openmp", "resolve_threads", "set_torch_threads"]
+__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "int8_product_saturates", "ort_session",
+           "ort_session_options", "prefer_passive_openmp", "resolve_threads", "set_torch_threads"]

@@ -266,3 +266,60 @@ def test_fp16_accuracy_bundle_scores_like_fp32(bundle: Path, tmp_path: Path) -> 
     s16 = np.array([r.score for r in Detector(half).score_batch(frames)])
     assert not np.array_equal(s16, s32)  # the float16 graph really ran
     np.testing.assert_allclose(s16, s32, rtol=2e-2)
+
+
+def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(bundle: Path, dataset: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`edgeuad export --cpu-int8 --calib DIR`: the bundle's graph runs as int8 kernels in onnxruntime
+    (QLinearConv after the session's fusion), its threshold comes from the int8 pipeline, its scores
+    stay near the fp32 bundle's, and what cannot use it (TensorRT) refuses it by name."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgeuad import cli
+    from edgeuad.bundle import Bundle
+    from edgeuad.cpus import ort_session_options
+    from edgeuad.export.trt_export import export_engines
+    from edgeuad.runtime.backends import BackendUnavailableError
+
+    fp32 = Bundle.load(bundle)
+    if fp32.method != "patchcore":
+        pytest.skip("one method is enough for the CPU INT8 plumbing (keeps CI short)")
+    run, out = bundle.parent / "run", tmp_path / "int8"
+    assert cli.main(["-q", "export", "--run", str(run), "--out", str(out), "--cpu-int8", "--calib", str(dataset),
+                     "--int8-fp32-first", "1"]) == 0
+    b = Bundle.load(out)
+    q = b.manifest["quantization"]["cpu_int8"]
+    assert q["target"] == "onnxruntime" and q["calibration_images"] == len(list((dataset / "train" / "good").glob("*")))
+    assert q["fp32_nodes"] == ["/embedder/backbone/_conv_stem/Conv"] and q["quantized_ops"] > 0
+    assert set(b.manifest["files"]) == set(fp32.manifest["files"])  # no fp32 graph left behind
+    so = ort_session_options(ort, 1)
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(b.onnx_path), so, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" in {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+    # the threshold was set on the int8 pipeline's own scores of the held-out images
+    assert b.thresholds["threshold"] != fp32.thresholds["threshold"]
+    assert b.manifest["training"]["calibration"]["images"] == fp32.manifest["training"]["calibration"]["images"]
+    assert b.manifest["training"]["calibration"]["scores"] != fp32.manifest["training"]["calibration"]["scores"]
+    np.testing.assert_allclose(b.manifest["training"]["calibration"]["scores"],
+                               fp32.manifest["training"]["calibration"]["scores"], rtol=0.15)
+    import cv2
+
+    frames = [cv2.imread(str(p)) for p in sorted((dataset / "test").rglob("*.png"))]  # in the calibrated range
+    s8 = np.array([r.score for r in Detector(out, color="bgr").score_batch(frames)])
+    s32 = np.array([r.score for r in Detector(bundle, color="bgr").score_batch(frames)])
+    assert not np.array_equal(s8, s32)
+    # an untrained 64 px net: near-zero distances, so relative to the largest score (trained bundles'
+    # accuracy cost is measured by benchmarks/int8_accuracy.py)
+    np.testing.assert_allclose(s8, s32, rtol=0, atol=0.5 * s32.max())
+    capsys.readouterr()
+    assert cli.main(["-q", "info", "--bundle", str(out)]) == 0
+    assert "graph int8 for onnxruntime on the CPU" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="already int8 for onnxruntime"):
+        export_engines(b, fp16=True)
+    with pytest.raises(BackendUnavailableError, match="TensorRT does not build"):
+        Detector(out, backend="tensorrt")
+    for bad in (["--cpu-int8"], ["--cpu-int8", "--calib", str(dataset), "--fp16"]):
+        with pytest.raises(SystemExit, match="cpu-int8"):
+            cli.main(["-q", "export", "--run", str(run), "--out", str(tmp_path / "x"), *bad])
+    assert not (tmp_path / "x").exists()

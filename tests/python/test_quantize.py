@@ -220,6 +220,79 @@ def test_ort_backend_runs_qdq_graphs_without_int16_saturation(tmp_path):
     err = float(np.abs(plain - ref).max() / np.abs(ref).max())
     # informational: a CPU without VNNI saturates here (~0.5 relative), one with VNNI does not
     print(f"default onnxruntime session: max relative error {err:.3f}")
+    from edgeuad.cpus import int8_product_saturates
+
+    if not int8_product_saturates():
+        # where the product sessions leave the precise mode off (VNNI), the default must be exact
+        np.testing.assert_allclose(plain, ref, rtol=0, atol=sy * 1.01)
+
+
+def _optimized_ops(path, tmp_path) -> set[str]:
+    """The operator types onnxruntime's CPU provider really runs for `path` (its optimised graph)."""
+    from edgeuad.cpus import ort_session_options
+
+    so = ort_session_options(ort, 1)
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node}
+
+
+def test_cpu_target_is_fused_into_int8_kernels(fp32_onnx, calib, minmax, tmp_path):
+    """target="onnxruntime": Q/DQ around every op, uint8 activations; onnxruntime runs its convs as
+    int8 kernels (QLinearConv), which the TensorRT layout never gets (its convs stay float between
+    Q/DQ round trips: why it ran slower than fp32), and the outputs stay close to fp32."""
+    out = tmp_path / "cpu.onnx"
+    rep = insert_qdq(fp32_onnx, out, calib, target="onnxruntime", fp32_first=1)
+    assert rep.target == "onnxruntime" and rep.quantized_ops == 2 and len(rep.fp32_nodes) == 1
+    model = onnx.load(str(out))
+    consts = _consts(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    consumers = {i: n for n in model.graph.node for i in n.input}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for c in convs[1:]:  # quantised convs: DQ in, Q out (the pattern onnxruntime fuses)
+        assert producers[c.input[0]].op_type == "DequantizeLinear"
+        nxt = consumers[c.output[0]]
+        if nxt.op_type == "Relu":
+            nxt = consumers[nxt.output[0]]
+        assert nxt.op_type == "QuantizeLinear"
+    act_zp = [consts[n.input[2]] for n in model.graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in consts]
+    assert act_zp and all(z.dtype == np.uint8 for z in act_zp)
+    stored = {producers[c.input[1]].input[0] for c in convs[1:]}  # int8 weights read by a DQ
+    assert set(rep.weight_tensors) == stored and all(consts[w].dtype == np.int8 for w in stored)
+    cpu_ops = _optimized_ops(out, tmp_path)
+    assert "QLinearConv" in cpu_ops
+    assert "QLinearConv" not in _optimized_ops(minmax[0], tmp_path)  # the TensorRT layout
+    x = image_like(8, seed=99)
+    ref = _run(fp32_onnx, x).astype(np.float64)
+    got = _run(out, x).astype(np.float64)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.05
+    assert QdqReport.from_dict(rep.to_dict()) == rep
+    old = minmax[1].to_dict()
+    del old["target"]  # a report written before the field existed was for TensorRT
+    assert QdqReport.from_dict(old).target == "tensorrt"
+    with pytest.raises(ValueError, match="unknown quantisation target"):
+        insert_qdq(fp32_onnx, tmp_path / "x.onnx", calib, target="openvino")
+
+
+def test_precise_int8_mode_only_where_the_product_saturates(monkeypatch, tmp_path):
+    from edgeuad import cpus
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_vnni\n\nprocessor\t: 1\n")
+    assert cpus._cpu_flags(info) == {"fpu", "avx2", "fma", "avx512f", "avx512_vnni"}
+    assert cpus._cpu_flags(tmp_path / "missing") is None
+    assert not cpus.int8_product_saturates("x86_64", {"avx2", "avx512_vnni"})
+    assert not cpus.int8_product_saturates("x86_64", {"avx2", "avx_vnni"})
+    assert cpus.int8_product_saturates("x86_64", {"avx2", "fma", "avx512bw"})
+    assert not cpus.int8_product_saturates("aarch64", {"asimd"})
+    monkeypatch.setattr(cpus, "_cpu_flags", lambda: None)
+    assert cpus.int8_product_saturates("x86_64")  # unreadable flags: assume the worst
+    monkeypatch.setattr(cpus, "int8_product_saturates", lambda: True)
+    assert cpus.ort_session_options(ort, 1).get_session_config_entry("session.x64quantprecision") == "1"
+    monkeypatch.setattr(cpus, "int8_product_saturates", lambda: False)
+    with pytest.raises(Exception):  # onnxruntime raises for an entry that was never set
+        cpus.ort_session_options(ort, 1).get_session_config_entry("session.x64quantprecision")
 
 
 def test_default_leaves_the_first_two_convs_in_fp32(fp32_onnx, calib, minmax, tmp_path):
@@ -263,14 +336,16 @@ def test_a_graph_far_from_fp32_is_reported(fp32_onnx, calib, tmp_path, monkeypat
     assert rep.fp32_vs_qdq_cosine == 0.86 and "far from fp32 (cosine 0.860 < 0.98" in caplog.text
 
 
-def test_ort_session_reopens_a_graph_the_precise_mode_cannot_fuse(tmp_path, caplog):
+def test_ort_session_reopens_a_graph_the_precise_mode_cannot_fuse(tmp_path, caplog, monkeypatch):
     """onnxruntime 1.32 fails to fuse some Q/DQ graphs in its precise int8 mode; the session is then
     opened with the Q/DQ fusion off (the same arithmetic), with a warning.  Other failures raise."""
     import logging
     from types import SimpleNamespace
 
+    from edgeuad import cpus
     from edgeuad.cpus import ort_session
 
+    monkeypatch.setattr(cpus, "int8_product_saturates", lambda: True)  # an AVX2 CPU's session
     made = []
 
     class Opts:

@@ -5,8 +5,9 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-# The Detector with each network backend; "onnxruntime-int8" = the bundle's graph after the Q/DQ export
-# (export/quantize.py) in onnxruntime, calibrated as BenchConfig.int8_calib says.
+# The Detector with each network backend; "onnxruntime-int8" = the bundle's graph in onnxruntime's int8
+# layout (export/quantize.py, target "onnxruntime", as `edgeuad export --cpu-int8` ships it), calibrated
+# as BenchConfig.int8_calib says.
 RUNTIMES = ("onnxruntime", "onnxruntime-int8", "torch", "tensorrt")
 # What a user without edgeuad runs (bench/torch_ref.py): torch model + torch post-processing in float32
 # eager mode, the same under torch.compile, and the anomalib-style peer (onnxruntime network + torch post).

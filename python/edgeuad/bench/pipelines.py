@@ -116,20 +116,25 @@ class ReferencePipeline:
 
 
 def int8_onnx(cfg: BenchConfig, frames: Sequence[np.ndarray], work: Path) -> Path:
-    """The bundle's graph with Q/DQ (export/quantize.insert_qdq), calibrated on cfg.int8_calib's images
-    or, without it, on the benchmark frames (timing only); cached in `work`."""
+    """The bundle's graph in onnxruntime's int8 layout (export/quantize.insert_qdq, target "onnxruntime":
+    what `edgeuad export --cpu-int8` ships), calibrated on cfg.int8_calib's images or, without it, on
+    the benchmark frames (timing only); cached in `work`."""
     from ..bundle import Bundle
+    from ..export.calibration import calibration_batches
     from ..export.quantize import insert_qdq
     from ..preprocess import preprocess
-    from .frames import decode, folder_frames
+    from .frames import decode
 
     out = work / "model.int8.onnx"
     if out.is_file():
         return out
     bundle = Bundle.load(cfg.bundle, verify=False)
-    bufs = folder_frames(cfg.int8_calib, 64) if cfg.int8_calib else list(frames)
-    batches = [preprocess(decode(bufs[i:i + 8]), bundle.preprocess, color="bgr") for i in range(0, len(bufs), 8)]
-    rep = insert_qdq(bundle.onnx_path, out, batches)
+    if cfg.int8_calib:  # the images and preprocessing `edgeuad export --cpu-int8 --calib` uses
+        batches = calibration_batches(cfg.int8_calib, bundle.preprocess)
+    else:
+        batches = [preprocess(decode(frames[i:i + 8]), bundle.preprocess, color="bgr")
+                   for i in range(0, len(frames), 8)]
+    rep = insert_qdq(bundle.onnx_path, out, batches, target="onnxruntime")
     log.info("INT8 graph: %d quantised convs, fp32-vs-int8 cosine %.5f on the first calibration batch",
              rep.quantized_ops, rep.fp32_vs_qdq_cosine)
     return out

@@ -18,25 +18,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .. import data as _data
 from ..bundle import Bundle, write_manifest
-from ..preprocess import preprocess
+from .calibration import calibration_batches
 from .quantize import insert_qdq
 from .tensorrt import build_engine
 
 log = logging.getLogger(__name__)
 
 INT8_ONNX = "model.int8.onnx"
-
-
-def calibration_batches(calib: str | Path, bundle: Bundle, batch: int = 8, limit: int = 256) -> list:
-    """Normal images from `calib` (MVTec root or folder), preprocessed exactly like the runtime does."""
-    root = Path(calib)
-    paths = ([s.path for s in _data.list_mvtec(root, "train")] if (root / "train" / "good").is_dir()
-             else _data.list_folder(calib))[:limit]
-    res = _data.load_images(paths, None)
-    x = preprocess(res.images, bundle.preprocess)
-    return [x[i:i + batch] for i in range(0, len(x), batch)]
+CPU_INT8 = "cpu_int8"  # manifest["quantization"] key of a bundle whose graph is onnxruntime's int8 layout
 
 
 def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib: str | Path | None = None,
@@ -45,6 +35,10 @@ def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib
     """Record the precisions in the manifest (and the Q/DQ ONNX for int8), then build each engine into
     the cache on GPU `device`.  Returns the engine paths (in the cache, not in the bundle).
     int8_fp32_first: leading convs the Q/DQ graph leaves in fp32 (`quantize.insert_qdq(fp32_first=)`)."""
+    if CPU_INT8 in (bundle.manifest.get("quantization") or {}):
+        raise ValueError(f"{bundle.root}: this bundle's graph is already int8 for onnxruntime on the CPU "
+                         "(`edgeuad export --cpu-int8`); TensorRT engines are built from an fp32 bundle: "
+                         "export one without --cpu-int8")
     manifest = dict(bundle.manifest)
     files = dict(manifest["files"])
     engines = dict(manifest.get("engines") or {})
@@ -56,7 +50,8 @@ def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib
         if calib is None:
             raise ValueError("INT8 needs calibration images (--calib DIR); random calibration is never used")
         qdq = bundle.root / INT8_ONNX
-        report = insert_qdq(bundle.onnx_path, qdq, calibration_batches(calib, bundle), fp32_first=int8_fp32_first)
+        report = insert_qdq(bundle.onnx_path, qdq, calibration_batches(calib, bundle.preprocess),
+                            fp32_first=int8_fp32_first)
         log.info("Q/DQ graph written: %s", qdq)
         files[INT8_ONNX] = ""
         manifest.setdefault("quantization", {})["int8"] = report.to_dict()

@@ -109,11 +109,20 @@ def make_backend(bundle_or_engine: Bundle, backend: str = "auto", threads: int =
         backend = "tensorrt" if engine_path is not None else "onnxruntime"
         log.info("backend auto resolved to %s (%s)", backend,
                  "engine file given" if engine_path is not None else "CPU default")
+    cpu_int8 = "cpu_int8" in (bundle_or_engine.manifest.get("quantization") or {})  # `export --cpu-int8`
     if backend == "onnxruntime":
         return OrtBackend(bundle_or_engine.onnx_path, threads=threads)
     if backend == "torch":
+        if cpu_int8:
+            log.warning("bundle %s: its graph and thresholds are int8 (onnxruntime CPU); the torch backend runs "
+                        "the fp32 weights, so scores differ slightly from the ones the threshold was set on",
+                        bundle_or_engine.root)
         return TorchBackend(bundle_or_engine, threads=threads)
     if backend == "tensorrt":
+        if cpu_int8 and engine_path is None:
+            raise BackendUnavailableError(
+                f"bundle {bundle_or_engine.root}: its graph is int8 for onnxruntime on the CPU (uint8 activations), "
+                "which TensorRT does not build; export an fp32 bundle for TensorRT (`edgeuad export --fp16/--int8`)")
         from .trt_backend import TensorRTBackend, bundle_engine_source  # import-guarded: clear error without tensorrt
 
         if engine_path is not None:
