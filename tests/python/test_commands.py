@@ -9,6 +9,7 @@ printed, in a scratch working directory, through the same `cli.main` as the `edg
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 from contextlib import redirect_stdout
@@ -92,6 +93,8 @@ def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
             continue
         assert rc == 0, (line, out, caplog.text)
     assert (tmp_path / "bottle.tar").is_file() and (tmp_path / "reports/bottle/overlays.png").is_file()
+    int8 = json.loads((tmp_path / "bundles/bottle-int8/manifest.json").read_text())
+    assert int8["quantization"]["cpu_int8"]["target"] == "onnxruntime"
     n_test = len(list((data / "test").rglob("*.png")))
     rows = (tmp_path / "predictions/bottle/predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + n_test  # header + every test image, subfolders included

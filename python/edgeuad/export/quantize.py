@@ -331,6 +331,12 @@ def _verify_qdq(model: Any, op_types: list[str], per_channel: bool, target: str 
                 raise RuntimeError(f"{node.op_type} {node.name!r}: an int32 bias needs DequantizeLinear with zero point 0")
             ndq += 1
             continue
+        if (target == "onnxruntime" and node.input[0] in inits and const_in is not None
+                and const_in.dtype == np.uint8 and zp.dtype == np.uint8):
+            # a constant operand of Add/Mul (e.g. a linear head's bias added after MatMul): onnxruntime
+            # quantises it like an activation, uint8 with its own zero point
+            ndq += 1
+            continue
         src = producers.get(node.input[0])  # TensorRT layout: fp32 weight -> Q -> DQ
         is_weight = node.input[0] in inits or (
             node.op_type == "DequantizeLinear" and src is not None and src.op_type == "QuantizeLinear"
