@@ -77,7 +77,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     calib = a.calib or str(data / "train" / "good")
     lp = a.precision
     res = {"dataset": data.name, "method": bundle.method, "bundle": str(a.bundle), "precision": lp,
-           **({"calibration": calib} if lp == "int8" else {}), "threads": a.threads, "machine": machine_info()}
+           **({"calibration": calib, "layout": "onnxruntime"} if lp == "int8" else {}), "threads": a.threads,
+           "machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix=f"edgeuad-{lp}-") as tmp:
         q = low_precision_bundle(bundle, lp, calib, Path(tmp))
         for name, b in (("fp32", bundle.root), (lp, q)):

@@ -205,6 +205,22 @@ def fp16_summary() -> str:
     return "; ".join(parts) or "(not measured: python benchmarks/int8_accuracy.py --precision fp16 ...)"
 
 
+CPU_INT8_LAYOUT_SINCE = "847fbcf"  # int8_accuracy.py builds onnxruntime's int8 layout from this commit on
+
+
+def _int8_layout(r: dict) -> str:
+    """The Q/DQ layout a result measured: recorded since it existed, else told by its commit (before
+    CPU_INT8_LAYOUT_SINCE every int8 graph had the TensorRT layout)."""
+    if r.get("layout"):
+        return str(r["layout"])
+    import subprocess  # noqa: PLC0415
+
+    commit = r["machine"]["git_commit"]
+    after = subprocess.run(["git", "merge-base", "--is-ancestor", CPU_INT8_LAYOUT_SINCE, commit],
+                           cwd=RES.parent.parent, capture_output=True).returncode == 0
+    return "onnxruntime" if after else "tensorrt"
+
+
 def int8_summary() -> tuple[str, str, str]:
     """(per-bundle text, file list, verdict): INT8 I-AUROC drop and the Detector's mean latency of both
     evaluations, from results/int8_*.json (int8_accuracy.py: fp32 and int8 evaluated in the same run).
@@ -218,7 +234,7 @@ def int8_summary() -> tuple[str, str, str]:
         drops.setdefault(r["method"], {})[r["dataset"]] = drop
         parts.append(f"{r['dataset']} {r['method']}: I-AUROC {r['fp32']['i_auroc']:.4f} -> {r['int8']['i_auroc']:.4f} "
                      f"(drop {drop:+.4f}), {r['int8']['latency_ms_mean']:.1f} vs {r['fp32']['latency_ms_mean']:.1f} "
-                     f"ms/frame ({r['threads']} thr, commit {r['machine']['git_commit'][:7]})")
+                     f"ms/frame ({r['threads']} thr, {_int8_layout(r)} layout, commit {r['machine']['git_commit'][:7]})")
     ok = [m for m, d in sorted(drops.items()) if {"magnetic_tile", "bottle"} <= set(d) and max(d.values()) <= 0.005]
     if not drops:
         verdict = "**no** (not measured)"

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,7 +282,7 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     holdout = [Path(p) for p in run.holdout if Path(p).exists()]
     if not holdout:
         raise ValueError(f"run {run.root} has no readable held-out normal images: cannot set a threshold")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix="edgeuad-export-") as scratch:
         export_onnx(spec.module, tmp / "model.onnx", run.preprocess.size, spec.output_names)
         if calibration_bank is None:
             shutil.copyfile(run.root / RUN_WEIGHTS, tmp / "weights.safetensors")
@@ -296,7 +297,9 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
         log.info("ONNX parity vs torch: worst max abs diff %.2e (atol %.0e + rtol %.0e)", rep.worst, rep.atol, rep.rtol)
         quantization = None
         if cpu_int8_calib is not None:
-            quantization = _quantize_for_cpu(tmp / "model.onnx", cpu_int8_calib, run.preprocess, int8_fp32_first)
+            fp32_graph = Path(scratch) / "model.fp32.onnx"  # kept out of the bundle, for the check below
+            quantization = _quantize_for_cpu(tmp / "model.onnx", fp32_graph, cpu_int8_calib, run.preprocess,
+                                             int8_fp32_first)
 
         if spec.postprocess["kind"] == "nn_l2":
             from .runtime.bank import Bank
@@ -350,6 +353,12 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
             "bank": "shipped" if calibration_bank is None else "without_holdout",
             "images": [str(Path(p).resolve()) for p in holdout], "sha256": [sha256_file(Path(p)) for p in holdout],
             "scores": [float(v) for v in normal]}}
+        if quantization is not None:  # label-free accuracy check, on the bank the held-out images are not in
+            from .quantize_check import check_int8
+
+            write_manifest(tmp, manifest)
+            quantization["cpu_int8"]["validation"] = check_int8(tmp, fp32_graph, holdout,
+                                                                seed=int(run.config.get("seed", 0)), threads=threads)
         if calibration_bank is not None:
             write_bank(trained.bank)  # the shipped bank: every normal image
         write_manifest(tmp, manifest)
@@ -358,16 +367,15 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     return Bundle.load(out)
 
 
-def _quantize_for_cpu(graph: Path, calib: str | os.PathLike, pre_cfg: Any, fp32_first: int) -> dict[str, Any]:
-    """Replace the (parity-checked) fp32 graph at `graph` by its onnxruntime int8 graph; the manifest's
-    `quantization` section.  The fp32 file never reaches the bundle."""
+def _quantize_for_cpu(graph: Path, fp32: Path, calib: str | os.PathLike, pre_cfg: Any,
+                      fp32_first: int) -> dict[str, Any]:
+    """Move the (parity-checked) fp32 graph at `graph` to `fp32` (outside the bundle) and write its
+    onnxruntime int8 graph at `graph`; returns the manifest's `quantization` section."""
     from .export.calibration import calibration_batches, calibration_images
     from .export.quantize import insert_qdq
 
-    fp32 = graph.with_name("model.fp32.onnx")
-    os.replace(graph, fp32)
+    shutil.move(graph, fp32)
     report = insert_qdq(fp32, graph, calibration_batches(calib, pre_cfg), fp32_first=fp32_first, target="onnxruntime")
-    fp32.unlink()
     record = report.to_dict()
     record.update(onnx_in="model.onnx (fp32, parity-checked against torch before quantisation)",
                   onnx_out=graph.name, calibration=str(Path(calib).resolve()),

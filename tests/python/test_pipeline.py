@@ -291,6 +291,10 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(bundle: Path
     assert q["target"] == "onnxruntime" and q["calibration_images"] == len(list((dataset / "train" / "good").glob("*")))
     assert len(q["fp32_nodes"]) == 1 and q["fp32_nodes"][0].endswith("_conv_stem/Conv") and q["quantized_ops"] > 0
     assert set(b.manifest["files"]) == set(fp32.manifest["files"])  # no fp32 graph left behind
+    v = q["validation"]  # the label-free check: both graphs on the run's synthetic-defect split
+    assert v["images"] == 3 * v["held_out_normals"] == 3 * len(b.manifest["training"]["calibration"]["images"])
+    assert v["drop_i_auroc"] == pytest.approx(v["fp32"]["i_auroc"] - v["int8"]["i_auroc"], abs=2e-4)
+    assert {"i_auroc", "p_auroc"} <= set(v["fp32"]) and {"i_auroc", "p_auroc"} <= set(v["int8"])
     so = ort_session_options(ort, 1)
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(b.onnx_path), so, providers=["CPUExecutionProvider"])
