@@ -91,6 +91,12 @@ class Bundle:
     def onnx_path(self) -> Path:
         return self.file(self.manifest["model"]["onnx"])
 
+    @property
+    def cpu_int8(self) -> bool:
+        """True when the bundle's graph is int8 for onnxruntime on the CPU (`edgeuad export --cpu-int8`)."""
+        q = self.manifest.get("quantization")
+        return isinstance(q, dict) and isinstance(q.get("cpu_int8"), dict)
+
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise BundleError(f"bundle {self.root} has no file {name!r} in its manifest")

@@ -139,6 +139,7 @@ def test_scores_equal_detector_score(served: Any, bundles: dict[str, Any], refer
     assert health == {"status": "ok", "bundle": "one", "digest": bundles["digest"]["a"], "replica": r.replica}
     assert info["digest"] == bundles["digest"]["a"] and info["bundle"]["method"] == "recontrast"
     assert info["bundle"]["input_size"] == [64, 64] and info["server"]["ray"] == ray.__version__
+    assert info["bundle"]["graph"] == "float32"  # an fp32 export (`--cpu-int8` bundles say int8)
     assert info["batching"] == {"max_batch": 8, "batch_wait_ms": 5.0}
     # the replica runs with the settings --low-latency asked for (they reached the replica's process)
     from edgeuad.serve.config import LOW_LATENCY_ENV

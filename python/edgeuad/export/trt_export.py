@@ -26,7 +26,6 @@ from .tensorrt import build_engine
 log = logging.getLogger(__name__)
 
 INT8_ONNX = "model.int8.onnx"
-CPU_INT8 = "cpu_int8"  # manifest["quantization"] key of a bundle whose graph is onnxruntime's int8 layout
 
 
 def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib: str | Path | None = None,
@@ -35,7 +34,7 @@ def export_engines(bundle: Bundle, fp16: bool = False, int8: bool = False, calib
     """Record the precisions in the manifest (and the Q/DQ ONNX for int8), then build each engine into
     the cache on GPU `device`.  Returns the engine paths (in the cache, not in the bundle).
     int8_fp32_first: leading convs the Q/DQ graph leaves in fp32 (`quantize.insert_qdq(fp32_first=)`)."""
-    if CPU_INT8 in (bundle.manifest.get("quantization") or {}):
+    if bundle.cpu_int8:
         raise ValueError(f"{bundle.root}: this bundle's graph is already int8 for onnxruntime on the CPU "
                          "(`edgeuad export --cpu-int8`); TensorRT engines are built from an fp32 bundle: "
                          "export one without --cpu-int8")

@@ -109,7 +109,7 @@ def make_backend(bundle_or_engine: Bundle, backend: str = "auto", threads: int =
         backend = "tensorrt" if engine_path is not None else "onnxruntime"
         log.info("backend auto resolved to %s (%s)", backend,
                  "engine file given" if engine_path is not None else "CPU default")
-    cpu_int8 = "cpu_int8" in (bundle_or_engine.manifest.get("quantization") or {})  # `export --cpu-int8`
+    cpu_int8 = bundle_or_engine.cpu_int8  # `export --cpu-int8`
     if backend == "onnxruntime":
         return OrtBackend(bundle_or_engine.onnx_path, threads=threads)
     if backend == "torch":
