@@ -245,13 +245,16 @@ def _fit(method: str, cfg: Any, x: np.ndarray, out: Path, progress: bool, holdou
 def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads: int = 0,
            validation: str | os.PathLike | None = None, quantile: float = 0.99, parity_images: int = 4,
            progress: bool = False, threshold_rule: str = "robust", fpr: float = 0.01,
-           cpu_int8_calib: str | os.PathLike | None = None, int8_fp32_first: int = 2) -> Bundle:
+           cpu_int8_calib: str | os.PathLike | None = None, int8_fp32_first: int = 2,
+           int8_max_drop: float | None = None) -> Bundle:
     """Write a verified bundle: ONNX (parity-checked against torch), weights, bank, thresholds.
 
     cpu_int8_calib: normal images (folder or MVTec root) -> the bundle's graph is the int8 one for
     onnxruntime on the CPU (export/quantize.py, target "onnxruntime"; its first `int8_fp32_first` convs
     stay fp32): the fp32 graph is parity-checked against torch first, then quantised, and the
     thresholds come from the int8 pipeline itself.  Recorded in the manifest's `quantization.cpu_int8`.
+    int8_max_drop: the validation I-AUROC the int8 graph may lose on the run's synthetic-defect split
+    (quantize_check; default its MAX_DROP, 0.005); more raises Int8AccuracyError and writes nothing.
 
     threshold_rule: "robust" (median + z(1-fpr) * 1.4826 * MAD of the held-out normal scores) or
     "quantile" (their `quantile`); a labelled `validation` folder overrides both (F1-optimal).
@@ -354,11 +357,12 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
             "images": [str(Path(p).resolve()) for p in holdout], "sha256": [sha256_file(Path(p)) for p in holdout],
             "scores": [float(v) for v in normal]}}
         if quantization is not None:  # label-free accuracy check, on the bank the held-out images are not in
-            from .quantize_check import check_int8
+            from .quantize_check import MAX_DROP, check_int8
 
             write_manifest(tmp, manifest)
-            quantization["cpu_int8"]["validation"] = check_int8(tmp, fp32_graph, holdout,
-                                                                seed=int(run.config.get("seed", 0)), threads=threads)
+            quantization["cpu_int8"]["validation"] = check_int8(
+                tmp, fp32_graph, holdout, seed=int(run.config.get("seed", 0)), threads=threads,
+                max_drop=MAX_DROP if int8_max_drop is None else float(int8_max_drop))
         if calibration_bank is not None:
             write_bank(trained.bank)  # the shipped bank: every normal image
         write_manifest(tmp, manifest)

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "from the int8 pipeline); not with --fp16/--int8, which build TensorRT engines from fp32")
     e.add_argument("--calib", default=None, help="folder of normal images for INT8 calibration (required with "
                                                  "--int8 and --cpu-int8)")
+    e.add_argument("--int8-max-drop", type=float, default=0.005,
+                   help="--cpu-int8: the validation I-AUROC (run's synthetic-defect split) the int8 graph may lose; "
+                        "more stops the export and writes nothing")
     e.add_argument("--int8-fp32-first", type=int, default=2,
                    help="INT8: leading convs left in fp32 (the stem and first depthwise conv cost the most "
                         "accuracy in int8; 0 = every conv int8)")
@@ -305,7 +308,8 @@ def cmd_export(a: argparse.Namespace) -> int:
                          "(--fp16/--int8) are built from an fp32 bundle: export them separately")
     bundle = api.export(a.run, a.out, threads=a.threads, validation=a.validation, quantile=a.quantile,
                         threshold_rule=a.threshold_rule, fpr=a.fpr,
-                        cpu_int8_calib=a.calib if a.cpu_int8 else None, int8_fp32_first=a.int8_fp32_first)
+                        cpu_int8_calib=a.calib if a.cpu_int8 else None, int8_fp32_first=a.int8_fp32_first,
+                        int8_max_drop=a.int8_max_drop)
     sys.stdout.write(f"bundle: {bundle.root}\ndigest: {bundle.digest}\nthreshold: "
                      f"{bundle.thresholds['threshold']:.6g} ({bundle.thresholds['source']})\n")
     if a.fp16 or a.int8:

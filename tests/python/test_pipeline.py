@@ -325,3 +325,26 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(bundle: Path
         with pytest.raises(SystemExit, match="cpu-int8"):
             cli.main(["-q", "export", "--run", str(run), "--out", str(tmp_path / "x"), *bad])
     assert not (tmp_path / "x").exists()
+
+
+def test_cpu_int8_export_stops_when_its_check_fails(bundle: Path, dataset: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop above --int8-max-drop on the synthetic-defect split stops the export: the previous bundle
+    stays byte for byte, nothing half-written appears.  (The tiny runs hold out 2 normals, under the
+    check's minimum, so the minimum is lowered here; any drop exceeds a negative allowance.)"""
+    from edgeuad import cli, quantize_check
+    from edgeuad.quantize_check import Int8AccuracyError
+
+    if json.loads((bundle / "manifest.json").read_text())["method"] != "patchcore":
+        pytest.skip("one method is enough for the refusal path")
+    run, out = bundle.parent / "run", tmp_path / "int8"
+    assert cli.main(["-q", "export", "--run", str(run), "--out", str(out), "--cpu-int8", "--calib", str(dataset),
+                     "--int8-max-drop", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(quantize_check, "MIN_NORMALS", 1)
+    with pytest.raises(Int8AccuracyError, match="no bundle written"):
+        api.export(run, out, cpu_int8_calib=dataset, int8_max_drop=-1.0)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]  # no temporary directory left behind
+    assert cli.main(["-q", "export", "--run", str(run), "--out", str(out), "--cpu-int8", "--calib", str(dataset),
+                     "--int8-max-drop", "-1"]) != 0
