@@ -275,6 +275,13 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     from .methods.registry import load_trained, spec_for
 
     run = run if isinstance(run, Run) else Run.load(run)
+    if cpu_int8_calib is not None:  # before minutes of export work: a wrong folder fails now
+        from .export.calibration import calibration_images
+
+        try:
+            calibration_images(cpu_int8_calib)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"INT8 calibration images (--calib): {e}") from e
     set_torch_threads(torch, threads)
     out = _replaceable_bundle_dir(Path(bundle_dir))
     remove_stale_temps(out.parent, name=out.name)

@@ -268,8 +268,9 @@ def test_fp16_accuracy_bundle_scores_like_fp32(bundle: Path, tmp_path: Path) -> 
     np.testing.assert_allclose(s16, s32, rtol=2e-2)
 
 
-def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(bundle: Path, dataset: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(
+        bundle: Path, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """`edgeuad export --cpu-int8 --calib DIR`: the bundle's graph runs as int8 kernels in onnxruntime
     (QLinearConv after the session's fusion), its threshold comes from the int8 pipeline, its scores
     stay near the fp32 bundle's, and what cannot use it (TensorRT) refuses it by name."""
@@ -314,6 +315,19 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(bundle: Path
     # an untrained 64 px net: near-zero distances, so relative to the largest score (trained bundles'
     # accuracy cost is measured by benchmarks/int8_accuracy.py)
     np.testing.assert_allclose(s8, s32, rtol=0, atol=0.5 * s32.max())
+    import logging
+
+    from edgeuad import cpus
+
+    with caplog.at_level(logging.WARNING, logger="edgeuad.runtime.backends"):
+        Detector(out).close()
+        assert "no VNNI" not in caplog.text
+        monkeypatch.setattr(cpus, "int8_product_saturates", lambda: True)  # an AVX2-only CPU
+        Detector(out).close()
+        assert "no VNNI" in caplog.text
+        caplog.clear()
+        Detector(bundle).close()  # an fp32 bundle: nothing to say
+        assert "no VNNI" not in caplog.text
     capsys.readouterr()
     assert cli.main(["-q", "info", "--bundle", str(out)]) == 0
     assert "graph int8 for onnxruntime on the CPU" in capsys.readouterr().out
@@ -324,6 +338,8 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(bundle: Path
     for bad in (["--cpu-int8"], ["--cpu-int8", "--calib", str(dataset), "--fp16"]):
         with pytest.raises(SystemExit, match="cpu-int8"):
             cli.main(["-q", "export", "--run", str(run), "--out", str(tmp_path / "x"), *bad])
+    with pytest.raises(FileNotFoundError, match="calibration images"):  # before any export work
+        api.export(run, tmp_path / "x", cpu_int8_calib=tmp_path / "missing")
     assert not (tmp_path / "x").exists()
 
 

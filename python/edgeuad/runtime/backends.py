@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from ..bundle import Bundle
+from .. import cpus
 from ..cpus import ort_session, resolve_threads, set_torch_threads
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ def make_backend(bundle_or_engine: Bundle, backend: str = "auto", threads: int =
                  "engine file given" if engine_path is not None else "CPU default")
     cpu_int8 = bundle_or_engine.cpu_int8  # `export --cpu-int8`
     if backend == "onnxruntime":
+        if cpu_int8 and cpus.int8_product_saturates():  # looked up at call time (tests patch it)
+            log.warning("bundle %s has an int8 graph, but this CPU has no VNNI: onnxruntime runs it in its precise "
+                        "int8 mode, which measured 2.4x slower than its default (cpus.ort_session_options) and may "
+                        "be slower than the fp32 bundle here; time both (`edgeuad bench`)", bundle_or_engine.root)
         return OrtBackend(bundle_or_engine.onnx_path, threads=threads)
     if backend == "torch":
         if cpu_int8:
