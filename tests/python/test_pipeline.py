@@ -328,6 +328,11 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(
         caplog.clear()
         Detector(bundle).close()  # an fp32 bundle: nothing to say
         assert "no VNNI" not in caplog.text
+    from edgeuad.bench import BenchConfig
+    from edgeuad.bench.run import _bundle_info
+
+    assert _bundle_info(BenchConfig(bundle=str(out)))["graph"] == "int8 (onnxruntime CPU)"  # bench reports say so
+    assert _bundle_info(BenchConfig(bundle=str(bundle)))["graph"] == "float32"
     capsys.readouterr()
     assert cli.main(["-q", "info", "--bundle", str(out)]) == 0
     assert "graph int8 for onnxruntime on the CPU" in capsys.readouterr().out

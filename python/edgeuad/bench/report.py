@@ -175,6 +175,7 @@ class BenchReport:
                  f"- Software: Python {m.get('python')}, " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()),
                  f"- edgeuad {m.get('edgeuad')}, git {m.get('git_commit')}{' (dirty tree)' if m.get('git_dirty') else ''}",
                  f"- Bundle: `{b.get('path')}`, input {b.get('input_size')}, post-processing {b.get('postprocess')}"
+                 + (f", graph {b['graph']}" if b.get("graph") else "")
                  + (f", weights {b['weights']}" if b.get("weights") else ""),
                  f"- Frames: {c.get('frame_desc')}; times are ms per batch",
                  "- " + PROTOCOL.format(reps=c.get("repetitions"), block=c.get("block"), warmup=c.get("warmup")),
