@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -275,6 +276,8 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
     from .methods.registry import load_trained, spec_for
 
     run = run if isinstance(run, Run) else Run.load(run)
+    if int8_max_drop is not None and not math.isfinite(float(int8_max_drop)):
+        raise ValueError(f"int8_max_drop must be a finite number, got {int8_max_drop!r}")
     if cpu_int8_calib is not None:  # before minutes of export work: a wrong folder fails now
         from .export.calibration import calibration_images
 
@@ -382,7 +385,7 @@ def _quantize_for_cpu(graph: Path, fp32: Path, calib: str | os.PathLike, pre_cfg
                       fp32_first: int) -> dict[str, Any]:
     """Move the (parity-checked) fp32 graph at `graph` to `fp32` (outside the bundle) and write its
     onnxruntime int8 graph at `graph`; returns the manifest's `quantization` section."""
-    from .export.calibration import calibration_batches, calibration_images
+    from .export.calibration import calibration_batches
     from .export.quantize import insert_qdq
 
     shutil.move(graph, fp32)
@@ -390,7 +393,7 @@ def _quantize_for_cpu(graph: Path, fp32: Path, calib: str | os.PathLike, pre_cfg
     record = report.to_dict()
     record.update(onnx_in="model.onnx (fp32, parity-checked against torch before quantisation)",
                   onnx_out=graph.name, calibration=str(Path(calib).resolve()),
-                  calibration_images=len(calibration_images(calib)))
+                  calibration_images=report.num_calibration_samples)  # the images read, unreadable ones skipped
     return {"cpu_int8": record}
 
 

@@ -345,6 +345,8 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(
             cli.main(["-q", "export", "--run", str(run), "--out", str(tmp_path / "x"), *bad])
     with pytest.raises(FileNotFoundError, match="calibration images"):  # before any export work
         api.export(run, tmp_path / "x", cpu_int8_calib=tmp_path / "missing")
+    with pytest.raises(ValueError, match="finite"):
+        api.export(run, tmp_path / "x", cpu_int8_calib=dataset, int8_max_drop=float("nan"))
     assert not (tmp_path / "x").exists()
 
 
