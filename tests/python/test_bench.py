@@ -407,3 +407,22 @@ def test_real_bundle_one_iteration_subprocess(tmp_path):
     if importlib.util.find_spec("tensorrt") is None:
         assert not rep.pipeline("tensorrt").available
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["bundle"]["method"] == "recontrast"
+
+
+def test_report_explains_an_int8_bundles_parity_mismatch() -> None:
+    """An `export --cpu-int8` bundle's onnxruntime row differs from the fp32 torch reference by design:
+    the printed parity line says why; an fp32 bundle's mismatch stays a bare MISMATCH."""
+    from edgeuad.bench.report import BenchReport, compare_parity
+
+    ref = {"scores": np.array([1.0, 2.0])}
+    bad = compare_parity("onnxruntime", {"scores": np.array([1.1, 2.0])}, ref, 1e-3, 1e-3)
+    good = compare_parity("onnxruntime", {"scores": np.array([1.0, 2.0])}, ref, 1e-3, 1e-3)
+    assert not bad.ok and good.ok
+
+    def text(graph: str, q) -> str:
+        return BenchReport(config={}, machine={}, bundle_info={"graph": graph}, pipelines=[], parity=[q],
+                           speedups=[]).table()
+
+    assert "MISMATCH (expected: this bundle's graph is int8" in text("int8 (onnxruntime CPU)", bad)
+    assert "MISMATCH" in text("float32", bad) and "expected" not in text("float32", bad)
+    assert "expected" not in text("int8 (onnxruntime CPU)", good)

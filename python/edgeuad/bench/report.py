@@ -160,10 +160,13 @@ class BenchReport:
         if self.speedups:
             out += ["", "speed-up of the pipeline time (median over rounds, min-max):"]
             out += fmt(self.SPEEDUP_HEADER, self._speedup_rows())
+        int8_graph = str(self.bundle_info.get("graph", "")).startswith("int8")
         for q in self.parity:
             out.append(f"parity {q.backend} vs {q.reference} ({q.n_frames} frames): max |d score| "
                        f"{q.max_abs_score_diff:.2e}, max |d map| {_fmt_opt(q.max_abs_map_diff, 2, 'e')} -> "
-                       f"{'OK' if q.ok else 'MISMATCH'}")
+                       f"{'OK' if q.ok else 'MISMATCH'}"
+                       + (" (expected: this bundle's graph is int8, the reference fp32; its accuracy cost is "
+                          "the export's validation check)" if int8_graph and not q.ok else ""))
         return "\n".join(out)
 
     def to_markdown(self) -> str:
