@@ -113,7 +113,8 @@ class Detector:
         except BaseException:
             self.backend.close()
             raise
-        log.info("Detector: %s/%s bundle %s on %s", self.method, self.bundle.backbone, path, self.backend_name)
+        log.info("Detector: %s/%s bundle %s on %s%s", self.method, self.bundle.backbone, path, self.backend_name,
+                 " (int8 graph)" if self.bundle.cpu_int8 else "")
 
     def _make_device_post(self, wanted: bool | None, exact_search: bool | None) -> Any:
         """TensorRT backend: maps on the GPU (runtime/device_post.py) unless wanted is False; None = when usable."""

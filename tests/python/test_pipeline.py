@@ -319,6 +319,10 @@ def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(
 
     from edgeuad import cpus
 
+    with caplog.at_level(logging.INFO, logger="edgeuad.detector"):
+        Detector(out).close()
+    assert "on onnxruntime (int8 graph)" in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="edgeuad.runtime.backends"):
         Detector(out).close()
         assert "no VNNI" not in caplog.text
