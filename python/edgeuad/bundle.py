@@ -97,6 +97,11 @@ class Bundle:
         q = self.manifest.get("quantization")
         return isinstance(q, dict) and isinstance(q.get("cpu_int8"), dict)
 
+    @property
+    def graph_kind(self) -> str:
+        """What runs the network, in words for reports and /v1/info."""
+        return "int8 (onnxruntime CPU)" if self.cpu_int8 else "float32"
+
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise BundleError(f"bundle {self.root} has no file {name!r} in its manifest")

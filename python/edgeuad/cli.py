@@ -452,8 +452,8 @@ def cmd_info(a: argparse.Namespace) -> int:
                   + f"post-processing {m['postprocess']['kind']}",
                   f"  threshold {m['thresholds']['threshold']:.6g} ({m['thresholds']['source']})",
                   f"  edgeuad {m.get('edgeuad_version')}, schema {m['schema_version']}"]
-        q = (m.get("quantization") or {}).get("cpu_int8")
-        if isinstance(q, dict):
+        if bd.cpu_int8:
+            q = m["quantization"]["cpu_int8"]
             lines.append(f"  graph int8 for onnxruntime on the CPU: {q.get('quantized_ops', '?')} convs int8, "
                          f"{len(q.get('fp32_nodes') or [])} fp32, calibrated on {q.get('calibration_images', '?')} "
                          f"images ({q.get('method', '?')}), cosine to fp32 {q.get('fp32_vs_qdq_cosine', float('nan')):.4f}")

@@ -27,7 +27,7 @@ from .detector import Detector
 from .preprocess import INPUT_NORMS
 from .runtime.bank import Bank
 from .runtime.ensemble import modified_z
-from .selection import ValidationSet, load_validation_set, validation_metrics
+from .selection import ValidationSet, detector_score_fn, load_validation_set, score_validation, validation_metrics
 from .thresholds import median_mad
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,9 @@ def split_outputs(bundles: Sequence[Path], calibration_banks: Sequence[np.ndarra
     outs = []
     with tempfile.TemporaryDirectory(prefix="edgeuad-ens-check-") as tmp:
         for b, cal in zip(loaded, calibration_banks):
-            scores, maps = [], []
             with Detector(unseen_bundle(b.root, cal, Path(tmp)), backend=backend, threads=threads) as det:
-                for i in range(0, len(vs), batch):
-                    for r in det.score_batch(vs.images[i:i + batch]):
-                        scores.append(r.score)
-                        maps.append(np.asarray(r.raw_map, np.float32))
-            outs.append(MemberOutputs(member_name(b), np.asarray(scores, np.float64), np.stack(maps)))
+                scores, maps = score_validation(detector_score_fn(det), vs, batch=batch)
+            outs.append(MemberOutputs(member_name(b), scores, np.stack(maps)))
     return vs, outs
 
 

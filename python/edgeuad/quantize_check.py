@@ -21,7 +21,7 @@ import numpy as np
 
 from .bundle import read_manifest, write_manifest
 from .detector import Detector
-from .selection import ValidationSet, load_validation_set, validation_metrics
+from .selection import ValidationSet, detector_score_fn, load_validation_set, score_validation, validation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,8 @@ class Int8AccuracyError(ValueError):
 
 
 def _split_scores(bundle: Path, vs: ValidationSet, threads: int, batch: int = 8) -> tuple[np.ndarray, list]:
-    scores, maps = [], []
     with Detector(bundle, backend="onnxruntime", threads=threads) as det:
-        for i in range(0, len(vs), batch):
-            for r in det.score_batch(vs.images[i:i + batch]):
-                scores.append(r.score)
-                maps.append(np.asarray(r.raw_map, np.float32))
-    return np.asarray(scores, np.float64), maps
+        return score_validation(detector_score_fn(det), vs, batch=batch)
 
 
 def check_int8(bundle: Path, fp32_graph: Path, holdout: Sequence[Path], seed: int, threads: int = 0,

@@ -222,6 +222,16 @@ def score_validation(score_fn: ScoreFn, vs: ValidationSet, batch: int = 16) -> t
     return np.concatenate(scores), maps
 
 
+def detector_score_fn(det) -> ScoreFn:
+    """A ScoreFn over a Detector (anything with `score_batch` giving `.score` and `.raw_map`): raw
+    scores and raw maps, as the label-free checks of shipped bundles compare them."""
+    def fn(imgs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        rs = det.score_batch(imgs)
+        return np.array([r.score for r in rs]), np.stack([np.asarray(r.raw_map, np.float32) for r in rs])
+
+    return fn
+
+
 def type_aurocs(labels: np.ndarray, scores: np.ndarray, defects: Sequence[str]) -> dict[str, float]:
     """I-AUROC of the normal images ("good") against each defect type (`i_auroc_<type>`), and against
     the generator's blended types together (`i_auroc_blended`) when thin cracks are beside them.

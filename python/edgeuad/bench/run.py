@@ -73,7 +73,7 @@ def _bundle_info(cfg: BenchConfig) -> dict[str, Any]:
         return {"path": cfg.bundle, "method": b.method, "backbone": b.backbone,
                 "input_size": list(b.preprocess.size), "postprocess": b.postprocess.get("kind"),
                 # an `export --cpu-int8` bundle: its "onnxruntime" rows run int8, the torch references fp32
-                "graph": "int8 (onnxruntime CPU)" if b.cpu_int8 else "float32"}
+                "graph": b.graph_kind}
     except Exception as e:  # noqa: BLE001 - a fake bundle in tests; the pipelines report real errors
         return {"path": cfg.bundle, "method": "?", "backbone": "?", "input_size": None, "postprocess": None,
                 "error": str(e)}

@@ -196,7 +196,7 @@ class BundleScorer:
                        "input_size": list(m["preprocess"]["size"]), "postprocess": m["postprocess"]["kind"],
                        "threshold": float(m["thresholds"]["threshold"]),
                        "threshold_source": m["thresholds"].get("source"), "files": len(m["files"]),
-                       "graph": "int8 (onnxruntime CPU)" if self.det.bundle.cpu_int8 else "float32",
+                       "graph": self.det.bundle.graph_kind,
                        "schema_version": m["schema_version"], "edgeuad_version": m.get("edgeuad_version")},
             "server": {"edgeuad": __version__, "ray": ray.__version__, "onnxruntime": onnxruntime.__version__,
                        "numpy": np.__version__, "opencv": cv2.__version__, "backend": self.det.backend_name,
