@@ -256,7 +256,8 @@ def test_run_bench_fake_pipelines_end_to_end(tmp_path):
 
 def test_run_bench_reports_how_the_bank_searched(tmp_path):
     """A Detector with a memory bank: the report records, per thread count, the bank's search mode and how
-    many exact-search queries ran and how many took the full search (the pruned search's certificate)."""
+    many exact-search queries ran, how many took the full search (the pruned search's certificate) and how
+    many bf16 candidate sets were re-searched in float32."""
     from edgeuad.runtime.bank import Bank
 
     rng = np.random.default_rng(0)
@@ -281,12 +282,18 @@ def test_run_bench_reports_how_the_bank_searched(tmp_path):
                     reference_factory=lambda n, t: FakeReference(t))
     ort = rep.pipeline("onnxruntime")
     assert [b["threads"] for b in ort.bank] == [1, 2] and len(dets) == 2
+    # this CPU's exact mode: bf16 candidates where it has AVX512_BF16, else the pruned float32 search
+    mode = "exact, full search with bf16 candidates" if dets[0].bank.rt.exact_bf16 else "exact, pruned"
     for b, det in zip(ort.bank, dets):
-        assert b["search"] == det.bank.search_mode() and b["search"].startswith("exact, pruned")
-        assert b["exact_queries"] == 40 * det.calls["postprocess"] and 0 <= b["full_queries"] < b["exact_queries"]
+        assert b["search"] == det.bank.search_mode() and b["search"].startswith(mode)
+        assert b["exact_queries"] == 40 * det.calls["postprocess"]
+        if det.bank.rt.exact_bf16:  # every query is a full bf16 search; a few may be re-searched in float32
+            assert b["full_queries"] == b["exact_queries"] and 0 <= b["refined_queries"] < b["exact_queries"]
+        else:
+            assert 0 <= b["full_queries"] < b["exact_queries"] and b["refined_queries"] == 0
     assert rep.pipeline(REFERENCE).bank == []
     md = (Path(cfg.out_dir) / "bench.md").read_text()
-    assert "- Bank search, onnxruntime at 2 thread(s): exact, pruned by a certified lower bound" in md
+    assert f"- Bank search, onnxruntime at 2 thread(s): {mode}" in md
     assert BenchReport.from_dict(json.loads((Path(cfg.out_dir) / "bench.json").read_text())).to_dict() == rep.to_dict()
 
 

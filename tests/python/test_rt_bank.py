@@ -11,6 +11,18 @@ from edgeuad import _rt
 from edgeuad.runtime.bank import Bank, BankConfig
 
 
+# this process's exact searches take bf16 candidates (AVX512_BF16 CPUs); the prune tests turn them off per
+# bank (the prune only runs without them)
+BF16 = _rt.MemoryBank(8).exact_bf16
+
+
+def float32_bank(dim: int, **kw) -> _rt.MemoryBank:
+    """A bank whose exact searches use the float32 tile (and so the prune, where it applies)."""
+    bank = _rt.MemoryBank(dim, **kw)
+    bank.exact_bf16 = False
+    return bank
+
+
 def clustered(n: int, d: int, seed: int, clusters: int = 40, latent: int = 12) -> np.ndarray:
     """Patch-feature-like data: Gaussian clusters on a low-dimensional subspace plus noise."""
     rng = np.random.default_rng(seed)
@@ -82,7 +94,7 @@ def test_pruned_exact_search_equals_full_search_and_numpy(offset):
     x = clustered(3000, 160, seed=0) + np.float32(offset)
     q = clustered(301, 160, seed=1) + np.float32(offset)
     q[:7] = x[[0, 5, 99, 1000, 2047, 2048, 2999]]  # queries on bank rows: distance 0
-    bank = _rt.MemoryBank(160, M=8, ef_construction=20, seed=0)
+    bank = float32_bank(160, M=8, ef_construction=20, seed=0)
     bank.add(x, threads=1)
     st = bank.exact_stats()
     assert st["prune_enabled"] and st["prune_dims"] == 32 and st["energy"] > 0.9
@@ -111,7 +123,7 @@ def test_pruned_search_falls_back_when_the_bound_is_loose():
     base = clustered(30, 128, seed=2, clusters=30)
     x = (np.repeat(base, 100, axis=0) + 1e-3 * rng.standard_normal((3000, 128))).astype(np.float32)
     q = (base[rng.integers(0, 30, 200)] + 1e-3 * rng.standard_normal((200, 128))).astype(np.float32)
-    bank = _rt.MemoryBank(128, M=8, ef_construction=20, seed=0)
+    bank = float32_bank(128, M=8, ef_construction=20, seed=0)
     bank.add(x, threads=1)
     assert bank.exact_stats()["prune_dims"] == 32
     (pd, pi), (fd, fi) = _search_both(bank, q, 3, 2)
@@ -130,17 +142,17 @@ def test_prune_stays_off_for_isotropic_or_small_banks():
     """Spread variance (random data), narrow (< 64 dims) or small (< 512 rows) banks keep the full search;
     the switch turns pruning off for a bank that has it."""
     rng = np.random.default_rng(5)
-    iso = _rt.MemoryBank(128)
+    iso = float32_bank(128)
     iso.add(rng.standard_normal((2000, 128)).astype(np.float32), threads=1)
     st = iso.exact_stats()
     assert st["prune_dims"] == 0 and 0.2 < st["energy"] < 0.9
-    narrow = _rt.MemoryBank(32)
+    narrow = float32_bank(32)
     narrow.add(clustered(2000, 32, seed=0), threads=1)
-    small = _rt.MemoryBank(160)
+    small = float32_bank(160)
     small.add(clustered(400, 160, seed=0), threads=1)
     for b in (narrow, small):
         assert b.exact_stats()["prune_dims"] == 0
-    low = _rt.MemoryBank(160)
+    low = float32_bank(160)
     low.add(clustered(2000, 160, seed=0), threads=1)
     assert low.exact_prune and low.exact_stats()["prune_dims"] == 32
     low.exact_prune = False
@@ -149,10 +161,10 @@ def test_prune_stays_off_for_isotropic_or_small_banks():
     st = low.exact_stats()
     assert not st["prune_enabled"] and st["prune_dims"] == 0 and st["full_queries"] == st["queries"] == 50
     # rank 5 (the subspace basis is completed with unit vectors) and all rows equal (no variance)
-    rank5 = _rt.MemoryBank(96)
+    rank5 = float32_bank(96)
     rank5.add((rng.standard_normal((1500, 5)) @ rng.standard_normal((5, 96))).astype(np.float32), threads=1)
     assert rank5.exact_stats()["prune_dims"] == 24
-    same = _rt.MemoryBank(96)
+    same = float32_bank(96)
     same.add(np.ones((600, 96), np.float32), threads=1)
     assert same.exact_stats()["prune_dims"] == 0
     q5 = (rng.standard_normal((40, 5)) @ rng.standard_normal((5, 96))).astype(np.float32)
@@ -248,13 +260,18 @@ def test_concurrent_searches_from_python_threads(small):
             np.testing.assert_array_equal(got[0], want[0])
 
 
-def test_concurrent_first_searches_build_one_prune_index():
-    """Searches from several Python threads right after add(): they race to build the prune index (its own
-    mutex under the shared bank lock) and then search it concurrently; every result equals numpy's, and
-    add() drops the index so the next searches rebuild it for the new rows."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_concurrent_first_searches_build_one_search_index(bf16):
+    """Searches from several Python threads right after add(): they race to build the bank's search index
+    (the prune index, or with bf16 candidates the packed bf16 tiles; its own mutex under the shared bank
+    lock) and then search with it concurrently; every result equals numpy's, and add() drops the index so
+    the next searches rebuild it for the new rows."""
+    if bf16 and not BF16:
+        pytest.skip("this CPU has no AVX512_BF16 (or EDGEUAD_RT_NO_BF16=1)")
     x = clustered(3000, 160, seed=0)
     q = clustered(120, 160, seed=1)
     bank = _rt.MemoryBank(160, M=8, ef_construction=20, seed=0)
+    bank.exact_bf16 = bf16
     bank.add(x, threads=1)
     want = np.argsort(brute_force(q, x), axis=1, kind="stable")[:, :2]
 
@@ -265,12 +282,96 @@ def test_concurrent_first_searches_build_one_prune_index():
         for got in pool.map(job, range(8)):
             np.testing.assert_array_equal(got, want)
     st = bank.exact_stats()
-    assert st["prune_dims"] == 32 and st["queries"] == 8 * len(q) and st["full_queries"] < len(q)
+    assert st["bf16"] == bf16 and st["queries"] == 8 * len(q)
+    if bf16:
+        assert st["prune_dims"] == 0 and st["refined_queries"] < len(q)
+    else:
+        assert st["prune_dims"] == 32 and st["full_queries"] < len(q)
     extra = clustered(500, 160, seed=2) + np.float32(0.5)
     bank.add(extra, threads=1)
     both = np.concatenate([x, extra])
     np.testing.assert_array_equal(bank.search(q, k=2, exact=True)[1],
                                   np.argsort(brute_force(q, both), axis=1, kind="stable")[:, :2])
+
+
+# ------------------------------------------------------------- bf16 candidates (AVX512_BF16)
+needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no AVX512_BF16 (or EDGEUAD_RT_NO_BF16=1)")
+
+
+@needs_bf16
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_bf16_search_equals_float32_search_and_numpy(offset):
+    """The bf16 candidates ranked by their certified lower bound, re-ranked exactly: numpy's neighbours and
+    the float32 search's distances bit for bit (both report the same exact re-rank), for k = 1 and 5, 1 and
+    2 threads, queries on bank rows, odd dims and partial tiles, far from the origin too.  Most queries are
+    certified by the bf16 bound (otherwise this would only test the float32 fallback)."""
+    for n, d, nq in ((3000, 160, 301), (517, 37, 67), (1037, 152, 203)):
+        x = clustered(n, d, seed=0, latent=min(12, d)) + np.float32(offset)
+        q = clustered(nq, d, seed=1, latent=min(12, d)) + np.float32(offset)
+        q[:3] = x[[0, n // 2, n - 1]]
+        bank = _rt.MemoryBank(d, M=8, ef_construction=20, seed=0)
+        bank.add(x, threads=1)
+        ref = brute_force(q, x)
+        for k in (1, 5):
+            want = np.argsort(ref, axis=1, kind="stable")[:, :k]
+            for threads in (1, 2):
+                bank.exact_bf16 = True
+                before = bank.exact_stats()
+                bd, bi = bank.search(q, k=k, exact=True, threads=threads)
+                after = bank.exact_stats()
+                bank.exact_bf16 = False
+                fd, fi = bank.search(q, k=k, exact=True, threads=threads)
+                np.testing.assert_array_equal(bi, want)
+                np.testing.assert_array_equal(bi, fi)
+                np.testing.assert_array_equal(bd, fd)
+                np.testing.assert_allclose(bd, np.take_along_axis(ref, want, 1), rtol=1e-5, atol=1e-3)
+                assert np.all(bd[:3, 0] == 0.0)
+                assert after["bf16"] and after["queries"] - before["queries"] == nq
+                refined = after["refined_queries"] - before["refined_queries"]
+                assert 0 <= refined < nq // 4, (n, d, k, refined)
+
+
+@needs_bf16
+def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
+    """Two groups of near-duplicate rows far from their common centre: the bf16 bound (~2^-6 |q||x| in
+    squared distance) is far wider than the rows' spread, so no query is certified and every one is searched
+    again by the float32 tile (counted as refined); the answer is numpy's."""
+    rng = np.random.default_rng(6)
+    e = np.zeros(64, np.float32)
+    e[0] = 100.0
+    x = np.concatenate([e + 1e-2 * rng.standard_normal((400, 64)), -e + 1e-2 * rng.standard_normal((400, 64))])
+    x = x.astype(np.float32)
+    q = (x[rng.integers(0, 800, 50)] + 1e-2 * rng.standard_normal((50, 64))).astype(np.float32)
+    bank = _rt.MemoryBank(64, M=8, ef_construction=20, seed=0)
+    bank.add(x, threads=1)
+    d, i = bank.search(q, k=2, exact=True, threads=2)
+    ref = brute_force(q, x)
+    np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :2])
+    np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :2], rtol=1e-5, atol=1e-5)
+    st = bank.exact_stats()
+    assert st["bf16"] and st["refined_queries"] == len(q)
+
+
+def test_exact_bf16_switch_follows_the_cpu_and_the_environment():
+    """exact_bf16 reads True only where the CPU has AVX512_BF16 (and the AVX-512 tile is active), and
+    EDGEUAD_RT_NO_BF16=1 turns it off for the process: the kernel name says which tile runs."""
+    import subprocess
+    import sys
+
+    flags = _cpu_flags()
+    has = {"avx512f", "avx512_bf16", "avx2", "fma"} <= flags
+    code = "from edgeuad import _rt\nprint(_rt.MemoryBank(8).exact_bf16, _rt.exact_kernel())\n"
+    for extra, want in (({}, has), ({"EDGEUAD_RT_NO_BF16": "1"}, False), ({"EDGEUAD_RT_NO_AVX512": "1"}, False)):
+        r = subprocess.run([sys.executable, "-c", code], env=_kernel_env(extra), capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr[-2000:]
+        on, name = r.stdout.split()
+        assert on == str(want) and (name == "avx512bf16-6x32") == want, (extra, r.stdout)
+    b = _rt.MemoryBank(8)
+    b.exact_bf16 = True
+    assert b.exact_bf16 == BF16  # asking cannot turn it on where the CPU lacks it
+    b.exact_bf16 = False
+    assert not b.exact_bf16 and not b.exact_stats()["bf16"]
 
 
 # ---------------------------------------------------------------------------- Eq. 10 reweighting
@@ -428,7 +529,8 @@ def _kernel_env(extra: dict) -> dict:
     """This process's environment without the tile-forcing variables, plus `extra`."""
     import os
 
-    env = {k: v for k, v in os.environ.items() if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("EDGEUAD_RT_PORTABLE", "EDGEUAD_RT_NO_AVX512", "EDGEUAD_RT_NO_BF16")}
     env.update(extra)
     return env
 
@@ -441,14 +543,18 @@ def _kernel_case(kernel: str) -> tuple[dict, str]:
         return {"EDGEUAD_RT_PORTABLE": "1"}, "portable-4x8"
     if kernel == "avx2":
         return {"EDGEUAD_RT_NO_AVX512": "1"}, "avx2-6x16" if simd else "portable-4x8"
-    return {}, "avx512-6x32" if simd and "avx512f" in flags else ("avx2-6x16" if simd else "portable-4x8")
+    avx512 = "avx512-6x32" if simd and "avx512f" in flags else ("avx2-6x16" if simd else "portable-4x8")
+    if kernel == "float32":
+        return {"EDGEUAD_RT_NO_BF16": "1"}, avx512
+    return {}, "avx512bf16-6x32" if avx512 == "avx512-6x32" and "avx512_bf16" in flags else avx512
 
 
-@pytest.mark.parametrize("kernel,pack_limit", [("native", ""), ("avx2", ""), ("portable", ""), ("native", "0"),
-                                               ("avx2", "0"), ("portable", "0")])
+@pytest.mark.parametrize("kernel,pack_limit", [("native", ""), ("float32", ""), ("avx2", ""), ("portable", ""),
+                                               ("native", "0"), ("float32", "0"), ("avx2", "0"), ("portable", "0")])
 def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
-    """Every exact micro-kernel (AVX-512 6x32 and AVX2 6x16 on x86, EDGEUAD_RT_NO_AVX512=1 forcing the
-    second on an AVX-512 CPU, and the portable 4x8 tile that aarch64/Jetson
+    """Every exact micro-kernel (the bf16 6x32 candidate tile on AVX512_BF16 CPUs, EDGEUAD_RT_NO_BF16=1
+    forcing the float32 AVX-512 6x32 tile there, AVX2 6x16 on x86, EDGEUAD_RT_NO_AVX512=1 forcing it on an
+    AVX-512 CPU, and the portable 4x8 tile that aarch64/Jetson
     runs, forced with EDGEUAD_RT_PORTABLE=1) against float64 brute force, with query and bank
     counts that leave partial register tiles and partial bank tiles; with the bank packed once per
     call (default) and per query block (EDGEUAD_RT_PACK_LIMIT=0: what banks over 256 MiB do)."""
@@ -475,7 +581,7 @@ def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
         "x = (z @ rng.standard_normal((10, 130)) + 0.05 * rng.standard_normal((1201, 130))).astype(np.float32)\n"
         "q = (rng.standard_normal((67, 10)) * np.geomspace(5, 0.5, 10) @ rng.standard_normal((10, 130))).astype(np.float32)\n"
         "b = _rt.MemoryBank(130, M=8, ef_construction=20, seed=0); b.add(x, threads=1)\n"
-        "assert b.exact_stats()['prune_dims'] == 32\n"
+        "assert b.exact_stats()['prune_dims'] == (0 if b.exact_bf16 else 32)\n"
         "ref = np.sqrt(np.maximum(((q.astype(np.float64)[:, None] - x.astype(np.float64)[None]) ** 2).sum(-1), 0))\n"
         "dist, idx = b.search(q, k=2, exact=True, threads=2)\n"
         "assert np.array_equal(idx, np.argsort(ref, 1)[:, :2])\n"
@@ -492,7 +598,8 @@ def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
 @pytest.mark.skipif(not {"avx512f", "avx2", "fma"} <= _cpu_flags(), reason="this CPU has no AVX-512F")
 def test_avx512_and_avx2_kernels_give_identical_distances(tmp_path):
     """The AVX-512 tile runs each column's dot as the same FMA chain as the AVX2 tile: the exact
-    search's distances are equal bit for bit, partial tiles included."""
+    search's distances are equal bit for bit, partial tiles included; so are the bf16 tile's, whose kept
+    rows are re-ranked by the same exact distances (where the CPU has AVX512_BF16)."""
     import subprocess
     import sys
 
@@ -509,23 +616,32 @@ def test_avx512_and_avx2_kernels_give_identical_distances(tmp_path):
         "print(_rt.exact_kernel())\n"
     )
     names = []
-    for tag, extra in (("512", {}), ("256", {"EDGEUAD_RT_NO_AVX512": "1"})):
+    bf16 = "avx512_bf16" in _cpu_flags()
+    runs = (("512", {"EDGEUAD_RT_NO_BF16": "1"}), ("256", {"EDGEUAD_RT_NO_AVX512": "1"})) + ((("bf16", {}),) if bf16 else ())
+    for tag, extra in runs:
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{tag}.npy")], env=_kernel_env(extra),
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         names.append(r.stdout.split()[-1])
-    assert names == ["avx512-6x32", "avx2-6x16"]
+    assert names == ["avx512-6x32", "avx2-6x16"] + (["avx512bf16-6x32"] if bf16 else [])
     assert np.array_equal(np.load(tmp_path / "512.npy"), np.load(tmp_path / "256.npy"))
+    if bf16:
+        assert np.array_equal(np.load(tmp_path / "bf16.npy"), np.load(tmp_path / "512.npy"))
 
 
 def test_bank_search_mode_says_how_searches_run():
     """runtime Bank.search_mode: what the Detector logs at load (and it builds the prune index there)."""
     low = Bank.build(clustered(2000, 160, seed=0), exact_threshold=8192)
+    if BF16:
+        assert low.search_mode().startswith("exact, full search with bf16 candidates (AVX512_BF16)")
+        low.rt.exact_bf16 = False
     assert low.search_mode().startswith("exact, pruned by a certified lower bound in 32 principal dimensions")
     assert low.search_mode(False).startswith("HNSW (M=")
     low.rt.exact_prune = False
     assert low.search_mode() == "exact, full search (pruning turned off)"
     iso = Bank.build(np.random.default_rng(0).standard_normal((1000, 128)).astype(np.float32))
+    iso.rt.exact_bf16 = False
     assert "too little to prune" in iso.search_mode()
     small = Bank.build(clustered(100, 32, seed=0))
+    small.rt.exact_bf16 = False
     assert small.search_mode() == "exact, full search (too small or too narrow to prune)"

@@ -32,11 +32,13 @@ struct BankInfo {
 // certificate sent to a direct-difference scan.
 struct ExactStats {
   bool prune_enabled = true;  // set_exact_prune
+  bool bf16 = false;          // candidates from the bf16 tile (bank_exact.hpp bf16_candidates); no prune then
   int64_t prune_dims = 0;     // m of bank_exact.hpp's PruneIndex; 0: every exact search is a full one
   double energy = 0.0;        // variance share inside the subspace
   int64_t queries = 0;        // exact-search queries so far
   int64_t full_queries = 0;   // of which searched in full (prune off, or not certified)
   int64_t direct_queries = 0; // of those, answered by direct differences over every row (rounding)
+  int64_t refined_queries = 0; // bf16 candidates the bound could not certify: searched again in float32
 };
 
 // Thread safety: const searches may run concurrently from any number of
@@ -81,6 +83,10 @@ class MemoryBank {
   // search (benchmarks and tests compare the two).  Safe while searches run: each reads it once.
   void set_exact_prune(bool on);
   bool exact_prune() const;
+  // Exact searches take their candidates from the bf16 tile where the CPU has AVX512_BF16 (default on;
+  // exact_bf16() is false where the CPU lacks it or EDGEUAD_RT_NO_BF16=1).  Same neighbours either way.
+  void set_exact_bf16(bool on);
+  bool exact_bf16() const;
   int64_t size() const;
   int64_t dim() const;
   // Copies of the stored data (a snapshot taken under the lock).

@@ -12,6 +12,9 @@ namespace detail {
 const char* exact_kernel_name();
 // True when that kernel is the AVX2+FMA one; the pruned search's projection follows the same choice.
 bool avx2_kernels();
+// True when exact_knn takes its candidates from the bf16 tile (AVX512_BF16, "avx512bf16-6x32"; off with
+// EDGEUAD_RT_NO_BF16=1): approximate dots ranked by a certified lower bound, then the same exact re-ranking.
+bool bf16_candidates();
 
 // Squared L2 norms of n rows of (x - center) (n x d); center may be null (zero).
 void row_sq_norms(const float* x, int64_t n, int64_t d, const float* center, float* out);
@@ -35,13 +38,30 @@ void knn_candidates(const float* queries, int64_t nq, const float* x, const floa
 // xnorm holds |x - center|^2.  Writes Euclidean distances (ascending) and
 // indices, nq x k each.  The k + 4 best-scored rows are re-ranked by direct differences, and the
 // result is certified against the expansion's rounding (expansion_margin); a query that is not gets a
-// direct-difference scan of every row.  Returns how many queries needed that scan.
+// direct-difference scan of every row.  Returns how many queries needed that scan.  With bf16_candidates()
+// the candidates come from the bf16 tile, certified with bf16_margin; a query that is not gets the float32
+// search (*refined: how many, when given).  bf16 = false: the float32 tile (bf16 is ignored where
+// bf16_candidates() is false).
+struct Bf16Bank;
 int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
-                  int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx);
+                  int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx,
+                  int64_t* refined = nullptr, const Bf16Bank* pack = nullptr, bool bf16 = bf16_candidates());
+
+// The bf16 tile's view of a bank, made once and passed to exact_knn (MemoryBank keeps it until the bank
+// changes): the centred rows as packed bf16 tiles (empty above the shared pack limit: then every search
+// packs per query block) and |x - center| per row.  Empty when bf16_candidates() is false.
+struct Bf16Bank {
+  std::vector<uint32_t> tiles;
+  std::vector<float> xroot;
+};
+Bf16Bank pack_bf16_bank(const float* x, const float* center, const float* xnorm, int64_t n, int64_t d);
 
 // Bound on the float rounding error of one expanded score in d dimensions (squared-distance units), for
 // a query of centred squared norm qn against rows of centred squared norm <= xn_max.
 double expansion_margin(int64_t d, double qn, double xn_max);
+// The same for the bf16 tile's lower bounds (their bf16 term is inside the scores): expansion_margin with
+// room for the bf16 norms, plus an absolute term for values under float's smallest normal.
+double bf16_margin(int64_t d, double qn, double xn_max);
 
 // ---- exact search with a certified lower-bound prune (bank_prune.cpp) ----
 //

@@ -82,7 +82,8 @@ class DetectorPipeline:
             return {}
         st = bank.rt.exact_stats()
         return {"search": bank.search_mode(getattr(self.det, "exact_search", None)), "exact_queries": st["queries"],
-                "full_queries": st["full_queries"], "direct_queries": st["direct_queries"]}
+                "full_queries": st["full_queries"], "direct_queries": st["direct_queries"],
+                "refined_queries": st["refined_queries"]}
 
     def close(self) -> None:
         if hasattr(self.det, "close"):

@@ -203,7 +203,9 @@ class BenchReport:
             lines += [""] + [
                 f"- Bank search, {name} at {b['threads']} thread(s): {b['search']}; {b['exact_queries']:,} exact-search "
                 f"queries, {100 * b['full_queries'] / max(b['exact_queries'], 1):.1f}% searched in full "
-                f"({b['direct_queries']:,} by direct differences)" for name, b in banks]
+                f"({b['direct_queries']:,} by direct differences"
+                + (f"; {b['refined_queries']:,} whose bf16 candidates were not certified, searched again in float32"
+                   if b.get("refined_queries") else "") + ")" for name, b in banks]
         lines += ["", "| pipeline | peak RSS (MB) | baseline RSS (MB) | note |", "|---|---|---|---|"]
         lines += [f"| {p.name} | {_fmt_opt(p.peak_rss_mb, 0)} | {_fmt_opt(p.baseline_rss_mb, 0)} | {p.rss_note} |"
                   for p in self.pipelines if p.available]

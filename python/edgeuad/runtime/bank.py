@@ -191,6 +191,9 @@ class Bank:
         if not self.use_exact(exact):
             return f"HNSW (M={self.config.M}, ef={self.config.ef})"
         st = self._bank.exact_stats()
+        if st["bf16"]:
+            return ("exact, full search with bf16 candidates (AVX512_BF16) ranked by a certified lower bound, "
+                    "re-ranked by exact distances")
         if st["prune_dims"]:
             return (f"exact, pruned by a certified lower bound in {st['prune_dims']} principal dimensions "
                     f"({100 * st['energy']:.0f}% of the variance)")
