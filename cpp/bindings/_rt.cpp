@@ -17,6 +17,7 @@
 
 #include "edgeuad/bank.hpp"
 #include "edgeuad/bank_exact.hpp"
+#include "edgeuad/flops_probe.hpp"
 #include "edgeuad/errors.hpp"
 #include "edgeuad/maps.hpp"
 #include "edgeuad/maps_cuda.hpp"
@@ -693,6 +694,17 @@ PYBIND11_MODULE(_rt, m) {
   m.def("exact_kernel", [] { return std::string(edgeuad::detail::exact_kernel_name()); },
         "The memory bank's exact-search micro-kernel in this process: 'avx512bf16-6x32' (bf16 candidates, exact "
         "re-rank; EDGEUAD_RT_NO_BF16=1 turns it off), 'avx512-6x32', 'avx2-6x16' or 'portable-4x8'.");
+  m.def(
+      "flops_probe",
+      [](const std::string& kind, double seconds) {
+        py::gil_scoped_release release;
+        return edgeuad::flops_probe(kind, seconds);
+      },
+      py::arg("kind"), py::arg("seconds") = 0.2,
+      "GFLOP/s of one thread running the exact-search tiles' instruction alone (12 register-only chains): "
+      "kind 'avx512' (512-bit FMA), 'bf16' (vdpbf16ps) or 'avx2' (256-bit FMA); the measured peak the bank "
+      "benchmark compares its tiles with (a VM reports its base clock, not its boost). ValueError for a kind "
+      "this CPU cannot run.");
   m.def("has_cuda", &edgeuad::cuda::has_cuda, "True when this build contains the CUDA kernels.");
   m.def("cuda_device_count", &edgeuad::cuda::device_count,
         "Usable CUDA devices; 0 without CUDA, driver or device, or when the CUDA runtime fails to start "

@@ -336,6 +336,12 @@ struct MemoryBank::Impl {
 
   bool use_bf16() const { return bf16_on && detail::bf16_candidates(); }
 
+  // The prune runs where its index applies; beside bf16 candidates only on nearly low-rank banks
+  // (kMinEnergyOverBf16), where it still beats the bf16 full search.
+  static bool prune_applies(const detail::PruneIndex& p, bool bf16) {
+    return p.m > 0 && (!bf16 || p.energy >= detail::kMinEnergyOverBf16);
+  }
+
   std::shared_ptr<const detail::PruneIndex> prune_index() const {
     std::lock_guard<std::mutex> g(prune_mu);
     if (!prune)
@@ -469,13 +475,11 @@ struct MemoryBank::Impl {
     if (nq == 0) return;
     if (exact) {
       int64_t full = nq, direct = 0, refined = 0;
-      // With bf16 candidates the full search beats the pruned one on every bank measured (bottle PatchCore,
-      // 1 thread: 3.3 vs 3.5 ms per real frame, 2.8 vs 5.1 per synthetic one), so the prune is for the others.
       const bool bf = use_bf16();
-      const auto p = prune_on && !bf ? prune_index() : nullptr;
-      if (p && p->m > 0) {
+      const auto p = prune_on ? prune_index() : nullptr;
+      if (p && prune_applies(*p, bf)) {
         full = detail::pruned_knn(*p, q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k,
-                                  threads, dist, idx, &direct);
+                                  threads, dist, idx, &direct, bf);
       } else {
         const auto b = bf ? bf16_bank() : nullptr;
         direct = detail::exact_knn(q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k,
@@ -630,11 +634,14 @@ ExactStats MemoryBank::exact_stats() const {
   ExactStats st;
   st.prune_enabled = m.prune_on;
   st.bf16 = m.use_bf16();
-  if (st.prune_enabled && !st.bf16 && m.info.size > 0) {
+  bool pruned = false;
+  if (st.prune_enabled && m.info.size > 0) {
     const auto p = m.prune_index();
-    st.prune_dims = p->m;
+    pruned = Impl::prune_applies(*p, st.bf16);
+    st.prune_dims = pruned ? p->m : 0;
     st.energy = p->energy;
   }
+  if (st.bf16 && !pruned && m.info.size > 0) m.bf16_bank();  // packed now, as the first exact search would
   st.queries = m.exact_queries.load();
   st.full_queries = m.exact_full.load();
   st.direct_queries = m.exact_direct.load();

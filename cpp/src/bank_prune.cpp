@@ -189,11 +189,11 @@ PruneIndex build_prune_index(const float* x, const float* center, const float* x
 
 int64_t pruned_knn(const PruneIndex& p, const float* queries, int64_t nq, const float* x, const float* center,
                    const float* xnorm, int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx,
-                   int64_t* direct) {
+                   int64_t* direct, bool bf16) {
   *direct = 0;
   const int64_t m = p.m, ma = p.m + 1, c1 = std::min(n, k + kFirst), c3 = std::min(n, kRange);
   if (m == 0 || c3 <= k + kFirst) {  // nothing to certify with: the full search
-    *direct = exact_knn(queries, nq, x, center, xnorm, n, d, k, threads, dist, idx);
+    *direct = exact_knn(queries, nq, x, center, xnorm, n, d, k, threads, dist, idx, nullptr, nullptr, bf16);
     return nq;
   }
   const int nt = resolve(threads);
@@ -293,7 +293,8 @@ int64_t pruned_knn(const PruneIndex& p, const float* queries, int64_t nq, const 
     std::vector<float> fq(static_cast<size_t>(nf * d)), fd(static_cast<size_t>(nf * k));
     std::vector<int64_t> fi(static_cast<size_t>(nf * k));
     for (int64_t r = 0; r < nf; ++r) std::copy(queries + full[r] * d, queries + (full[r] + 1) * d, fq.data() + r * d);
-    *direct = exact_knn(fq.data(), nf, x, center, xnorm, n, d, k, threads, fd.data(), fi.data());
+    *direct = exact_knn(fq.data(), nf, x, center, xnorm, n, d, k, threads, fd.data(), fi.data(), nullptr, nullptr,
+                        bf16);
     for (int64_t r = 0; r < nf; ++r) {
       std::copy(fd.data() + r * k, fd.data() + (r + 1) * k, dist + full[r] * k);
       std::copy(fi.data() + r * k, fi.data() + (r + 1) * k, idx + full[r] * k);

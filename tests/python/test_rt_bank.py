@@ -283,10 +283,8 @@ def test_concurrent_first_searches_build_one_search_index(bf16):
             np.testing.assert_array_equal(got, want)
     st = bank.exact_stats()
     assert st["bf16"] == bf16 and st["queries"] == 8 * len(q)
-    if bf16:
-        assert st["prune_dims"] == 0 and st["refined_queries"] < len(q)
-    else:
-        assert st["prune_dims"] == 32 and st["full_queries"] < len(q)
+    # these rows hold 98% or more of their variance in 32 dims: the prune runs beside bf16 too
+    assert st["energy"] >= 0.98 and st["prune_dims"] == 32 and st["full_queries"] < len(q)
     extra = clustered(500, 160, seed=2) + np.float32(0.5)
     bank.add(extra, threads=1)
     both = np.concatenate([x, extra])
@@ -310,6 +308,7 @@ def test_bf16_search_equals_float32_search_and_numpy(offset):
         q = clustered(nq, d, seed=1, latent=min(12, d)) + np.float32(offset)
         q[:3] = x[[0, n // 2, n - 1]]
         bank = _rt.MemoryBank(d, M=8, ef_construction=20, seed=0)
+        bank.exact_prune = False  # the full search is the one that takes the bf16 candidates
         bank.add(x, threads=1)
         ref = brute_force(q, x)
         for k in (1, 5):
@@ -343,6 +342,7 @@ def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
     x = x.astype(np.float32)
     q = (x[rng.integers(0, 800, 50)] + 1e-2 * rng.standard_normal((50, 64))).astype(np.float32)
     bank = _rt.MemoryBank(64, M=8, ef_construction=20, seed=0)
+    bank.exact_prune = False  # the full search is the one that takes the bf16 candidates
     bank.add(x, threads=1)
     d, i = bank.search(q, k=2, exact=True, threads=2)
     ref = brute_force(q, x)
@@ -581,7 +581,7 @@ def test_exact_kernels_match_numpy_odd_sizes(kernel, pack_limit):
         "x = (z @ rng.standard_normal((10, 130)) + 0.05 * rng.standard_normal((1201, 130))).astype(np.float32)\n"
         "q = (rng.standard_normal((67, 10)) * np.geomspace(5, 0.5, 10) @ rng.standard_normal((10, 130))).astype(np.float32)\n"
         "b = _rt.MemoryBank(130, M=8, ef_construction=20, seed=0); b.add(x, threads=1)\n"
-        "assert b.exact_stats()['prune_dims'] == (0 if b.exact_bf16 else 32)\n"
+        "assert b.exact_stats()['prune_dims'] == 32\n"
         "ref = np.sqrt(np.maximum(((q.astype(np.float64)[:, None] - x.astype(np.float64)[None]) ** 2).sum(-1), 0))\n"
         "dist, idx = b.search(q, k=2, exact=True, threads=2)\n"
         "assert np.array_equal(idx, np.argsort(ref, 1)[:, :2])\n"
@@ -632,8 +632,12 @@ def test_avx512_and_avx2_kernels_give_identical_distances(tmp_path):
 def test_bank_search_mode_says_how_searches_run():
     """runtime Bank.search_mode: what the Detector logs at load (and it builds the prune index there)."""
     low = Bank.build(clustered(2000, 160, seed=0), exact_threshold=8192)
-    if BF16:
-        assert low.search_mode().startswith("exact, full search with bf16 candidates (AVX512_BF16)")
+    if BF16:  # nearly low-rank (>= 98% of the variance in 32 dims): pruned, its full searches on bf16
+        assert low.search_mode().endswith("variance); full searches with bf16 candidates (AVX512_BF16) ranked by "
+                                          "a certified lower bound, re-ranked by exact distances")
+        spread = Bank.build(clustered(2000, 160, seed=0) + np.random.default_rng(1).standard_normal(
+            (2000, 160)).astype(np.float32))
+        assert spread.search_mode().startswith("exact, full search with bf16 candidates (AVX512_BF16)")
         low.rt.exact_bf16 = False
     assert low.search_mode().startswith("exact, pruned by a certified lower bound in 32 principal dimensions")
     assert low.search_mode(False).startswith("HNSW (M=")
@@ -645,3 +649,39 @@ def test_bank_search_mode_says_how_searches_run():
     small = Bank.build(clustered(100, 32, seed=0))
     small.rt.exact_bf16 = False
     assert small.search_mode() == "exact, full search (too small or too narrow to prune)"
+
+
+# ---------------------------------------------------------------------------- measured peak
+def test_flops_probe_runs_each_instruction_this_cpu_has_and_refuses_the_rest():
+    """_rt.flops_probe (the bank benchmark's measured peak): a finite positive rate for every kind the CPU
+    runs, ValueError for a kind it lacks, an unknown kind, or a duration outside (0, 10] s."""
+    flags = _cpu_flags()
+    runs = {"avx512": "avx512f" in flags, "bf16": {"avx512f", "avx512_bf16"} <= flags,
+            "avx2": {"avx2", "fma"} <= flags}
+    for kind, ok in runs.items():
+        if ok:
+            rate = _rt.flops_probe(kind, 0.01)
+            assert np.isfinite(rate) and rate > 0.0
+        else:
+            with pytest.raises(ValueError, match="supported by this CPU"):
+                _rt.flops_probe(kind, 0.01)
+    with pytest.raises(ValueError, match="kind must be"):
+        _rt.flops_probe("sse9", 0.01)
+    for bad in (0.0, -1.0, 11.0, float("nan")):
+        with pytest.raises(ValueError, match="seconds must be in"):
+            _rt.flops_probe("avx2", bad)
+
+
+def test_bank_benchmark_compares_each_tile_with_its_own_instruction(monkeypatch):
+    """bank_gemm.peak_kind: the bf16 tile against vdpbf16ps, the AVX2 tile against 256-bit FMA, the float32
+    AVX-512, portable and torch rows against the widest FMA the CPU has."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from bank_gemm import peak_kind
+
+    peaks = {"avx512": 240.0, "bf16": 450.0, "avx2": 120.0}
+    assert peak_kind("_rt exact (avx512bf16-6x32)", peaks) == "bf16"
+    assert peak_kind("_rt exact (avx512-6x32)", peaks) == "avx512"
+    assert peak_kind("_rt exact (avx2-6x16)", peaks) == "avx2"
+    assert peak_kind("_rt exact (portable-4x8)", peaks) == "avx512"
+    assert peak_kind("torch GEMM (MKL/oneDNN)", peaks) == "avx512"
+    assert peak_kind("torch GEMM (MKL/oneDNN)", {"avx2": 120.0}) == "avx2"  # an AVX2-only CPU

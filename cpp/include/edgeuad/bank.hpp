@@ -32,8 +32,9 @@ struct BankInfo {
 // certificate sent to a direct-difference scan.
 struct ExactStats {
   bool prune_enabled = true;  // set_exact_prune
-  bool bf16 = false;          // candidates from the bf16 tile (bank_exact.hpp bf16_candidates); no prune then
-  int64_t prune_dims = 0;     // m of bank_exact.hpp's PruneIndex; 0: every exact search is a full one
+  bool bf16 = false;          // full searches take bf16 candidates (bank_exact.hpp bf16_candidates)
+  int64_t prune_dims = 0;     // m of bank_exact.hpp's PruneIndex where the prune runs; 0: every exact search is a
+                              // full one (no index, or beside bf16 under kMinEnergyOverBf16)
   double energy = 0.0;        // variance share inside the subspace
   int64_t queries = 0;        // exact-search queries so far
   int64_t full_queries = 0;   // of which searched in full (prune off, or not certified)
@@ -77,7 +78,8 @@ class MemoryBank {
   static MemoryBank load(const std::string& path);
 
   BankInfo info() const;
-  // Builds the prune index when missing, as an exact search would.
+  // Builds the prune index (or with bf16 candidates the packed bf16 tiles) when missing, as an exact
+  // search would.
   ExactStats exact_stats() const;
   // Exact searches use the certified lower-bound prune where it applies (default) or always the full
   // search (benchmarks and tests compare the two).  Safe while searches run: each reads it once.

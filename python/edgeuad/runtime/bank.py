@@ -187,16 +187,17 @@ class Bank:
 
     def search_mode(self, exact: Optional[bool] = None) -> str:
         """How a search with this `exact` runs, in words (logged by the Detector at load).  For exact search
-        this builds the bank's lower-bound prune index when missing, so the first frame does not pay for it."""
+        this builds the bank's lower-bound prune index (or its packed bf16 tiles) when missing, so the first
+        frame does not pay for it."""
         if not self.use_exact(exact):
             return f"HNSW (M={self.config.M}, ef={self.config.ef})"
         st = self._bank.exact_stats()
-        if st["bf16"]:
-            return ("exact, full search with bf16 candidates (AVX512_BF16) ranked by a certified lower bound, "
-                    "re-ranked by exact distances")
+        bf16 = "bf16 candidates (AVX512_BF16) ranked by a certified lower bound, re-ranked by exact distances"
         if st["prune_dims"]:
             return (f"exact, pruned by a certified lower bound in {st['prune_dims']} principal dimensions "
-                    f"({100 * st['energy']:.0f}% of the variance)")
+                    f"({100 * st['energy']:.0f}% of the variance)" + (f"; full searches with {bf16}" if st["bf16"] else ""))
+        if st["bf16"]:
+            return f"exact, full search with {bf16}"
         if not st["prune_enabled"]:
             why = "pruning turned off"
         elif st["energy"] > 0:
