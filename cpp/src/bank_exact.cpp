@@ -650,7 +650,9 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
   std::vector<float> sc(static_cast<size_t>(nq * cap));
   std::vector<int64_t> ci(static_cast<size_t>(nq * cap));
   bf16 = bf16 && cap < n;  // all rows kept: nothing to certify, the float pass is as good
-#if defined(__x86_64__) && defined(__GNUC__)
+#if !(defined(__x86_64__) && defined(__GNUC__))
+  (void)pack;  // no bf16 tile off x86 (bf16 is false there: bf16_candidates())
+#else
   if (bf16) {
     std::vector<float> xr;
     if (!pack) {
@@ -745,6 +747,8 @@ Bf16Bank pack_bf16_bank(const float* x, const float* center, const float* xnorm,
   b.tiles.resize(static_cast<size_t>(ntiles * per_tile));
   for (int64_t t = 0; t < ntiles; ++t)
     scheme.pack(x, center, t * kNB, std::min(kNB, n - t * kNB), d, b.tiles.data() + t * per_tile);
+#else
+  (void)x, (void)center, (void)d;  // unreachable: bf16_candidates() is false off x86
 #endif
   return b;
 }
