@@ -430,6 +430,9 @@ def cmd_info(a: argparse.Namespace) -> int:
         from . import _rt
 
         lines.append(f"_rt: built, CUDA compiled: {_rt.has_cuda()}, CUDA devices: {_rt.cuda_device_count()}")
+        kernel = _rt.exact_kernel()  # which tile exact bank searches run on this CPU (same results on all)
+        lines.append(f"exact bank search: {kernel}" + (", bf16 candidates re-ranked exactly (EDGEUAD_RT_NO_BF16=1: "
+                                                        "float32 tile)" if "bf16" in kernel else ""))
     except ImportError as e:
         lines.append(f"_rt: NOT built ({e}); run pip install -e .")
     for mod in ("onnxruntime", "torch", "tensorrt", "pycuda", "cv2", "numpy"):

@@ -127,6 +127,9 @@ def test_python_m_edgeuad_is_the_cli() -> None:
     out = subprocess.run([sys.executable, "-m", "edgeuad", "info"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("edgeuad ") and "_rt: built" in out.stdout
+    from edgeuad import _rt
+
+    assert f"exact bank search: {_rt.exact_kernel()}" in out.stdout  # the tile this CPU runs
     from edgeuad.cpus import int8_product_saturates
 
     assert ("int8 (onnxruntime): no VNNI" in out.stdout) is int8_product_saturates()
