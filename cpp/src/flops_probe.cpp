@@ -95,7 +95,8 @@ double flops_probe(const std::string& kind, double seconds) {
   (void)sink;
   return flop * static_cast<double>(iters) / elapsed / 1e9;
 #else
-  throw std::invalid_argument("flops_probe: x86-64 only (kind '" + kind + "')");
+  throw std::invalid_argument("flops_probe: kind must be 'avx512', 'bf16' or 'avx2' and supported by this CPU "
+                              "(x86-64 only), got '" + kind + "'");
 #endif
 }
 
