@@ -14,6 +14,18 @@ namespace {
 constexpr long kChunk = 1 << 20;  // iterations between clock reads (12 instructions each)
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// The 12 accumulators' lanes summed (stored, not _mm512_reduce_add_ps: GCC 12 warns inside it, and CI
+// builds with -Werror).
+__attribute__((target("avx512f"))) inline float sum16(const __m512 (&c)[12]) {
+  __m512 s = c[0];
+  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, c[j]);
+  alignas(64) float out[16];
+  _mm512_store_ps(out, s);
+  float t = 0.0f;
+  for (float v : out) t += v;
+  return t;
+}
+
 // Each loop keeps 12 accumulators live; the empty asm on one operand stops the compiler from hoisting or
 // folding the chain (the values are never read, only summed at the end so the work is not dead).
 __attribute__((target("avx512f"), noinline)) float loop_avx512(long n) {
@@ -25,9 +37,7 @@ __attribute__((target("avx512f"), noinline)) float loop_avx512(long n) {
     for (int j = 0; j < 12; ++j) c[j] = _mm512_fmadd_ps(a, b, c[j]);
     __asm__ volatile("" : "+v"(a));
   }
-  __m512 s = c[0];
-  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, c[j]);
-  return _mm512_reduce_add_ps(s);
+  return sum16(c);
 }
 
 __attribute__((target("avx512f,avx512bf16"), noinline)) float loop_bf16(long n) {
@@ -39,9 +49,7 @@ __attribute__((target("avx512f,avx512bf16"), noinline)) float loop_bf16(long n) 
     for (int j = 0; j < 12; ++j) c[j] = _mm512_dpbf16_ps(c[j], a, b);
     __asm__ volatile("" : "+v"(a));
   }
-  __m512 s = c[0];
-  for (int j = 1; j < 12; ++j) s = _mm512_add_ps(s, c[j]);
-  return _mm512_reduce_add_ps(s);
+  return sum16(c);
 }
 
 __attribute__((target("avx2,fma"), noinline)) float loop_avx2(long n) {
