@@ -271,8 +271,9 @@ def patch_summary(name: str) -> str:
 
 
 ENS_MARGIN = 0.010  # the plan's criterion (benchmarks/plans/ensemble_patchcore_recontrast_2026-12-04.md)
-# _pc_rc: the plan's arm (PatchCore default of seed 0 before input_norm); _pcnorm_rc: with input_norm=auto
-ENS_SUFFIXES = ("_pc_rc", "_pcnorm_rc")
+# _pc_rc: the plan's arm (PatchCore default of seed 0 before input_norm); _pcnorm_rc: with input_norm=auto;
+# _pc_lite2_lite0inc: two PatchCore backbones, both with the inception input (plan ensemble_backbones_2026-12-04)
+ENS_SUFFIXES = ("_pc_rc", "_pcnorm_rc", "_pc_lite2_lite0inc")
 
 
 def ens_check(dataset: str, suffix: str = "_pc_rc") -> dict | None:
@@ -788,6 +789,7 @@ def main() -> None:
         or "(not measured: python benchmarks/bench_serve.py --low-latency --stem serve_low_latency)",
         "pc_lite2": lambda: patch_summary("methods/magnetic_tile_patchcore_lite2.json"),
         "ens_auto": lambda: patch_summary("methods/magnetic_tile_ensemble_auto.json"),
+        "mt_pc_lite0inc": lambda: patch_summary("methods/magnetic_tile_patchcore_lite0inc.json"),
         "ens_pc_rc": ens_table,
         "input_norm": input_norm_table,
         "norm_auto": norm_auto_table,
