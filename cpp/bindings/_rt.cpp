@@ -841,7 +841,9 @@ stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
           "exact_bf16", &MemoryBank::exact_bf16, &MemoryBank::set_exact_bf16,
           "Exact searches rank rows by a certified lower bound from bf16 dot products (AVX512_BF16), then re-rank "
           "the kept rows exactly: same neighbours and distances as the float32 search, ~1.5x faster.  Reads False "
-          "where the CPU lacks AVX512_BF16 or EDGEUAD_RT_NO_BF16=1; set False for the float32 tile.")
+          "where the CPU lacks AVX512_BF16 or EDGEUAD_RT_NO_BF16=1, and on a bank where a quarter of 4096 or more "
+          "queries needed the float32 search again (exact_stats()['bf16_gave_up']; add() or setting it True "
+          "starts a new trial); set False for the float32 tile.")
       .def(
           "exact_stats",
           [](const MemoryBank& self) {
@@ -853,6 +855,7 @@ stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
             py::dict d;
             d["prune_enabled"] = st.prune_enabled;
             d["bf16"] = st.bf16;
+            d["bf16_gave_up"] = st.bf16_gave_up;
             d["prune_dims"] = st.prune_dims;
             d["energy"] = st.energy;
             d["queries"] = st.queries;

@@ -333,8 +333,17 @@ struct MemoryBank::Impl {
   mutable std::atomic<int64_t> exact_queries{0}, exact_full{0}, exact_direct{0}, exact_refined{0};
   std::atomic<bool> prune_on{true};  // set_exact_prune
   std::atomic<bool> bf16_on{true};   // set_exact_bf16
+  // The bf16 full search's record on this bank since it last changed (or was switched on): when a quarter of
+  // its queries needed the float32 search again after kBf16Trial queries, the bank stops using it (those
+  // queries cost both passes: ~1.7x the float32 search alone).  Real coreset banks fall back on 0.1-0.5%.
+  static constexpr int64_t kBf16Trial = 4096;  // four frames of 32 x 32 patches
+  mutable std::atomic<int64_t> trial_queries{0}, trial_refined{0};
 
-  bool use_bf16() const { return bf16_on && detail::bf16_candidates(); }
+  bool bf16_gave_up() const {
+    const int64_t n = trial_queries.load();
+    return n >= kBf16Trial && trial_refined.load() * 4 > n;
+  }
+  bool use_bf16() const { return bf16_on && detail::bf16_candidates() && !bf16_gave_up(); }
 
   // The prune runs where its index applies; beside bf16 candidates only on nearly low-rank banks
   // (kMinEnergyOverBf16), where it still beats the bf16 full search.
@@ -484,6 +493,10 @@ struct MemoryBank::Impl {
         const auto b = bf ? bf16_bank() : nullptr;
         direct = detail::exact_knn(q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k,
                                    threads, dist, idx, &refined, b.get(), bf);
+        if (bf) {
+          trial_queries += nq;
+          trial_refined += refined;
+        }
       }
       exact_queries += nq;
       exact_direct += direct;
@@ -560,6 +573,8 @@ void MemoryBank::add(const float* features, int64_t n, int threads) {
   m.recenter(old);
   m.prune.reset();  // exclusive lock: no search holds it
   m.bf16.reset();
+  m.trial_queries = 0;  // a changed bank gets a new trial of the bf16 search
+  m.trial_refined = 0;
   m.table.clear();
   m.info.neighbor_b = 0;
   Index* ix = m.index.get();
@@ -625,7 +640,13 @@ void MemoryBank::search_reweighted(const float* queries, int64_t nq, int64_t b, 
 
 void MemoryBank::set_exact_prune(bool on) { impl_->prune_on = on; }
 bool MemoryBank::exact_prune() const { return impl_->prune_on; }
-void MemoryBank::set_exact_bf16(bool on) { impl_->bf16_on = on; }
+void MemoryBank::set_exact_bf16(bool on) {
+  impl_->bf16_on = on;
+  if (on) {  // switching it on (again) starts a new trial
+    impl_->trial_queries = 0;
+    impl_->trial_refined = 0;
+  }
+}
 bool MemoryBank::exact_bf16() const { return impl_->use_bf16(); }
 
 ExactStats MemoryBank::exact_stats() const {
@@ -634,6 +655,7 @@ ExactStats MemoryBank::exact_stats() const {
   ExactStats st;
   st.prune_enabled = m.prune_on;
   st.bf16 = m.use_bf16();
+  st.bf16_gave_up = m.bf16_on && detail::bf16_candidates() && m.bf16_gave_up();
   bool pruned = false;
   if (st.prune_enabled && m.info.size > 0) {
     const auto p = m.prune_index();

@@ -349,7 +349,41 @@ def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
     np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :2])
     np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :2], rtol=1e-5, atol=1e-5)
     st = bank.exact_stats()
-    assert st["bf16"] and st["refined_queries"] == len(q)
+    assert st["bf16"] and st["refined_queries"] == len(q) and not st["bf16_gave_up"]
+
+
+@needs_bf16
+def test_bf16_search_turns_itself_off_where_its_bound_keeps_failing():
+    """The same kind of bank: after 4096 queries of which more than a quarter needed the float32 search
+    again, the bank stops taking bf16 candidates (each such query paid for both passes); the answers stay
+    numpy's; add() and switching it on again start a new trial."""
+    rng = np.random.default_rng(7)
+    e = np.zeros(64, np.float32)
+    e[0] = 100.0
+    x = np.concatenate([e + 1e-2 * rng.standard_normal((400, 64)), -e + 1e-2 * rng.standard_normal((400, 64))])
+    x = x.astype(np.float32)
+    q = (x[rng.integers(0, 800, 1100)] + 1e-2 * rng.standard_normal((1100, 64))).astype(np.float32)
+    want = np.argsort(brute_force(q, x), axis=1, kind="stable")[:, :1]
+    runtime = Bank.build(x, exact_threshold=8192)
+    bank = runtime.rt
+    bank.exact_prune = False
+    assert runtime.search_mode().startswith("exact, full search with bf16 candidates")
+    for i in range(4):  # 4400 queries, every one refined
+        assert bank.exact_bf16, i
+        np.testing.assert_array_equal(bank.search(q, k=1, exact=True, threads=2)[1], want)
+    st = bank.exact_stats()
+    assert st["bf16_gave_up"] and not st["bf16"] and not bank.exact_bf16 and st["refined_queries"] == 4400
+    np.testing.assert_array_equal(bank.search(q, k=1, exact=True, threads=2)[1], want)  # float32 now
+    assert bank.exact_stats()["refined_queries"] == 4400
+    assert runtime.search_mode() == ("exact, full search (bf16 candidates turned off for this bank: its bound "
+                                     "certified too few queries)")
+    bank.exact_bf16 = True  # a new trial
+    assert bank.exact_bf16 and not bank.exact_stats()["bf16_gave_up"]
+    for _ in range(4):
+        bank.search(q, k=1, exact=True, threads=2)
+    assert not bank.exact_bf16
+    bank.add(x[:1] + np.float32(0.5), threads=1)  # a changed bank: a new trial too
+    assert bank.exact_bf16
 
 
 def test_exact_bf16_switch_follows_the_cpu_and_the_environment():

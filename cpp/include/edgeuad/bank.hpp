@@ -33,6 +33,7 @@ struct BankInfo {
 struct ExactStats {
   bool prune_enabled = true;  // set_exact_prune
   bool bf16 = false;          // full searches take bf16 candidates (bank_exact.hpp bf16_candidates)
+  bool bf16_gave_up = false;  // off for this bank: a quarter of its bf16 queries needed float32 again
   int64_t prune_dims = 0;     // m of bank_exact.hpp's PruneIndex where the prune runs; 0: every exact search is a
                               // full one (no index, or beside bf16 under kMinEnergyOverBf16)
   double energy = 0.0;        // variance share inside the subspace
@@ -86,7 +87,9 @@ class MemoryBank {
   void set_exact_prune(bool on);
   bool exact_prune() const;
   // Exact searches take their candidates from the bf16 tile where the CPU has AVX512_BF16 (default on;
-  // exact_bf16() is false where the CPU lacks it or EDGEUAD_RT_NO_BF16=1).  Same neighbours either way.
+  // exact_bf16() is false where the CPU lacks it or EDGEUAD_RT_NO_BF16=1, and on a bank where a quarter of
+  // 4096+ queries needed the float32 search again, until the bank changes or it is set on again).  Same
+  // neighbours either way.
   void set_exact_bf16(bool on);
   bool exact_bf16() const;
   int64_t size() const;

@@ -198,7 +198,9 @@ class Bank:
                     f"({100 * st['energy']:.0f}% of the variance)" + (f"; full searches with {bf16}" if st["bf16"] else ""))
         if st["bf16"]:
             return f"exact, full search with {bf16}"
-        if not st["prune_enabled"]:
+        if st.get("bf16_gave_up"):
+            why = "bf16 candidates turned off for this bank: its bound certified too few queries"
+        elif not st["prune_enabled"]:
             why = "pruning turned off"
         elif st["energy"] > 0:
             why = f"its top principal directions hold {100 * st['energy']:.0f}% of the variance, too little to prune"
