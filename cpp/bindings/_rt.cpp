@@ -861,14 +861,16 @@ stream object (torch, cupy, pycuda, cuda-python, __cuda_stream__).)doc");
             d["queries"] = st.queries;
             d["full_queries"] = st.full_queries;
             d["direct_queries"] = st.direct_queries;
+            d["second_pass_queries"] = st.second_pass_queries;
             d["refined_queries"] = st.refined_queries;
             return d;
           },
           "How exact searches ran: whether candidates come from the bf16 tile (bf16; the prune is off then), the "
           "lower-bound prune's subspace dims (0: off for this bank), the variance share inside it, and exact-search "
           "queries so far / of which searched in full / of those answered by direct differences over every row "
-          "(the rounding certificate of the full search failed) / bf16 candidates whose bound did not certify the "
-          "answer, searched again in float32 (refined_queries).")
+          "(the rounding certificate of the full search failed) / bf16 candidates whose first pass did not certify "
+          "the answer, given a threshold pass (second_pass_queries) / of those, searched again in float32 "
+          "(refined_queries).")
       .def(
           "features",
           [](const MemoryBank& self) {

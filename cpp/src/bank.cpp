@@ -330,7 +330,8 @@ struct MemoryBank::Impl {
   mutable std::mutex prune_mu;
   mutable std::shared_ptr<const detail::PruneIndex> prune;
   mutable std::shared_ptr<const detail::Bf16Bank> bf16;  // the bf16 tiles (same life as prune)
-  mutable std::atomic<int64_t> exact_queries{0}, exact_full{0}, exact_direct{0}, exact_refined{0};
+  mutable std::atomic<int64_t> exact_queries{0}, exact_full{0}, exact_direct{0}, exact_refined{0},
+      exact_second{0};
   std::atomic<bool> prune_on{true};  // set_exact_prune
   std::atomic<bool> bf16_on{true};   // set_exact_bf16
   // The bf16 full search's record on this bank since it last changed (or was switched on): when a quarter of
@@ -483,7 +484,7 @@ struct MemoryBank::Impl {
                        " is not");
     if (nq == 0) return;
     if (exact) {
-      int64_t full = nq, direct = 0, refined = 0;
+      int64_t full = nq, direct = 0, refined = 0, second = 0;
       const bool bf = use_bf16();
       const auto p = prune_on ? prune_index() : nullptr;
       if (p && prune_applies(*p, bf)) {
@@ -492,7 +493,7 @@ struct MemoryBank::Impl {
       } else {
         const auto b = bf ? bf16_bank() : nullptr;
         direct = detail::exact_knn(q, nq, feats.data(), center.data(), norms.data(), info.size, info.dim, k,
-                                   threads, dist, idx, &refined, b.get(), bf);
+                                   threads, dist, idx, &refined, b.get(), bf, &second);
         if (bf) {
           trial_queries += nq;
           trial_refined += refined;
@@ -502,6 +503,7 @@ struct MemoryBank::Impl {
       exact_direct += direct;
       exact_full += full;
       exact_refined += refined;
+      exact_second += second;
       return;
     }
     parallel_for(nq, resolve_threads(threads), 16,
@@ -668,6 +670,7 @@ ExactStats MemoryBank::exact_stats() const {
   st.full_queries = m.exact_full.load();
   st.direct_queries = m.exact_direct.load();
   st.refined_queries = m.exact_refined.load();
+  st.second_pass_queries = m.exact_second.load();
   return st;
 }
 

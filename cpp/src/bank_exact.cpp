@@ -37,6 +37,7 @@ constexpr int64_t kQB = 64;   // queries per block (one OpenMP task)
 constexpr int64_t kNB = 256;  // bank rows per packed tile (a multiple of every kernel's JT)
 constexpr int64_t kSharedPackMaxFloats = int64_t(64) << 20;  // 256 MiB: above it pack per query block
 constexpr int kSpare = 4;     // extra candidates kept for the exact re-ranking
+constexpr int64_t kRange = 64;  // threshold-pass slots per query (bf16 queries the first pass left uncertified)
 // 2 (2u + u^2) with u = 2^-8 (bf16), times 1 + 2^-10 for the float rounding of |q|, |x| and their product
 // (relative 2^-24 each): the bf16 tile's bound on the error of -2 q.x, per unit of |q||x|.
 constexpr double kBf16Bound = 2.0 * (2.0 * 0x1p-8 + 0x1p-16) * (1.0 + 0x1p-10);
@@ -644,29 +645,34 @@ namespace {
 
 int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
                        int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx, bool bf16,
-                       int64_t* refined, const Bf16Bank* pack) {
+                       int64_t* refined, int64_t* second, const Bf16Bank* pack) {
   const int nt = threads > 0 ? threads : omp_get_max_threads();
   const int64_t cap = std::min<int64_t>(k + kSpare, n);
   std::vector<float> sc(static_cast<size_t>(nq * cap));
   std::vector<int64_t> ci(static_cast<size_t>(nq * cap));
   bf16 = bf16 && cap < n;  // all rows kept: nothing to certify, the float pass is as good
+  std::vector<float> xr;  // |x - center| per row, when no pack brings it
+  const float* xroot = nullptr;
+  const uint32_t* tiles = nullptr;  // the bank's packed bf16 tiles, when the pack holds them
 #if !(defined(__x86_64__) && defined(__GNUC__))
-  (void)pack;  // no bf16 tile off x86 (bf16 is false there: bf16_candidates())
+  (void)pack, (void)xroot, (void)tiles;  // no bf16 tile off x86 (bf16 is false there: bf16_candidates())
 #else
   if (bf16) {
-    std::vector<float> xr;
     if (!pack) {
       xr.resize(static_cast<size_t>(n));
       for (int64_t j = 0; j < n; ++j) xr[j] = std::sqrt(xnorm[j]);
     }
-    blocked_candidates(Bf16Scheme{xnorm, pack ? pack->xroot.data() : xr.data()}, queries, nq, x, center, n, d, cap,
-                       nullptr, threads, sc.data(), ci.data(), pack && !pack->tiles.empty() ? pack->tiles.data() : nullptr);
+    xroot = pack ? pack->xroot.data() : xr.data();
+    tiles = pack && !pack->tiles.empty() ? pack->tiles.data() : nullptr;
+    blocked_candidates(Bf16Scheme{xnorm, xroot}, queries, nq, x, center, n, d, cap, nullptr, threads, sc.data(),
+                       ci.data(), tiles);
   } else
 #endif
     knn_candidates(queries, nq, x, center, xnorm, n, d, cap, nullptr, threads, sc.data(), ci.data());
   const double xn_max = n ? static_cast<double>(*std::max_element(xnorm, xnorm + n)) : 0.0;
   std::atomic<int64_t> direct{0};
   std::vector<char> redo(bf16 ? static_cast<size_t>(nq) : 0, 0);
+  std::vector<float> need(bf16 ? static_cast<size_t>(nq) : 0);  // their threshold score (see below)
   const auto by_dist = [](const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); };
 #pragma omp parallel num_threads(nt)
   {
@@ -691,6 +697,9 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
       if (cap < n && !(static_cast<double>(sc[a * cap + cap - 1]) - margin > kth * kth)) {
         if (bf16) {
           redo[a] = 1;
+          // every row whose bound is under this may be closer than the k-th kept row (+ the margin twice:
+          // a row left out of the threshold pass is then farther by at least one margin)
+          need[a] = static_cast<float>(kth * kth + 2.0 * margin) + std::numeric_limits<float>::min();
           continue;
         }
         ++direct;
@@ -708,14 +717,56 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
   std::vector<int64_t> rows;
   for (int64_t a = 0; a < static_cast<int64_t>(redo.size()); ++a)
     if (redo[a]) rows.push_back(a);
+  if (second) *second = static_cast<int64_t>(rows.size());
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!rows.empty() && std::min<int64_t>(n, kRange) > cap) {
+    // The queries the bf16 bound did not certify: first a threshold pass of the same bf16 tile (every row
+    // whose bound is under need[], at most kRange), those rows re-ranked exactly; a query with more rows
+    // under its threshold than that (near-duplicates) keeps its place in `rows` for the float32 search.
+    const int64_t nr = static_cast<int64_t>(rows.size()), c3 = std::min<int64_t>(n, kRange);
+    std::vector<float> rq(static_cast<size_t>(nr * d)), init(static_cast<size_t>(nr)), s3(static_cast<size_t>(nr * c3));
+    std::vector<int64_t> i3(static_cast<size_t>(nr * c3));
+    for (int64_t r = 0; r < nr; ++r) {
+      std::copy(queries + rows[r] * d, queries + (rows[r] + 1) * d, rq.data() + r * d);
+      init[r] = need[rows[r]];
+    }
+    blocked_candidates(Bf16Scheme{xnorm, xroot}, rq.data(), nr, x, center, n, d, c3, init.data(), threads, s3.data(),
+                       i3.data(), tiles);
+    std::vector<char> settled(static_cast<size_t>(nr), 0);
+#pragma omp parallel num_threads(nt)
+    {
+      std::vector<Cand> c;
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < nr; ++r) {
+        if (i3[r * c3 + c3 - 1] >= 0) continue;  // every slot used: rows may be left out, not certified
+        c.clear();
+        for (int64_t t = 0; t < c3 && i3[r * c3 + t] >= 0; ++t) {
+          const int64_t j = i3[r * c3 + t];
+          c.push_back({l2_exact(queries + rows[r] * d, x + j * d, d), j});
+        }
+        if (static_cast<int64_t>(c.size()) < k) continue;  // the kept rows should be there: be safe
+        std::partial_sort(c.begin(), c.begin() + k, c.end(), by_dist);
+        for (int64_t t = 0; t < k; ++t) {
+          dist[rows[r] * k + t] = c[t].d;
+          idx[rows[r] * k + t] = c[t].i;
+        }
+        settled[r] = 1;
+      }
+    }
+    std::vector<int64_t> left;
+    for (int64_t r = 0; r < nr; ++r)
+      if (!settled[r]) left.push_back(rows[r]);
+    rows.swap(left);
+  }
+#endif
   if (refined) *refined = static_cast<int64_t>(rows.size());
-  if (!rows.empty()) {  // the queries the bf16 bound could not certify: the float32 search
+  if (!rows.empty()) {  // still uncertified: the float32 search
     const int64_t nr = static_cast<int64_t>(rows.size());
     std::vector<float> rq(static_cast<size_t>(nr * d)), rd(static_cast<size_t>(nr * k));
     std::vector<int64_t> ri(static_cast<size_t>(nr * k));
     for (int64_t r = 0; r < nr; ++r) std::copy(queries + rows[r] * d, queries + (rows[r] + 1) * d, rq.data() + r * d);
     nd += exact_knn_impl(rq.data(), nr, x, center, xnorm, n, d, k, threads, rd.data(), ri.data(), false, nullptr,
-                         nullptr);
+                         nullptr, nullptr);
     for (int64_t r = 0; r < nr; ++r) {
       std::copy(rd.data() + r * k, rd.data() + (r + 1) * k, dist + rows[r] * k);
       std::copy(ri.data() + r * k, ri.data() + (r + 1) * k, idx + rows[r] * k);
@@ -728,10 +779,11 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
 
 int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
                   int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx, int64_t* refined,
-                  const Bf16Bank* pack, bool bf16) {
+                  const Bf16Bank* pack, bool bf16, int64_t* second) {
   if (refined) *refined = 0;
+  if (second) *second = 0;
   return exact_knn_impl(queries, nq, x, center, xnorm, n, d, k, threads, dist, idx, bf16 && bf16_candidates(),
-                        refined, pack);
+                        refined, second, pack);
 }
 
 Bf16Bank pack_bf16_bank(const float* x, const float* center, const float* xnorm, int64_t n, int64_t d) {

@@ -331,6 +331,25 @@ def test_bf16_search_equals_float32_search_and_numpy(offset):
 
 
 @needs_bf16
+def test_bf16_threshold_pass_settles_what_the_first_pass_left():
+    """Random rows and queries (distances bunch up: the bf16 first pass leaves some queries uncertified):
+    those get the threshold pass of the same tile (every row whose bound is under their k-th kept distance),
+    which settles them without the float32 search; the answers are numpy's."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2141, 152)).astype(np.float32)
+    q = rng.standard_normal((500, 152)).astype(np.float32)
+    bank = _rt.MemoryBank(152, M=8, ef_construction=20, seed=0)
+    bank.exact_prune = False
+    bank.add(x, threads=1)
+    d, i = bank.search(q, k=3, exact=True, threads=2)
+    ref = brute_force(q, x)
+    np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :3])
+    np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :3], rtol=1e-5, atol=1e-5)
+    st = bank.exact_stats()
+    assert st["second_pass_queries"] > 0 and st["refined_queries"] == 0, st
+
+
+@needs_bf16
 def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
     """Two groups of near-duplicate rows far from their common centre: the bf16 bound (~2^-6 |q||x| in
     squared distance) is far wider than the rows' spread, so no query is certified and every one is searched
@@ -349,7 +368,8 @@ def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
     np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :2])
     np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :2], rtol=1e-5, atol=1e-5)
     st = bank.exact_stats()
-    assert st["bf16"] and st["refined_queries"] == len(q) and not st["bf16_gave_up"]
+    # the threshold pass found more than 64 rows under every query's threshold (400 near-duplicates)
+    assert st["bf16"] and st["second_pass_queries"] == st["refined_queries"] == len(q) and not st["bf16_gave_up"]
 
 
 @needs_bf16

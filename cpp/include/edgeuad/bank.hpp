@@ -40,7 +40,8 @@ struct ExactStats {
   int64_t queries = 0;        // exact-search queries so far
   int64_t full_queries = 0;   // of which searched in full (prune off, or not certified)
   int64_t direct_queries = 0; // of those, answered by direct differences over every row (rounding)
-  int64_t refined_queries = 0; // bf16 candidates the bound could not certify: searched again in float32
+  int64_t second_pass_queries = 0; // bf16 candidates the first pass did not certify: a threshold pass
+  int64_t refined_queries = 0; // of those, too many rows under the threshold: searched again in float32
 };
 
 // Thread safety: const searches may run concurrently from any number of

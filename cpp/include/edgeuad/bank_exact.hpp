@@ -39,13 +39,15 @@ void knn_candidates(const float* queries, int64_t nq, const float* x, const floa
 // indices, nq x k each.  The k + 4 best-scored rows are re-ranked by direct differences, and the
 // result is certified against the expansion's rounding (expansion_margin); a query that is not gets a
 // direct-difference scan of every row.  Returns how many queries needed that scan.  With bf16_candidates()
-// the candidates come from the bf16 tile, certified with bf16_margin; a query that is not gets the float32
-// search (*refined: how many, when given).  bf16 = false: the float32 tile (bf16 is ignored where
+// the candidates come from the bf16 tile, certified with bf16_margin; a query that is not gets a threshold
+// pass of the same tile (every row whose bound is under its k-th kept distance, at most 64, re-ranked
+// exactly; *second: how many queries took it) and, past 64 rows, the float32 search (*refined: how many).  bf16 = false: the float32 tile (bf16 is ignored where
 // bf16_candidates() is false).
 struct Bf16Bank;
 int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
                   int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx,
-                  int64_t* refined = nullptr, const Bf16Bank* pack = nullptr, bool bf16 = bf16_candidates());
+                  int64_t* refined = nullptr, const Bf16Bank* pack = nullptr, bool bf16 = bf16_candidates(),
+                  int64_t* second = nullptr);
 
 // The bf16 tile's view of a bank, made once and passed to exact_knn (MemoryBank keeps it until the bank
 // changes): the centred rows as packed bf16 tiles (empty above the shared pack limit: then every search
