@@ -732,27 +732,8 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
     }
     blocked_candidates(Bf16Scheme{xnorm, xroot}, rq.data(), nr, x, center, n, d, c3, init.data(), threads, s3.data(),
                        i3.data(), tiles);
-    std::vector<char> settled(static_cast<size_t>(nr), 0);
-#pragma omp parallel num_threads(nt)
-    {
-      std::vector<Cand> c;
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < nr; ++r) {
-        if (i3[r * c3 + c3 - 1] >= 0) continue;  // every slot used: rows may be left out, not certified
-        c.clear();
-        for (int64_t t = 0; t < c3 && i3[r * c3 + t] >= 0; ++t) {
-          const int64_t j = i3[r * c3 + t];
-          c.push_back({l2_exact(queries + rows[r] * d, x + j * d, d), j});
-        }
-        if (static_cast<int64_t>(c.size()) < k) continue;  // the kept rows should be there: be safe
-        std::partial_sort(c.begin(), c.begin() + k, c.end(), by_dist);
-        for (int64_t t = 0; t < k; ++t) {
-          dist[rows[r] * k + t] = c[t].d;
-          idx[rows[r] * k + t] = c[t].i;
-        }
-        settled[r] = 1;
-      }
-    }
+    std::vector<char> settled(static_cast<size_t>(nr));
+    rerank_threshold(queries, rows.data(), nr, i3.data(), c3, x, d, k, threads, dist, idx, settled.data());
     std::vector<int64_t> left;
     for (int64_t r = 0; r < nr; ++r)
       if (!settled[r]) left.push_back(rows[r]);
@@ -760,22 +741,54 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
   }
 #endif
   if (refined) *refined = static_cast<int64_t>(rows.size());
-  if (!rows.empty()) {  // still uncertified: the float32 search
-    const int64_t nr = static_cast<int64_t>(rows.size());
-    std::vector<float> rq(static_cast<size_t>(nr * d)), rd(static_cast<size_t>(nr * k));
-    std::vector<int64_t> ri(static_cast<size_t>(nr * k));
-    for (int64_t r = 0; r < nr; ++r) std::copy(queries + rows[r] * d, queries + (rows[r] + 1) * d, rq.data() + r * d);
-    nd += exact_knn_impl(rq.data(), nr, x, center, xnorm, n, d, k, threads, rd.data(), ri.data(), false, nullptr,
-                         nullptr, nullptr);
-    for (int64_t r = 0; r < nr; ++r) {
-      std::copy(rd.data() + r * k, rd.data() + (r + 1) * k, dist + rows[r] * k);
-      std::copy(ri.data() + r * k, ri.data() + (r + 1) * k, idx + rows[r] * k);
-    }
-  }
+  // still uncertified: the float32 search
+  if (!rows.empty()) nd += exact_knn_rows(queries, rows, x, center, xnorm, n, d, k, threads, dist, idx, false);
   return nd;
 }
 
 }  // namespace
+
+void rerank_threshold(const float* queries, const int64_t* rows, int64_t nr, const int64_t* ids, int64_t c3,
+                      const float* x, int64_t d, int64_t k, int threads, float* dist, int64_t* idx, char* settled) {
+  const int nt = threads > 0 ? threads : omp_get_max_threads();
+  const auto by_dist = [](const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); };
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<Cand> c;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < nr; ++r) {
+      settled[r] = 0;
+      if (ids[r * c3 + c3 - 1] >= 0) continue;  // more rows under the threshold than slots: not certified
+      const float* q = queries + rows[r] * d;
+      c.clear();
+      for (int64_t t = 0; t < c3 && ids[r * c3 + t] >= 0; ++t) c.push_back({l2_exact(q, x + ids[r * c3 + t] * d, d),
+                                                                           ids[r * c3 + t]});
+      if (static_cast<int64_t>(c.size()) < k) continue;  // the k nearest were left out: never seen; be safe
+      std::partial_sort(c.begin(), c.begin() + k, c.end(), by_dist);
+      for (int64_t t = 0; t < k; ++t) {
+        dist[rows[r] * k + t] = c[t].d;
+        idx[rows[r] * k + t] = c[t].i;
+      }
+      settled[r] = 1;
+    }
+  }
+}
+
+int64_t exact_knn_rows(const float* queries, const std::vector<int64_t>& rows, const float* x, const float* center,
+                       const float* xnorm, int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx,
+                       bool bf16) {
+  const int64_t nr = static_cast<int64_t>(rows.size());
+  std::vector<float> rq(static_cast<size_t>(nr * d)), rd(static_cast<size_t>(nr * k));
+  std::vector<int64_t> ri(static_cast<size_t>(nr * k));
+  for (int64_t r = 0; r < nr; ++r) std::copy(queries + rows[r] * d, queries + (rows[r] + 1) * d, rq.data() + r * d);
+  const int64_t direct = exact_knn_impl(rq.data(), nr, x, center, xnorm, n, d, k, threads, rd.data(), ri.data(),
+                                        bf16 && bf16_candidates(), nullptr, nullptr, nullptr);
+  for (int64_t r = 0; r < nr; ++r) {
+    std::copy(rd.data() + r * k, rd.data() + (r + 1) * k, dist + rows[r] * k);
+    std::copy(ri.data() + r * k, ri.data() + (r + 1) * k, idx + rows[r] * k);
+  }
+  return direct;
+}
 
 int64_t exact_knn(const float* queries, int64_t nq, const float* x, const float* center, const float* xnorm,
                   int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx, int64_t* refined,

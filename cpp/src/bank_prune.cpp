@@ -257,49 +257,13 @@ int64_t pruned_knn(const PruneIndex& p, const float* queries, int64_t nq, const 
   std::vector<int64_t> i3(static_cast<size_t>(nr * c3));
   knn_candidates(rqa.data(), nr, p.aug.data(), nullptr, p.augnorm.data(), n, ma, c3, init.data(), threads,
                  s3.data(), i3.data());
-  std::vector<char> overflow(static_cast<size_t>(nr), 0);
-#pragma omp parallel num_threads(nt)
-  {
-    std::vector<std::pair<float, int64_t>> cand;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < nr; ++r) {
-      const int64_t i = redo[r];
-      if (i3[r * c3 + c3 - 1] >= 0) {  // more rows under the threshold than slots: not certified
-        overflow[r] = 1;
-        continue;
-      }
-      cand.clear();
-      for (int64_t t = 0; t < c3 && i3[r * c3 + t] >= 0; ++t) {
-        const int64_t j = i3[r * c3 + t];
-        cand.emplace_back(l2_exact(queries + i * d, x + j * d, d), j);
-      }
-      if (static_cast<int64_t>(cand.size()) < k) {  // rounding left the k nearest out: never seen; be safe
-        overflow[r] = 1;
-        continue;
-      }
-      std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), better);
-      for (int64_t t = 0; t < k; ++t) {
-        dist[i * k + t] = cand[t].first;
-        idx[i * k + t] = cand[t].second;
-      }
-    }
-  }
+  std::vector<char> settled(static_cast<size_t>(nr));
+  rerank_threshold(queries, redo.data(), nr, i3.data(), c3, x, d, k, threads, dist, idx, settled.data());
   // Stage 4: the full search for queries whose threshold held too many rows.
   std::vector<int64_t> full;
   for (int64_t r = 0; r < nr; ++r)
-    if (overflow[r]) full.push_back(redo[r]);
-  if (!full.empty()) {
-    const int64_t nf = static_cast<int64_t>(full.size());
-    std::vector<float> fq(static_cast<size_t>(nf * d)), fd(static_cast<size_t>(nf * k));
-    std::vector<int64_t> fi(static_cast<size_t>(nf * k));
-    for (int64_t r = 0; r < nf; ++r) std::copy(queries + full[r] * d, queries + (full[r] + 1) * d, fq.data() + r * d);
-    *direct = exact_knn(fq.data(), nf, x, center, xnorm, n, d, k, threads, fd.data(), fi.data(), nullptr, nullptr,
-                        bf16);
-    for (int64_t r = 0; r < nf; ++r) {
-      std::copy(fd.data() + r * k, fd.data() + (r + 1) * k, dist + full[r] * k);
-      std::copy(fi.data() + r * k, fi.data() + (r + 1) * k, idx + full[r] * k);
-    }
-  }
+    if (!settled[r]) full.push_back(redo[r]);
+  if (!full.empty()) *direct = exact_knn_rows(queries, full, x, center, xnorm, n, d, k, threads, dist, idx, bf16);
   return static_cast<int64_t>(full.size());
 }
 

@@ -58,6 +58,19 @@ struct Bf16Bank {
 };
 Bf16Bank pack_bf16_bank(const float* x, const float* center, const float* xnorm, int64_t n, int64_t d);
 
+// After a threshold search (knn_candidates or the bf16 tile, started at each query's threshold score): query
+// r is queries[rows[r]] and its kept rows ids[r * c3 ..] (-1: unused slot).  Where a slot was left unused
+// (every row under the threshold was kept) and at least k rows were, the k nearest of them by exact
+// distance go to dist/idx at row rows[r] and settled[r] = 1; otherwise settled[r] = 0.
+void rerank_threshold(const float* queries, const int64_t* rows, int64_t nr, const int64_t* ids, int64_t c3,
+                      const float* x, int64_t d, int64_t k, int threads, float* dist, int64_t* idx, char* settled);
+
+// exact_knn for the queries queries[rows[r]] only, their answers written at those rows of dist/idx (the
+// fallback both the pruned search and the bf16 pass end with).  Returns exact_knn's count.
+int64_t exact_knn_rows(const float* queries, const std::vector<int64_t>& rows, const float* x, const float* center,
+                       const float* xnorm, int64_t n, int64_t d, int64_t k, int threads, float* dist, int64_t* idx,
+                       bool bf16);
+
 // Bound on the float rounding error of one expanded score in d dimensions (squared-distance units), for
 // a query of centred squared norm qn against rows of centred squared norm <= xn_max.
 double expansion_margin(int64_t d, double qn, double xn_max);
