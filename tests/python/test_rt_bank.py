@@ -296,6 +296,17 @@ def test_concurrent_first_searches_build_one_search_index(bf16):
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no AVX512_BF16 (or EDGEUAD_RT_NO_BF16=1)")
 
 
+def far_near_duplicates(rng: np.random.Generator, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    """800 rows in two groups of near-duplicates (spread 1e-2) at +-100 e_0, and nq queries beside them:
+    the bf16 bound (~2^-6 |q||x|) is far wider than the spread, and each group outnumbers the threshold
+    pass's 64 slots, so no query is certified without the float32 search."""
+    e = np.zeros(64, np.float32)
+    e[0] = 100.0
+    x = np.concatenate([e + 1e-2 * rng.standard_normal((400, 64)), -e + 1e-2 * rng.standard_normal((400, 64))])
+    x = x.astype(np.float32)
+    return x, (x[rng.integers(0, 800, nq)] + 1e-2 * rng.standard_normal((nq, 64))).astype(np.float32)
+
+
 @needs_bf16
 @pytest.mark.parametrize("offset", [0.0, 1000.0])
 def test_bf16_search_equals_float32_search_and_numpy(offset):
@@ -354,12 +365,7 @@ def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
     """Two groups of near-duplicate rows far from their common centre: the bf16 bound (~2^-6 |q||x| in
     squared distance) is far wider than the rows' spread, so no query is certified and every one is searched
     again by the float32 tile (counted as refined); the answer is numpy's."""
-    rng = np.random.default_rng(6)
-    e = np.zeros(64, np.float32)
-    e[0] = 100.0
-    x = np.concatenate([e + 1e-2 * rng.standard_normal((400, 64)), -e + 1e-2 * rng.standard_normal((400, 64))])
-    x = x.astype(np.float32)
-    q = (x[rng.integers(0, 800, 50)] + 1e-2 * rng.standard_normal((50, 64))).astype(np.float32)
+    x, q = far_near_duplicates(np.random.default_rng(6), 50)
     bank = _rt.MemoryBank(64, M=8, ef_construction=20, seed=0)
     bank.exact_prune = False  # the full search is the one that takes the bf16 candidates
     bank.add(x, threads=1)
@@ -377,12 +383,7 @@ def test_bf16_search_turns_itself_off_where_its_bound_keeps_failing():
     """The same kind of bank: after 4096 queries of which more than a quarter needed the float32 search
     again, the bank stops taking bf16 candidates (each such query paid for both passes); the answers stay
     numpy's; add() and switching it on again start a new trial."""
-    rng = np.random.default_rng(7)
-    e = np.zeros(64, np.float32)
-    e[0] = 100.0
-    x = np.concatenate([e + 1e-2 * rng.standard_normal((400, 64)), -e + 1e-2 * rng.standard_normal((400, 64))])
-    x = x.astype(np.float32)
-    q = (x[rng.integers(0, 800, 1100)] + 1e-2 * rng.standard_normal((1100, 64))).astype(np.float32)
+    x, q = far_near_duplicates(np.random.default_rng(7), 1100)
     want = np.argsort(brute_force(q, x), axis=1, kind="stable")[:, :1]
     runtime = Bank.build(x, exact_threshold=8192)
     bank = runtime.rt
