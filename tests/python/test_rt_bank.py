@@ -296,6 +296,19 @@ def test_concurrent_first_searches_build_one_search_index(bf16):
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no AVX512_BF16 (or EDGEUAD_RT_NO_BF16=1)")
 
 
+def full_search_matches_numpy(x: np.ndarray, q: np.ndarray, k: int) -> dict:
+    """The full exact search (no prune: the one that takes the bf16 candidates) of q in a bank of x, 2
+    threads, checked against numpy's neighbours and distances; returns the bank's exact_stats()."""
+    bank = _rt.MemoryBank(x.shape[1], M=8, ef_construction=20, seed=0)
+    bank.exact_prune = False
+    bank.add(x, threads=1)
+    d, i = bank.search(q, k=k, exact=True, threads=2)
+    ref = brute_force(q, x)
+    np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :k])
+    np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :k], rtol=1e-5, atol=1e-5)
+    return bank.exact_stats()
+
+
 def far_near_duplicates(rng: np.random.Generator, nq: int) -> tuple[np.ndarray, np.ndarray]:
     """800 rows in two groups of near-duplicates (spread 1e-2) at +-100 e_0, and nq queries beside them:
     the bf16 bound (~2^-6 |q||x|) is far wider than the spread, and each group outnumbers the threshold
@@ -349,14 +362,7 @@ def test_bf16_threshold_pass_settles_what_the_first_pass_left():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2141, 152)).astype(np.float32)
     q = rng.standard_normal((500, 152)).astype(np.float32)
-    bank = _rt.MemoryBank(152, M=8, ef_construction=20, seed=0)
-    bank.exact_prune = False
-    bank.add(x, threads=1)
-    d, i = bank.search(q, k=3, exact=True, threads=2)
-    ref = brute_force(q, x)
-    np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :3])
-    np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :3], rtol=1e-5, atol=1e-5)
-    st = bank.exact_stats()
+    st = full_search_matches_numpy(x, q, k=3)
     assert st["second_pass_queries"] > 0 and st["refined_queries"] == 0, st
 
 
@@ -366,14 +372,7 @@ def test_bf16_search_falls_back_to_float32_when_the_bound_is_loose():
     squared distance) is far wider than the rows' spread, so no query is certified and every one is searched
     again by the float32 tile (counted as refined); the answer is numpy's."""
     x, q = far_near_duplicates(np.random.default_rng(6), 50)
-    bank = _rt.MemoryBank(64, M=8, ef_construction=20, seed=0)
-    bank.exact_prune = False  # the full search is the one that takes the bf16 candidates
-    bank.add(x, threads=1)
-    d, i = bank.search(q, k=2, exact=True, threads=2)
-    ref = brute_force(q, x)
-    np.testing.assert_array_equal(i, np.argsort(ref, axis=1, kind="stable")[:, :2])
-    np.testing.assert_allclose(d, np.sort(ref, axis=1)[:, :2], rtol=1e-5, atol=1e-5)
-    st = bank.exact_stats()
+    st = full_search_matches_numpy(x, q, k=2)
     # the threshold pass found more than 64 rows under every query's threshold (400 near-duplicates)
     assert st["bf16"] and st["second_pass_queries"] == st["refined_queries"] == len(q) and not st["bf16_gave_up"]
 
