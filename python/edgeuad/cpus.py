@@ -14,8 +14,9 @@ time ~6x (issue 15; benchmarks/results/demo_load.md).  Hence:
 - `ort_session_options()`: an explicit intra-op count (left at 0, onnxruntime sizes its pool by
   the machine's physical cores and pins each thread to one, which ignores taskset and cgroups)
   and no spinning.
-- `prefer_passive_openmp()`: OMP_WAIT_POLICY=PASSIVE unless the user set it; OpenMP reads it once,
-  when its library loads, so the CLI calls this before anything imports torch or `_rt`.
+- `prefer_passive_openmp()`: OMP_WAIT_POLICY=PASSIVE unless the user set it (or GOMP_SPINCOUNT);
+  OpenMP reads it once, when its library loads, so the CLI calls this before anything imports torch
+  or `_rt`, and so does the runtime before it first loads `_rt` (`runtime.native.load_rt`).
 
 Runtime side: no torch here (`set_torch_threads` takes the module it configures).
 """
@@ -25,7 +26,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +123,30 @@ def resolve_threads(threads: int) -> int:
     return available_cpus()
 
 
+# The OpenMP settings a user may have chosen: any of them keeps edgeuad's preference out
+OPENMP_WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+_set_here: set[str] = set()  # variables prefer_passive_openmp set in this process (not the user's)
+
+
 def prefer_passive_openmp() -> None:
-    """OpenMP threads sleep instead of spinning when idle, unless the user chose a policy.  Takes
-    effect only for OpenMP libraries loaded after this call (torch, `_rt`)."""
-    if "OMP_WAIT_POLICY" not in os.environ:
+    """OpenMP threads sleep instead of spinning when idle, unless the user chose a policy (set
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT).  Takes effect only for OpenMP libraries loaded after this
+    call (torch, `_rt`)."""
+    if not any(k in os.environ for k in OPENMP_WAIT_ENV):
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        _set_here.add("OMP_WAIT_POLICY")
+
+
+def user_openmp_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of `env` (default os.environ) without what `prefer_passive_openmp` set: the environment
+    as the user launched this process, for children that must run with OpenMP as they would without
+    edgeuad (the benchmark's torch references: PASSIVE doubles eager torch's network time at 2 threads,
+    benchmarks/RESULTS.md section 2)."""
+    out = dict(os.environ if env is None else env)
+    for k in _set_here:
+        if out.get(k) == "PASSIVE":
+            out.pop(k)
+    return out
 
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -224,4 +244,5 @@ def set_torch_threads(torch: Any, threads: int = 0) -> int:
 
 
 __all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "int8_product_saturates", "ort_session",
-           "ort_session_options", "prefer_passive_openmp", "resolve_threads", "set_torch_threads"]
+           "ort_session_options", "prefer_passive_openmp", "resolve_threads", "set_torch_threads",
+           "user_openmp_environ"]

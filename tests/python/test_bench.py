@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -411,6 +412,33 @@ def test_real_bundle_one_iteration_subprocess(tmp_path):
     if importlib.util.find_spec("tensorrt") is None:
         assert not rep.pipeline("tensorrt").available
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["bundle"]["method"] == "recontrast"
+    assert "- OpenMP wait policy: runtime pipelines " in rep.to_markdown()
+
+
+def test_bench_workers_start_with_their_own_openmp_policy(monkeypatch) -> None:
+    """Runtime pipelines run under edgeuad's PASSIVE preference, torch references as the bench was
+    launched (edgeuad's preference removed, a user's own choice kept): PASSIVE would slow eager torch."""
+    from edgeuad import cpus
+    from edgeuad.bench.protocol import openmp_environ, openmp_policy
+
+    for k in cpus.OPENMP_WAIT_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(cpus, "_set_here", set())
+    cpus.prefer_passive_openmp()  # what `edgeuad bench` (the CLI) does in the bench's own process
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert not any(k in openmp_environ(REFERENCE) for k in cpus.OPENMP_WAIT_ENV)
+    assert openmp_policy(openmp_environ(REFERENCE)).startswith("unset")
+    assert openmp_environ("ort+torch-post").get("OMP_WAIT_POLICY") is None
+    assert openmp_environ("onnxruntime")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert openmp_policy(openmp_environ("onnxruntime")) == "OMP_WAIT_POLICY=PASSIVE"
+    monkeypatch.setattr(cpus, "_set_here", set())  # now the user's own PASSIVE: every worker keeps it
+    assert openmp_environ(REFERENCE)["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # a user's spin count is a choice too
+    env = openmp_environ("onnxruntime")
+    assert "OMP_WAIT_POLICY" not in env and env["GOMP_SPINCOUNT"] == "1000"
+    cpus.prefer_passive_openmp()
+    assert "OMP_WAIT_POLICY" not in os.environ
 
 
 def test_report_explains_an_int8_bundles_parity_mismatch() -> None:

@@ -118,3 +118,23 @@ def test_cli_makes_openmp_passive_unless_the_user_chose(tmp_path: Path) -> None:
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "POLICY ACTIVE" in out.stdout
+
+
+def test_loading_rt_makes_its_openmp_passive_unless_the_user_chose() -> None:
+    """A library user's Detector (no CLI) gets the same policy: `load_rt` sets it before libgomp loads.
+    OMP_DISPLAY_ENV makes libgomp print the wait policy it read at load, so this checks the pool's
+    own setting, not only the environment variable."""
+    pytest.importorskip("edgeuad._rt")
+    code = ("import os; from edgeuad.runtime.native import load_rt; rt = load_rt(); "
+            "print('POLICY', os.environ['OMP_WAIT_POLICY'], load_rt() is rt)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_DISPLAY_ENV"] = "TRUE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "POLICY PASSIVE True" in out.stdout
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in out.stdout + out.stderr  # what libgomp itself read
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "POLICY ACTIVE True" in out.stdout
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stdout + out.stderr

@@ -56,7 +56,7 @@ class FakeStack:
         monkeypatch.setattr(T, "device_context", lambda device: contextlib.nullcontext())
         monkeypatch.setenv(T.ENV_CACHE_DIR, str(tmp_path / "trt-cache"))
         self.rt = FakeRt(_rt, self.gpu)
-        monkeypatch.setattr(device_post, "_rt", lambda: self.rt)
+        monkeypatch.setattr(device_post, "load_rt", lambda: self.rt)
 
 
 def _frames(dataset: Path, n: int) -> list[np.ndarray]:

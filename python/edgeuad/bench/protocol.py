@@ -25,7 +25,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .config import BenchConfig
+from ..cpus import OPENMP_WAIT_ENV, user_openmp_environ
+from .config import REFERENCES, BenchConfig
 from .frames import batch_of, decode
 from .machine import current_rss_mb, peak_rss_mb
 from .pipelines import DetectorFactory, Pipeline, ReferenceFactory, build_pipeline
@@ -93,7 +94,7 @@ class ProcessWorker:
                                     "work": str(work)}))
         self.log_path = work / f"{safe}.log"
         self.parity_path = work / f"{safe}.parity.npz"
-        env = dict(os.environ)
+        env = openmp_environ(name)
         # the child must import this very package, whatever the caller's sys.path was
         env["PYTHONPATH"] = os.pathsep.join([str(_PKG_PARENT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         with open(self.log_path, "wb") as errf:
@@ -155,9 +156,31 @@ class ProcessWorker:
                 self.proc.kill()
 
 
+def openmp_environ(name: str) -> dict[str, str]:
+    """The environment a pipeline's worker starts with: a torch reference gets OpenMP as its user has
+    it (the bench's own environment without edgeuad's PASSIVE preference: eager torch's 2-thread network
+    takes ~2x as long under PASSIVE), the runtime pipelines edgeuad's policy (`runtime.native.load_rt`)."""
+    if name in REFERENCES:
+        return user_openmp_environ()
+    env = dict(os.environ)
+    if not any(k in env for k in OPENMP_WAIT_ENV):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
+def openmp_policy(env: dict[str, str]) -> str:
+    """How `env` sets OpenMP's wait policy, in words for the report."""
+    set_ = [f"{k}={env[k]}" for k in OPENMP_WAIT_ENV if k in env]
+    return ", ".join(set_) if set_ else "unset (GNU OpenMP's default: spin, then sleep)"
+
+
 def worker_main(spec_path: str) -> int:
     """`python -m edgeuad.bench --worker SPEC`: answer the parent's commands until "quit"."""
     spec = json.loads(Path(spec_path).read_text())
+    if spec["name"] in REFERENCES:
+        # torch's OpenMP reads the wait policy when it loads: first, before anything could load `_rt`
+        # (whose loader would set edgeuad's preference)
+        import torch  # noqa: F401
     reply_fd = os.dup(1)
     os.dup2(2, 1)   # whatever a library prints goes to the log, not into the reply stream
     replies = os.fdopen(reply_fd, "w", buffering=1)

@@ -181,8 +181,12 @@ class BenchReport:
                  + (f", graph {b['graph']}" if b.get("graph") else "")
                  + (f", weights {b['weights']}" if b.get("weights") else ""),
                  f"- Frames: {c.get('frame_desc')}; times are ms per batch",
-                 "- " + PROTOCOL.format(reps=c.get("repetitions"), block=c.get("block"), warmup=c.get("warmup")),
-                 "", "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
+                 "- " + PROTOCOL.format(reps=c.get("repetitions"), block=c.get("block"), warmup=c.get("warmup"))]
+        if c.get("openmp"):
+            lines.append(f"- OpenMP wait policy: runtime pipelines {c['openmp']['runtime']} (edgeuad's, "
+                         f"`edgeuad.cpus.prefer_passive_openmp`); torch references {c['openmp']['references']} "
+                         "(as the bench was launched, without edgeuad's preference)")
+        lines += ["", "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
         missing = [p for p in self.pipelines if not p.available]
         if missing:

@@ -14,7 +14,7 @@ from .config import PEER, REFERENCES, RUNTIMES, TORCH_EAGER, BenchConfig
 from .frames import folder_frames, synthetic_frames
 from .machine import machine_info
 from .pipelines import DetectorFactory, ReferenceFactory
-from .protocol import LocalWorker, ProcessWorker, WorkerError
+from .protocol import LocalWorker, ProcessWorker, WorkerError, openmp_environ, openmp_policy
 from .report import BenchReport, ParityReport, PipelineReport, RunStats, compare_parity
 from .stats import ratio_summary, summarize_stages, throughput
 
@@ -205,6 +205,9 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
                 parity.append(compare_parity(name, d, parity_data[ref_name], cfg.score_atol, cfg.score_rtol, ref_name))
     cdict = cfg.to_dict()
     cdict["frame_desc"] = frame_desc
+    if not in_process:  # what each worker started with (protocol.openmp_environ)
+        cdict["openmp"] = {"runtime": openmp_policy(openmp_environ(RUNTIMES[0])),
+                           "references": openmp_policy(openmp_environ(REFERENCES[0]))}
     report = BenchReport(config=cdict, machine=machine_info(), bundle_info=_bundle_info(cfg), pipelines=pipelines,
                          parity=parity, speedups=compute_speedups(cfg, blocks, effective))
     for q in parity:

@@ -13,34 +13,23 @@ numpy only (no torch).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass
-from types import ModuleType
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
 from .. import limits
 from ..atomic import remove_stale_temps
+from .native import load_rt
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BankConfig", "Bank"]
 
 PathLike = Union[str, os.PathLike]
-
-_RT_MISSING = "edgeuad._rt is not built: run pip install -e . (needs CMake, a C++17 compiler and libhnswlib-dev)"
-
-
-def _rt() -> ModuleType:
-    try:
-        return importlib.import_module("edgeuad._rt")
-    except ImportError as exc:
-        raise ImportError(_RT_MISSING) from exc
-
 
 @dataclass(frozen=True)
 class BankConfig:
@@ -115,7 +104,7 @@ class Bank:
         feats = _as_rows(features, None, "features")
         if feats.shape[0] == 0:
             raise ValueError("features is empty: a memory bank needs at least one item")
-        rt_bank = _rt().MemoryBank(feats.shape[1], M=M, ef_construction=ef_construction, seed=seed)
+        rt_bank = load_rt().MemoryBank(feats.shape[1], M=M, ef_construction=ef_construction, seed=seed)
         rt_bank.add(feats, threads=threads)
         if neighbor_b:
             exact = feats.shape[0] < exact_threshold
@@ -130,7 +119,7 @@ class Bank:
         """Read a bank file written by `save` (OSError if missing, truncated or corrupted)."""
         # the loader stages the HNSW graph in a temp file; remove those of loads that were killed
         remove_stale_temps(tempfile.gettempdir(), name="edgeuad_bank")
-        rt_bank = _rt().MemoryBank.load(os.fspath(path))
+        rt_bank = load_rt().MemoryBank.load(os.fspath(path))
         cfg = BankConfig(M=rt_bank.M, ef_construction=rt_bank.ef_construction, ef=ef,
                          exact_threshold=exact_threshold, seed=rt_bank.seed)
         return cls(rt_bank, cfg)

@@ -20,7 +20,6 @@ numpy only (no torch).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from types import ModuleType
 from typing import Any, Optional
 
 import numpy as np
+
+from .native import load_rt
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,13 @@ _NEEDED = ("run_device", "stream_handle", "device_empty", "pinned_empty", "copy_
            "copy_to_device_async", "synchronize", "max_batch")
 
 
-def _rt() -> ModuleType:
-    return importlib.import_module("edgeuad._rt")
-
-
 def device_postprocess_available(backend: Any, rt: Optional[ModuleType] = None) -> tuple[bool, str]:
     """(usable, reason): the backend keeps outputs on a GPU and `_rt` has usable CUDA kernels."""
     missing = [n for n in _NEEDED if not hasattr(backend, n)]
     if missing:
         return False, f"backend {getattr(backend, 'name', backend)!r} cannot keep outputs on the GPU (no {missing[0]})"
     try:
-        rt = rt or _rt()
+        rt = rt or load_rt()
     except ImportError as e:
         return False, f"edgeuad._rt is not importable: {e}"
     if not rt.has_cuda():
@@ -86,7 +83,7 @@ class DevicePostprocess:
         if not ok:
             raise RuntimeError(f"device post-processing unavailable: {why}")
         self.backend = backend
-        self.rt = rt or _rt()
+        self.rt = rt or load_rt()
         self.post = dict(post)
         self.kind = self.post["kind"]
         if self.kind not in ("cos_pairs", "nn_l2"):

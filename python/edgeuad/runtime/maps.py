@@ -15,13 +15,12 @@ numpy only: this module is imported by the runtime, never torch.
 """
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .. import limits
+from .native import load_rt
 
 __all__ = [
     "check_map_params",
@@ -35,16 +34,6 @@ __all__ = [
 
 FeaturePair = tuple[np.ndarray, np.ndarray]
 MapResult = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-_RT_MISSING = "edgeuad._rt is not built: run pip install -e . (needs CMake, a C++17 compiler and libhnswlib-dev)"
-
-
-def _rt() -> ModuleType:
-    try:
-        return importlib.import_module("edgeuad._rt")
-    except ImportError as exc:  # keep the original cause visible
-        raise ImportError(_RT_MISSING) from exc
-
 
 def gaussian_kernel1d(sigma: float) -> np.ndarray:
     """Normalised Gaussian taps, radius int(4*sigma + 0.5) (scipy.ndimage truncate=4).
@@ -214,7 +203,7 @@ def cos_map(
         raise ValueError(f"pairs must hold 1 to {limits.MAX_LEVELS} (a, b) feature pairs, got {len(pairs)}")
     if weights is not None and not all(_is_real(w) and np.isfinite(w) for w in weights):
         raise ValueError(f"weights must be finite numbers, got {list(weights)!r}")
-    return _rt().cos_map(
+    return load_rt().cos_map(
         pairs, tuple(out_size), weights=None if weights is None else [float(w) for w in weights],
         align_corners=align_corners, sigma=sigma, topk_frac=topk_frac, threads=threads,
     )
@@ -230,6 +219,6 @@ def l2_map(
 ) -> MapResult:
     """Fused CPU kernel (edgeuad._rt.l2_map) for a (B, h, w) float32/float16 distance map."""
     check_map_params(out_size, sigma, topk_frac, threads)
-    return _rt().l2_map(
+    return load_rt().l2_map(
         dist, tuple(out_size), align_corners=align_corners, sigma=sigma, topk_frac=topk_frac, threads=threads
     )
