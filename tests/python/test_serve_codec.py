@@ -430,3 +430,68 @@ def test_client_reconnects_once_when_an_idle_keep_alive_was_closed() -> None:
     with Client("http://127.0.0.1:9/b", retries=1, backoff_s=0.01) as c, pytest.raises(ServeError) as e:
         c.score(_rgb(8, 8))   # nothing listens on port 9: a connection error after the retries
     assert e.value.status == 0 and e.value.retryable
+
+
+def test_bench_serve_handle_overhead_pairs_the_same_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/bench_serve.py's camera-door measurement: every round scores the same frames in process
+    and through the Serve handle (`score_array`, as the camera actors call it), alternating which goes
+    first, and reports p50(handle) - p50(in process) per round.  A fake handle that sleeps 20 ms per call
+    against an instant in-process Detector must read >= 20 ms added (sleep never returns early)."""
+    import importlib.util
+    import sys
+    import time as _time
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray", reason="the `serve` extra (ray[serve]) is not installed")
+    import ray.serve  # noqa: F401 - the attribute the benchmark's `from ray import serve` reads
+
+    calls: list[tuple[str, int]] = []
+
+    class _Ref:
+        def __init__(self, f: np.ndarray) -> None:
+            self.f = f
+
+        def result(self) -> dict[str, Any]:
+            _time.sleep(0.02)
+            return {"score": float(self.f[0, 0, 0])}
+
+    class _Method:
+        def remote(self, f: np.ndarray) -> _Ref:
+            calls.append(("handle", int(f[0, 0, 0])))
+            return _Ref(f)
+
+    class _Handle:
+        score_array = _Method()
+
+    class _FakeServe:
+        @staticmethod
+        def get_app_handle(app: str) -> _Handle:
+            assert app == "b1"
+            return _Handle()
+
+    class _Det:
+        def score(self, f: np.ndarray, return_map: bool = True) -> None:
+            calls.append(("local", int(f[0, 0, 0])))
+
+    class _Local:
+        det = _Det()
+
+    monkeypatch.setattr(ray, "serve", _FakeServe)
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_serve_h", bench / "bench_serve.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    frames = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
+    out = mod.paired_handle_overhead(_Local(), "b1", frames, rounds=3, n=2)
+    assert calls[0] == ("handle", 0)  # one untimed warm-up call
+    timed = calls[1:]
+    assert [s for s, _ in timed] == ["local"] * 2 + ["handle"] * 2 + ["handle"] * 2 + ["local"] * 2 + \
+        ["local"] * 2 + ["handle"] * 2
+    for side in ("local", "handle"):  # the same frames on both sides, round after round
+        assert [v for s, v in timed if s == side] == [0, 1, 2, 3, 4, 0]
+    assert len(out["added_p50_ms_rounds"]) == 3 and min(out["added_p50_ms_rounds"]) >= 20.0
+    assert out["handle_ms"]["p50"] >= 20.0 > out["in_process_ms"]["p50"]
