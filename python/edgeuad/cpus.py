@@ -128,13 +128,22 @@ OPENMP_WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 _set_here: set[str] = set()  # variables prefer_passive_openmp set in this process (not the user's)
 
 
+def passive_openmp_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `env` with edgeuad's OpenMP preference: OMP_WAIT_POLICY=PASSIVE unless the user chose
+    a policy (set OMP_WAIT_POLICY or GOMP_SPINCOUNT)."""
+    out = dict(env)
+    if not any(k in out for k in OPENMP_WAIT_ENV):
+        out["OMP_WAIT_POLICY"] = "PASSIVE"
+    return out
+
+
 def prefer_passive_openmp() -> None:
-    """OpenMP threads sleep instead of spinning when idle, unless the user chose a policy (set
-    OMP_WAIT_POLICY or GOMP_SPINCOUNT).  Takes effect only for OpenMP libraries loaded after this
-    call (torch, `_rt`)."""
-    if not any(k in os.environ for k in OPENMP_WAIT_ENV):
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-        _set_here.add("OMP_WAIT_POLICY")
+    """OpenMP threads sleep instead of spinning when idle (`passive_openmp_environ` applied to this
+    process).  Takes effect only for OpenMP libraries loaded after this call (torch, `_rt`)."""
+    for k, v in passive_openmp_environ(os.environ).items():
+        if k not in os.environ:
+            os.environ[k] = v
+            _set_here.add(k)
 
 
 def user_openmp_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -244,5 +253,5 @@ def set_torch_threads(torch: Any, threads: int = 0) -> int:
 
 
 __all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "int8_product_saturates", "ort_session",
-           "ort_session_options", "prefer_passive_openmp", "resolve_threads", "set_torch_threads",
+           "ort_session_options", "passive_openmp_environ", "prefer_passive_openmp", "resolve_threads", "set_torch_threads",
            "user_openmp_environ"]

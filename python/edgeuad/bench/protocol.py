@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..cpus import OPENMP_WAIT_ENV, user_openmp_environ
+from ..cpus import OPENMP_WAIT_ENV, passive_openmp_environ, user_openmp_environ
 from .config import REFERENCES, BenchConfig
 from .frames import batch_of, decode
 from .machine import current_rss_mb, peak_rss_mb
@@ -160,12 +160,7 @@ def openmp_environ(name: str) -> dict[str, str]:
     """The environment a pipeline's worker starts with: a torch reference gets OpenMP as its user has
     it (the bench's own environment without edgeuad's PASSIVE preference: eager torch's 2-thread network
     takes ~2x as long under PASSIVE), the runtime pipelines edgeuad's policy (`runtime.native.load_rt`)."""
-    if name in REFERENCES:
-        return user_openmp_environ()
-    env = dict(os.environ)
-    if not any(k in env for k in OPENMP_WAIT_ENV):
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return env
+    return user_openmp_environ() if name in REFERENCES else passive_openmp_environ(os.environ)
 
 
 def openmp_policy(env: dict[str, str]) -> str:
