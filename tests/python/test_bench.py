@@ -412,12 +412,13 @@ def test_real_bundle_one_iteration_subprocess(tmp_path):
     if importlib.util.find_spec("tensorrt") is None:
         assert not rep.pipeline("tensorrt").available
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["bundle"]["method"] == "recontrast"
-    assert "- OpenMP wait policy: runtime pipelines " in rep.to_markdown()
+    assert "- OpenMP wait policy, each side at its faster one: runtime pipelines OMP_WAIT_POLICY=" in rep.to_markdown()
 
 
 def test_bench_workers_start_with_their_own_openmp_policy(monkeypatch) -> None:
-    """Runtime pipelines run under edgeuad's PASSIVE preference, torch references as the bench was
-    launched (edgeuad's preference removed, a user's own choice kept): PASSIVE would slow eager torch."""
+    """Runtime pipelines and the onnxruntime + torch peer run under edgeuad's PASSIVE preference, the pure
+    torch references as the bench was launched (edgeuad's preference removed, a user's own choice kept):
+    PASSIVE would slow eager torch."""
     from edgeuad import cpus
     from edgeuad.bench.protocol import openmp_environ, openmp_policy
 
@@ -428,7 +429,8 @@ def test_bench_workers_start_with_their_own_openmp_policy(monkeypatch) -> None:
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert not any(k in openmp_environ(REFERENCE) for k in cpus.OPENMP_WAIT_ENV)
     assert openmp_policy(openmp_environ(REFERENCE)).startswith("unset")
-    assert openmp_environ("ort+torch-post").get("OMP_WAIT_POLICY") is None
+    assert openmp_environ("torch-compile").get("OMP_WAIT_POLICY") is None
+    assert openmp_environ("ort+torch-post")["OMP_WAIT_POLICY"] == "PASSIVE"  # runs onnxruntime beside torch
     assert openmp_environ("onnxruntime")["OMP_WAIT_POLICY"] == "PASSIVE"
     assert openmp_policy(openmp_environ("onnxruntime")) == "OMP_WAIT_POLICY=PASSIVE"
     monkeypatch.setattr(cpus, "_set_here", set())  # now the user's own PASSIVE: every worker keeps it

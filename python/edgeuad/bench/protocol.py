@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..cpus import OPENMP_WAIT_ENV, passive_openmp_environ, user_openmp_environ
-from .config import REFERENCES, BenchConfig
+from .config import REFERENCES, TORCH_COMPILE, TORCH_EAGER, BenchConfig
 from .frames import batch_of, decode
 from .machine import current_rss_mb, peak_rss_mb
 from .pipelines import DetectorFactory, Pipeline, ReferenceFactory, build_pipeline
@@ -156,11 +156,18 @@ class ProcessWorker:
                 self.proc.kill()
 
 
+TORCH_ONLY = (TORCH_EAGER, TORCH_COMPILE)  # references that run no onnxruntime and no `_rt`
+
+
 def openmp_environ(name: str) -> dict[str, str]:
-    """The environment a pipeline's worker starts with: a torch reference gets OpenMP as its user has
-    it (the bench's own environment without edgeuad's PASSIVE preference: eager torch's 2-thread network
-    takes ~2x as long under PASSIVE), the runtime pipelines edgeuad's policy (`runtime.native.load_rt`)."""
-    return user_openmp_environ() if name in REFERENCES else passive_openmp_environ(os.environ)
+    """The environment a pipeline's worker starts with, each side at its faster OpenMP wait policy.
+    The pure torch references (eager, compiled) get OpenMP as their user has it: the bench's own
+    environment without edgeuad's PASSIVE preference (PASSIVE doubled eager torch's 2-thread network on
+    the bottle PatchCore bundle, 12 -> 22 ms).  The runtime pipelines get edgeuad's policy
+    (`runtime.native.load_rt`), and so does the onnxruntime + torch peer, whose torch threads otherwise
+    spin into its next onnxruntime run just as `_rt`'s would (measured at 2 threads, batch 1: peer
+    ReContrast 13.6 ms with PASSIVE vs 14.2 without, PatchCore 10.6 vs 10.8)."""
+    return user_openmp_environ() if name in TORCH_ONLY else passive_openmp_environ(os.environ)
 
 
 def openmp_policy(env: dict[str, str]) -> str:

@@ -183,8 +183,10 @@ class BenchReport:
                  f"- Frames: {c.get('frame_desc')}; times are ms per batch",
                  "- " + PROTOCOL.format(reps=c.get("repetitions"), block=c.get("block"), warmup=c.get("warmup"))]
         if c.get("openmp"):
-            lines.append(f"- OpenMP wait policy: runtime pipelines {c['openmp']['runtime']} (edgeuad's, "
-                         f"`edgeuad.cpus.prefer_passive_openmp`); torch references {c['openmp']['references']} "
+            o = c["openmp"]
+            lines.append(f"- OpenMP wait policy, each side at its faster one: runtime pipelines {o['runtime']} "
+                         f"(edgeuad's, `edgeuad.cpus.prefer_passive_openmp`), the onnxruntime + torch peer "
+                         f"{o.get('peer', o.get('references'))}, eager and compiled torch {o.get('torch', o.get('references'))} "
                          "(as the bench was launched, without edgeuad's preference)")
         lines += ["", "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]

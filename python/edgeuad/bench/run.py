@@ -207,7 +207,8 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
     cdict["frame_desc"] = frame_desc
     if not in_process:  # what each worker started with (protocol.openmp_environ)
         cdict["openmp"] = {"runtime": openmp_policy(openmp_environ(RUNTIMES[0])),
-                           "references": openmp_policy(openmp_environ(REFERENCES[0]))}
+                           "peer": openmp_policy(openmp_environ(PEER)),
+                           "torch": openmp_policy(openmp_environ(TORCH_EAGER))}
     report = BenchReport(config=cdict, machine=machine_info(), bundle_info=_bundle_info(cfg), pipelines=pipelines,
                          parity=parity, speedups=compute_speedups(cfg, blocks, effective))
     for q in parity:
