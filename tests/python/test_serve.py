@@ -23,7 +23,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the `serve` extra (ray[serve]) is not installed")
 
-from serve_helpers import free_port, swapped_copy, tiny_bundle  # noqa: E402
+from serve_helpers import free_port, load_bench_serve, swapped_copy, tiny_bundle  # noqa: E402
 
 from edgeuad import cli  # noqa: E402
 from edgeuad.bundle import read_manifest, sha256_file  # noqa: E402
@@ -385,19 +385,9 @@ def test_bench_serve_load_generator(served: Any, tmp_path: Path) -> None:
 def test_bench_serve_floor_app_answers_like_a_replica(served: Any, bundles: dict[str, Any]) -> None:
     """benchmarks/bench_serve.py measures Ray Serve's own cost with a no-op app on the same proxy; the
     same `Client.score` must read its answer (request id echoed), or the floor would time another path."""
-    import importlib.util
-    import sys
-
     from edgeuad.serve.server import undeploy
 
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_serve", bench / "bench_serve.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(bench))
+    mod = load_bench_serve()
     url = mod.deploy_floor(served["cfg"], "floor_t")
     try:
         assert url.endswith("/floor_t")

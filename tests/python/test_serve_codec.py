@@ -437,10 +437,9 @@ def test_bench_serve_handle_overhead_pairs_the_same_frames(monkeypatch: pytest.M
     and through the Serve handle (`score_array`, as the camera actors call it), alternating which goes
     first, and reports p50(handle) - p50(in process) per round.  A fake handle that sleeps 20 ms per call
     against an instant in-process Detector must read >= 20 ms added (sleep never returns early)."""
-    import importlib.util
-    import sys
     import time as _time
-    from pathlib import Path
+
+    from serve_helpers import load_bench_serve
 
     ray = pytest.importorskip("ray", reason="the `serve` extra (ray[serve]) is not installed")
     import ray.serve  # noqa: F401 - the attribute the benchmark's `from ray import serve` reads
@@ -477,14 +476,7 @@ def test_bench_serve_handle_overhead_pairs_the_same_frames(monkeypatch: pytest.M
         det = _Det()
 
     monkeypatch.setattr(ray, "serve", _FakeServe)
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_serve_h", bench / "bench_serve.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(bench))
+    mod = load_bench_serve("bench_serve_h")
     frames = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
     out = mod.paired_handle_overhead(_Local(), "b1", frames, rounds=3, n=2)
     assert calls[0] == ("handle", 0)  # one untimed warm-up call
