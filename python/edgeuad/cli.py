@@ -417,12 +417,15 @@ def cmd_info(a: argparse.Namespace) -> int:
     import platform
 
     from ._version import __version__
-    from .cpus import affinity_cpus, available_cpus, cgroup_cpu_quota, int8_product_saturates, resolve_threads
+    from .cpus import (affinity_cpus, available_cpus, cgroup_cpu_quota, describe_openmp_policy, int8_product_saturates,
+                       resolve_threads)
 
     quota = cgroup_cpu_quota()
     lines = [f"edgeuad {__version__} (python {platform.python_version()}, {platform.machine()})",
              f"CPUs: {available_cpus()} available (affinity {affinity_cpus()}, cgroup quota "
              f"{'none' if quota is None else f'{quota:g}'}); default threads: {resolve_threads(0)}",
+             # read once by OpenMP when torch or `_rt` loads (cpus.prefer_passive_openmp)
+             f"OpenMP wait policy: {describe_openmp_policy()}",
              # whether `export --cpu-int8` bundles pay off on this box (cpus.ort_session_options)
              "int8 (onnxruntime): " + ("no VNNI: precise mode, int8 bundles may be slower than fp32 here"
                                        if int8_product_saturates() else "exact int8 product (VNNI/AMX or not x86)")]

@@ -146,6 +146,20 @@ def prefer_passive_openmp() -> None:
             _set_here.add(k)
 
 
+def describe_openmp_policy(env: Mapping[str, str] | None = None) -> str:
+    """How `env` (default os.environ) sets OpenMP's wait policy, in words; for this process's own
+    environment it also says whether edgeuad or the user chose it."""
+    own = env is None
+    env = os.environ if env is None else env
+    set_ = [f"{k}={env[k]}" for k in OPENMP_WAIT_ENV if k in env]
+    if not set_:
+        return "unset (GNU OpenMP's default: spin, then sleep)"
+    if own:
+        who = "edgeuad's preference" if any(k in _set_here for k in OPENMP_WAIT_ENV if k in env) else "set by you"
+        return f"{', '.join(set_)} ({who})"
+    return ", ".join(set_)
+
+
 def user_openmp_environ(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """A copy of `env` (default os.environ) without what `prefer_passive_openmp` set: the environment
     as the user launched this process, for children that must run with OpenMP as they would without
@@ -253,5 +267,5 @@ def set_torch_threads(torch: Any, threads: int = 0) -> int:
 
 
 __all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "int8_product_saturates", "ort_session",
-           "ort_session_options", "passive_openmp_environ", "prefer_passive_openmp", "resolve_threads", "set_torch_threads",
+           "describe_openmp_policy", "ort_session_options", "passive_openmp_environ", "prefer_passive_openmp", "resolve_threads", "set_torch_threads",
            "user_openmp_environ"]

@@ -420,7 +420,8 @@ def test_bench_workers_start_with_their_own_openmp_policy(monkeypatch) -> None:
     torch references as the bench was launched (edgeuad's preference removed, a user's own choice kept):
     PASSIVE would slow eager torch."""
     from edgeuad import cpus
-    from edgeuad.bench.protocol import openmp_environ, openmp_policy
+    from edgeuad.bench.protocol import openmp_environ
+    from edgeuad.cpus import describe_openmp_policy as openmp_policy
 
     for k in cpus.OPENMP_WAIT_ENV:
         monkeypatch.delenv(k, raising=False)

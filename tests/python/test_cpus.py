@@ -115,9 +115,11 @@ def test_cli_makes_openmp_passive_unless_the_user_chose(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "POLICY PASSIVE" in out.stdout
+    assert "OpenMP wait policy: OMP_WAIT_POLICY=PASSIVE (edgeuad's preference)" in out.stdout  # `edgeuad info` says so
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert "POLICY ACTIVE" in out.stdout
+    assert "OpenMP wait policy: OMP_WAIT_POLICY=ACTIVE (set by you)" in out.stdout
 
 
 def test_loading_rt_makes_its_openmp_passive_unless_the_user_chose() -> None:

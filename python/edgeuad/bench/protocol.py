@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..cpus import OPENMP_WAIT_ENV, passive_openmp_environ, user_openmp_environ
+from ..cpus import passive_openmp_environ, user_openmp_environ
 from .config import REFERENCES, TORCH_COMPILE, TORCH_EAGER, BenchConfig
 from .frames import batch_of, decode
 from .machine import current_rss_mb, peak_rss_mb
@@ -168,12 +168,6 @@ def openmp_environ(name: str) -> dict[str, str]:
     spin into its next onnxruntime run just as `_rt`'s would (measured at 2 threads, batch 1: peer
     ReContrast 13.6 ms with PASSIVE vs 14.2 without, PatchCore 10.6 vs 10.8)."""
     return user_openmp_environ() if name in TORCH_ONLY else passive_openmp_environ(os.environ)
-
-
-def openmp_policy(env: dict[str, str]) -> str:
-    """How `env` sets OpenMP's wait policy, in words for the report."""
-    set_ = [f"{k}={env[k]}" for k in OPENMP_WAIT_ENV if k in env]
-    return ", ".join(set_) if set_ else "unset (GNU OpenMP's default: spin, then sleep)"
 
 
 def worker_main(spec_path: str) -> int:

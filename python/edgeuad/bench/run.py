@@ -10,11 +10,12 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 
+from ..cpus import describe_openmp_policy
 from .config import PEER, REFERENCES, RUNTIMES, TORCH_EAGER, BenchConfig
 from .frames import folder_frames, synthetic_frames
 from .machine import machine_info
 from .pipelines import DetectorFactory, ReferenceFactory
-from .protocol import LocalWorker, ProcessWorker, WorkerError, openmp_environ, openmp_policy
+from .protocol import LocalWorker, ProcessWorker, WorkerError, openmp_environ
 from .report import BenchReport, ParityReport, PipelineReport, RunStats, compare_parity
 from .stats import ratio_summary, summarize_stages, throughput
 
@@ -206,9 +207,9 @@ def run_bench(cfg: BenchConfig, detector_factory: Optional[DetectorFactory] = No
     cdict = cfg.to_dict()
     cdict["frame_desc"] = frame_desc
     if not in_process:  # what each worker started with (protocol.openmp_environ)
-        cdict["openmp"] = {"runtime": openmp_policy(openmp_environ(RUNTIMES[0])),
-                           "peer": openmp_policy(openmp_environ(PEER)),
-                           "torch": openmp_policy(openmp_environ(TORCH_EAGER))}
+        cdict["openmp"] = {"runtime": describe_openmp_policy(openmp_environ(RUNTIMES[0])),
+                           "peer": describe_openmp_policy(openmp_environ(PEER)),
+                           "torch": describe_openmp_policy(openmp_environ(TORCH_EAGER))}
     report = BenchReport(config=cdict, machine=machine_info(), bundle_info=_bundle_info(cfg), pipelines=pipelines,
                          parity=parity, speedups=compute_speedups(cfg, blocks, effective))
     for q in parity:
