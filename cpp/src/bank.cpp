@@ -345,6 +345,10 @@ struct MemoryBank::Impl {
     return n >= kBf16Trial && trial_refined.load() * 4 > n;
   }
   bool use_bf16() const { return bf16_on && detail::bf16_candidates() && !bf16_gave_up(); }
+  void new_bf16_trial() {
+    trial_queries = 0;
+    trial_refined = 0;
+  }
 
   // The prune runs where its index applies; beside bf16 candidates only on nearly low-rank banks
   // (kMinEnergyOverBf16), where it still beats the bf16 full search.
@@ -575,8 +579,7 @@ void MemoryBank::add(const float* features, int64_t n, int threads) {
   m.recenter(old);
   m.prune.reset();  // exclusive lock: no search holds it
   m.bf16.reset();
-  m.trial_queries = 0;  // a changed bank gets a new trial of the bf16 search
-  m.trial_refined = 0;
+  m.new_bf16_trial();  // a changed bank gets a new trial of the bf16 search
   m.table.clear();
   m.info.neighbor_b = 0;
   Index* ix = m.index.get();
@@ -644,10 +647,7 @@ void MemoryBank::set_exact_prune(bool on) { impl_->prune_on = on; }
 bool MemoryBank::exact_prune() const { return impl_->prune_on; }
 void MemoryBank::set_exact_bf16(bool on) {
   impl_->bf16_on = on;
-  if (on) {  // switching it on (again) starts a new trial
-    impl_->trial_queries = 0;
-    impl_->trial_refined = 0;
-  }
+  if (on) impl_->new_bf16_trial();  // switching it on (again) starts a new trial
 }
 bool MemoryBank::exact_bf16() const { return impl_->use_bf16(); }
 

@@ -47,6 +47,9 @@ struct Cand {
   int64_t i;
 };
 
+// The answer's order: distance, then the lower row index (ties resolved as every search resolves them).
+inline bool by_dist(const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); }
+
 // Sorted candidate list (ascending) of fixed capacity.
 inline void insert_cand(Cand* c, int64_t cap, float d, int64_t i) {
   if (!(d < c[cap - 1].d)) return;
@@ -673,7 +676,6 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
   std::atomic<int64_t> direct{0};
   std::vector<char> redo(bf16 ? static_cast<size_t>(nq) : 0, 0);
   std::vector<float> need(bf16 ? static_cast<size_t>(nq) : 0);  // their threshold score (see below)
-  const auto by_dist = [](const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); };
 #pragma omp parallel num_threads(nt)
   {
     std::vector<Cand> c(static_cast<size_t>(cap));
@@ -751,7 +753,6 @@ int64_t exact_knn_impl(const float* queries, int64_t nq, const float* x, const f
 void rerank_threshold(const float* queries, const int64_t* rows, int64_t nr, const int64_t* ids, int64_t c3,
                       const float* x, int64_t d, int64_t k, int threads, float* dist, int64_t* idx, char* settled) {
   const int nt = threads > 0 ? threads : omp_get_max_threads();
-  const auto by_dist = [](const Cand& u, const Cand& v) { return u.d < v.d || (u.d == v.d && u.i < v.i); };
 #pragma omp parallel num_threads(nt)
   {
     std::vector<Cand> c;
