@@ -186,7 +186,7 @@ class BenchReport:
             o = c["openmp"]
             lines.append(f"- OpenMP wait policy, each side at its faster one: runtime pipelines {o['runtime']} "
                          f"(edgeuad's, `edgeuad.cpus.prefer_passive_openmp`), the onnxruntime + torch peer "
-                         f"{o.get('peer', o.get('references'))}, eager and compiled torch {o.get('torch', o.get('references'))} "
+                         f"{o['peer']}, eager and compiled torch {o['torch']} "
                          "(as the bench was launched, without edgeuad's preference)")
         lines += ["", "| " + " | ".join(self.HEADER) + " |", "|" + "---|" * len(self.HEADER)]
         lines += ["| " + " | ".join(r) + " |" for r in self._rows()]
