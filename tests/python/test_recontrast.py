@@ -145,6 +145,36 @@ def test_hard_mining_hook_zeroes_easy_gradients() -> None:
     torch.testing.assert_close(b2.grad, b_ref.grad)
 
 
+def test_hard_mining_off_keeps_every_gradient() -> None:
+    # alpha None (hard_mining "off"): the plain global cosine loss, no point masked even where easy
+    a = torch.randn(2, 4, 3, 3)
+    b = torch.randn(2, 4, 3, 3)
+    b[:, :, 0, 0] = a[:, :, 0, 0]  # distance 0 there: "easy" for any alpha >= -mean/std
+    b1 = b.clone().requires_grad_(True)
+    b2 = b.clone().requires_grad_(True)
+    loss = global_cosine_hm([a], [b1], None)
+    loss.backward()
+    ref = (1 - F.cosine_similarity(a.flatten(1), b2.flatten(1))).mean()
+    ref.backward()
+    torch.testing.assert_close(loss.detach(), ref.detach())
+    torch.testing.assert_close(b1.grad, b2.grad)
+    assert torch.all(b1.grad[:, :, 0, 0] != 0)
+    b3 = b.clone().requires_grad_(True)
+    global_cosine_hm([a], [b3], alpha=1.0).backward()
+    assert torch.all(b3.grad[:, :, 0, 0] == 0)  # the same point with mining on is masked
+
+
+def test_hard_mining_auto_by_backbone() -> None:
+    from edgeuad.methods.recontrast import resolved_hard_mining
+    assert resolved_hard_mining(_cfg(hard_mining="auto")) == "off"  # Lite0
+    assert resolved_hard_mining(_cfg(hard_mining="auto", backbone="resnet18")) == "on"
+    assert resolved_hard_mining(_cfg(hard_mining="on")) == "on"
+    assert alpha_at(0, _cfg(hard_mining="off")) is None
+    assert alpha_at(0, _cfg(hard_mining="on", iterations=2000)) == -3.0
+    with pytest.raises(ValueError, match="hard_mining"):
+        _cfg(hard_mining="sometimes")
+
+
 def test_loss_stops_gradient_to_targets() -> None:
     a = torch.randn(2, 4, 3, 3, requires_grad=True)
     b = torch.randn(2, 4, 3, 3, requires_grad=True)

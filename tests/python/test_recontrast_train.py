@@ -166,7 +166,7 @@ def test_stable_training_resets_decoder_optimiser_and_pauses_encoder(tmp_path: P
     assert enc_steps == {2.0}   # iterations 0 and 1; iteration 2 paused
     assert isinstance(fit.model.encoder._bn0, FlooredBatchNorm2d)
     assert fit.report["recipe"] == {"adam_eps": 1e-10, "alpha_warmup_frac": 0.2, "bn_var_floor": 5e-4,
-                                    "opt_reset_every": 2}
+                                    "opt_reset_every": 2, "hard_mining": "on"}
     assert fit.config.score == "topk_mean" and fit.report["score"]["how"].startswith("no validation")
 
 
@@ -304,3 +304,18 @@ def test_exported_score_is_never_auto() -> None:
     assert resolved_score(ReContrastConfig(score="auto")) == "max"
     assert resolved_score(ReContrastConfig(score="auto", stable=True)) == "topk_mean"
     assert resolved_score(ReContrastConfig(score="topk_mean")) == "topk_mean"
+
+
+def test_resume_compares_hard_mining_by_what_it_does() -> None:
+    from edgeuad.methods.recontrast_train import _check_resumable
+    cfg = ReContrastConfig(pretrained=False, image_size=64, iterations=4, hard_mining="on")
+    old = cfg.to_dict()
+    del old["hard_mining"]                     # a checkpoint from before the field: it mined
+    _check_resumable(old, cfg)
+    with pytest.raises(ValueError, match="hard_mining"):
+        _check_resumable(old, ReContrastConfig(pretrained=False, image_size=64, iterations=4, hard_mining="off"))
+    # "auto" on Lite0 is "off": a checkpoint saved with "auto" resumes under "off", not under "on"
+    auto = {**cfg.to_dict(), "hard_mining": "auto"}
+    _check_resumable(auto, ReContrastConfig(pretrained=False, image_size=64, iterations=4, hard_mining="off"))
+    with pytest.raises(ValueError, match="hard_mining"):
+        _check_resumable(auto, cfg)

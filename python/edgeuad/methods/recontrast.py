@@ -44,6 +44,7 @@ __all__ = [
     "DecoderSpec",
     "ReContrastConfig",
     "ReContrastModel",
+    "HARD_MINING",
     "alpha_at",
     "level_weights",
     "anomaly_map_torch",
@@ -53,6 +54,7 @@ __all__ = [
     "load_model",
     "model_state",
     "recontrast_loss",
+    "resolved_hard_mining",
 ]
 
 # ------------------------------------------------------------------------- config
@@ -66,6 +68,10 @@ def resolved_score(cfg: "ReContrastConfig") -> str:
 
 
 ENCODER_BN_MODES = ("train", "eval", "auto")
+# hard-normal mining (official: "on"); "auto" = on for the ResNets the official schedule was tuned on, off
+# for the Lite backbones (benchmarks/plans/recontrast_hard_mining_2026-12-05.md)
+HARD_MINING = ("on", "off", "auto")
+_MINING_OFF_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 SCORES = ("max", "topk_mean", "auto")
 # feature levels whose pairs make the anomaly map (levels 1, 2, 3 = strides 4, 8, 16); "auto": chosen on
 # the synthetic-defect validation split at the kept checkpoint (official: all three)
@@ -109,6 +115,9 @@ class ReContrastConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-5
     adam_eps: float | None = None          # None: 1e-8 (torch default, official), 1e-10 (stable)
+    # "on": the official hard-normal mining (gradients only where a point's distance is >= mean + alpha*std);
+    # "off": every point keeps its gradient (alpha_* unused); "auto": see HARD_MINING
+    hard_mining: str = "on"
     alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
     alpha_end: float = 1.0                 # ... to this value ...
     alpha_warmup_frac: float | None = None  # ... over this fraction of the iterations (None: 0.1, stable 0.2)
@@ -158,6 +167,8 @@ class ReContrastConfig:
             raise ValueError(f"alpha_warmup_frac must be in [0, 1], got {self.alpha_warmup_frac}")
         if self.encoder_bn not in ENCODER_BN_MODES:
             raise ValueError(f"encoder_bn must be one of {ENCODER_BN_MODES}, got {self.encoder_bn!r}")
+        if self.hard_mining not in HARD_MINING:
+            raise ValueError(f"hard_mining must be one of {HARD_MINING}, got {self.hard_mining!r}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {sorted(INPUT_NORMS)} for ReContrast, got "
                              f"{self.input_norm!r}")
@@ -223,10 +234,19 @@ _STABLE: dict[str, Any] = {"adam_eps": 1e-10, "alpha_warmup_frac": 0.2, "bn_var_
                            "opt_reset_every": 500}
 
 
-def alpha_at(iteration: int, cfg: ReContrastConfig) -> float:
+def resolved_hard_mining(cfg: ReContrastConfig) -> str:
+    """"on" or "off": cfg.hard_mining, with "auto" decided by the backbone (HARD_MINING)."""
+    if cfg.hard_mining != "auto":
+        return cfg.hard_mining
+    return "off" if cfg.backbone in _MINING_OFF_BACKBONES else "on"
+
+
+def alpha_at(iteration: int, cfg: ReContrastConfig) -> float | None:
     """Hard-mining alpha at 0-based ``iteration``: linear from alpha_start to alpha_end over the
     first alpha_warmup_frac * iterations, then constant (official: min(-3 + 4*it/(f*T), 1), f = 0.1,
-    or 0.2 in the stable script)."""
+    or 0.2 in the stable script). None when hard mining is off."""
+    if resolved_hard_mining(cfg) == "off":
+        return None
     warm = cfg.resolved("alpha_warmup_frac") * cfg.iterations
     if warm <= 0 or iteration >= warm:
         return float(cfg.alpha_end)
@@ -488,31 +508,33 @@ def _mask_grad(mask: Tensor):
     return hook
 
 
-def global_cosine_hm(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float) -> Tensor:
+def global_cosine_hm(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float | None) -> Tensor:
     """Sum over levels of the global cosine distance with hard-normal mining.
 
     Per level: loss = mean_b(1 - cos(flatten(enc_b), flatten(dec_b))) with enc detached
     (stop-gradient). Hard mining: with point-wise distance d = 1 - cos_c(enc, dec) over
     the whole batch, the gradient reaching ``dec`` is zeroed at locations where
     d < mean(d) + alpha * std(d) (a backward hook, as in the official code), so easy
-    regions stay in the loss value but stop pulling the decoder.
+    regions stay in the loss value but stop pulling the decoder. alpha None: no mining (every point
+    keeps its gradient).
     """
     if len(enc) != len(dec) or not enc:
         raise ValueError("enc and dec must be non-empty lists of equal length")
     total = enc[0].new_zeros(())
     for a, b in zip(enc, dec):
         a = a.detach()
+        total = total + (1.0 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)).mean()
+        if alpha is None or not b.requires_grad:
+            continue
         with torch.no_grad():
             d = 1.0 - F.cosine_similarity(a, b, dim=1)                   # B x H x W
             thresh = d.mean() + alpha * d.flatten().std()
             keep = (d >= thresh).unsqueeze(1).to(b.dtype)               # B x 1 x H x W
-        total = total + (1.0 - F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)).mean()
-        if b.requires_grad:
-            b.register_hook(_mask_grad(keep))
+        b.register_hook(_mask_grad(keep))
     return total
 
 
-def recontrast_loss(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float) -> Tensor:
+def recontrast_loss(enc: Sequence[Tensor], dec: Sequence[Tensor], alpha: float | None) -> Tensor:
     """Official combination: mean over the two crossed groups of the level-summed loss."""
     n = len(enc) // 2
     return 0.5 * global_cosine_hm(enc[:n], dec[:n], alpha) + 0.5 * global_cosine_hm(enc[n:], dec[n:], alpha)

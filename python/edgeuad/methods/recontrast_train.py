@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint, optimizer_from_flat,
                      optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
 from .recontrast import (LEVELS_MARGIN, ReContrastConfig, ReContrastModel, alpha_at, anomaly_map_torch, build_model,
-                         level_weights, recontrast_loss, resolved_score)
+                         level_weights, recontrast_loss, resolved_hard_mining, resolved_score)
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ class _Arm:
         self.curve = list(meta.get("curve", []))
         self.best = meta.get("best")
 
-    def step(self, data: ImageArrayDataset, sampler: EpochShuffleSampler) -> float:
+    def step(self, data: ImageArrayDataset, sampler: EpochShuffleSampler) -> float | None:
         it, cfg = self.it, self.cfg
         x = data.batch(sampler.batch_indices(it), self.device)
         alpha = alpha_at(it, cfg)
@@ -284,7 +284,11 @@ class _Arm:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: ReContrastConfig) -> None:
-    now = cfg.to_dict()
+    # hard mining compares by what it does ("auto" resolved); checkpoints from before the field mined ("on")
+    now = {**cfg.to_dict(), "hard_mining": resolved_hard_mining(cfg)}
+    saved = {**saved, "hard_mining": saved.get("hard_mining", "on")}
+    if saved["hard_mining"] == "auto" and saved.get("backbone") == cfg.backbone:
+        saved["hard_mining"] = resolved_hard_mining(replace(cfg, hard_mining="auto"))
     diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
     if diff:
         raise ValueError(f"checkpoint was trained with a different configuration ({', '.join(diff)}); "
@@ -302,6 +306,10 @@ class ReContrastFit:
     report: dict[str, Any]            # what was chosen and why (run info, bundle manifest)
 
 
+def _alpha_text(alpha: float | None) -> str:
+    return "off" if alpha is None else f"{alpha:.2f}"
+
+
 def _run(arm: _Arm, end: int, data: ImageArrayDataset, sampler: EpochShuffleSampler, validator: _Validator | None,
          score: str, default: str, ckpt: Path | None, best_path: Path | None, extra: dict[str, Any],
          bar: Any, log_every: int) -> None:
@@ -314,11 +322,11 @@ def _run(arm: _Arm, end: int, data: ImageArrayDataset, sampler: EpochShuffleSamp
         alpha = arm.step(data, sampler)
         window.append(arm.loss)
         bar.update(1)
-        bar.set_postfix(loss=f"{arm.loss:.4f}", alpha=f"{alpha:.2f}")
+        bar.set_postfix(loss=f"{arm.loss:.4f}", alpha=_alpha_text(alpha))
         done = arm.it
         if log_every > 0 and done % log_every == 0:
-            log.info("[bn %s] iter %d/%d loss %.4f (mean of last %d: %.4f) alpha %.2f", arm.mode, done,
-                     cfg.iterations, arm.loss, len(window), float(np.mean(window)), alpha)
+            log.info("[bn %s] iter %d/%d loss %.4f (mean of last %d: %.4f) alpha %s", arm.mode, done,
+                     cfg.iterations, arm.loss, len(window), float(np.mean(window)), _alpha_text(alpha))
             window.clear()
         due = (cfg.select_every > 0 and done % cfg.select_every == 0) or done == end
         if validator is not None and due and not (arm.curve and arm.curve[-1]["iteration"] == done):
@@ -429,7 +437,9 @@ def _choose_bn(cfg: ReContrastConfig, device: torch.device, data: ImageArrayData
 
 def _finish(arm: _Arm, cfg: ReContrastConfig, bn_choice: dict[str, Any], validator: _Validator | None,
             default_score: str) -> ReContrastFit:
-    recipe = {k: cfg.resolved(k) for k in ("adam_eps", "alpha_warmup_frac", "bn_var_floor", "opt_reset_every")}
+    recipe: dict[str, Any] = {k: cfg.resolved(k) for k in ("adam_eps", "alpha_warmup_frac", "bn_var_floor",
+                                                             "opt_reset_every")}
+    recipe["hard_mining"] = resolved_hard_mining(cfg)
     report: dict[str, Any] = {"encoder_bn": bn_choice, "stable": cfg.stable, "recipe": recipe,
                               "iterations_run": arm.it, "curve": arm.curve}
     if validator is not None:
