@@ -54,7 +54,6 @@ __all__ = [
     "load_model",
     "model_state",
     "recontrast_loss",
-    "resolved_hard_mining",
 ]
 
 # ------------------------------------------------------------------------- config
@@ -68,10 +67,9 @@ def resolved_score(cfg: "ReContrastConfig") -> str:
 
 
 ENCODER_BN_MODES = ("train", "eval", "auto")
-# hard-normal mining (official: "on"); "auto" = on for the ResNets the official schedule was tuned on, off
-# for the Lite backbones (benchmarks/plans/recontrast_hard_mining_2026-12-05.md)
-HARD_MINING = ("on", "off", "auto")
-_MINING_OFF_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# hard-normal mining: "on" (official) or "off" (measured on magnetic_tile, Lite0: worse on validation and test;
+# benchmarks/plans/recontrast_hard_mining_2026-12-05.md and RESULTS section 1)
+HARD_MINING = ("on", "off")
 SCORES = ("max", "topk_mean", "auto")
 # feature levels whose pairs make the anomaly map (levels 1, 2, 3 = strides 4, 8, 16); "auto": chosen on
 # the synthetic-defect validation split at the kept checkpoint (official: all three)
@@ -116,7 +114,7 @@ class ReContrastConfig:
     weight_decay: float = 1e-5
     adam_eps: float | None = None          # None: 1e-8 (torch default, official), 1e-10 (stable)
     # "on": the official hard-normal mining (gradients only where a point's distance is >= mean + alpha*std);
-    # "off": every point keeps its gradient (alpha_* unused); "auto": see HARD_MINING
+    # "off": every point keeps its gradient (alpha_* unused)
     hard_mining: str = "on"
     alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
     alpha_end: float = 1.0                 # ... to this value ...
@@ -234,18 +232,11 @@ _STABLE: dict[str, Any] = {"adam_eps": 1e-10, "alpha_warmup_frac": 0.2, "bn_var_
                            "opt_reset_every": 500}
 
 
-def resolved_hard_mining(cfg: ReContrastConfig) -> str:
-    """"on" or "off": cfg.hard_mining, with "auto" decided by the backbone (HARD_MINING)."""
-    if cfg.hard_mining != "auto":
-        return cfg.hard_mining
-    return "off" if cfg.backbone in _MINING_OFF_BACKBONES else "on"
-
-
 def alpha_at(iteration: int, cfg: ReContrastConfig) -> float | None:
     """Hard-mining alpha at 0-based ``iteration``: linear from alpha_start to alpha_end over the
     first alpha_warmup_frac * iterations, then constant (official: min(-3 + 4*it/(f*T), 1), f = 0.1,
     or 0.2 in the stable script). None when hard mining is off."""
-    if resolved_hard_mining(cfg) == "off":
+    if cfg.hard_mining == "off":
         return None
     warm = cfg.resolved("alpha_warmup_frac") * cfg.iterations
     if warm <= 0 or iteration >= warm:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .common import (EpochShuffleSampler, ImageArrayDataset, load_checkpoint, optimizer_from_flat,
                      optimizer_to_flat, progress_bar, resolve_device, save_checkpoint, seed_everything)
 from .recontrast import (LEVELS_MARGIN, ReContrastConfig, ReContrastModel, alpha_at, anomaly_map_torch, build_model,
-                         level_weights, recontrast_loss, resolved_hard_mining, resolved_score)
+                         level_weights, recontrast_loss, resolved_score)
 
 log = logging.getLogger(__name__)
 
@@ -284,11 +284,8 @@ class _Arm:
 
 
 def _check_resumable(saved: dict[str, Any], cfg: ReContrastConfig) -> None:
-    # hard mining compares by what it does ("auto" resolved); checkpoints from before the field mined ("on")
-    now = {**cfg.to_dict(), "hard_mining": resolved_hard_mining(cfg)}
-    saved = {**saved, "hard_mining": saved.get("hard_mining", "on")}
-    if saved["hard_mining"] == "auto" and saved.get("backbone") == cfg.backbone:
-        saved["hard_mining"] = resolved_hard_mining(replace(cfg, hard_mining="auto"))
+    now = cfg.to_dict()
+    saved = {**saved, "hard_mining": saved.get("hard_mining", "on")}  # checkpoints from before the field mined
     diff = sorted(k for k in now if k not in _RESUME_FREE and saved.get(k) != now[k])
     if diff:
         raise ValueError(f"checkpoint was trained with a different configuration ({', '.join(diff)}); "
@@ -439,7 +436,7 @@ def _finish(arm: _Arm, cfg: ReContrastConfig, bn_choice: dict[str, Any], validat
             default_score: str) -> ReContrastFit:
     recipe: dict[str, Any] = {k: cfg.resolved(k) for k in ("adam_eps", "alpha_warmup_frac", "bn_var_floor",
                                                              "opt_reset_every")}
-    recipe["hard_mining"] = resolved_hard_mining(cfg)
+    recipe["hard_mining"] = cfg.hard_mining
     report: dict[str, Any] = {"encoder_bn": bn_choice, "stable": cfg.stable, "recipe": recipe,
                               "iterations_run": arm.it, "curve": arm.curve}
     if validator is not None:
