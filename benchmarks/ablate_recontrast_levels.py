@@ -18,7 +18,11 @@ seed 0): if dropping the stride-4 level (levels 2+3) beats all three levels by >
 I-AUROC under the run's image score, ReContrast gets a label-free level choice (all vs 2+3, made on this
 split at the kept checkpoint) and a full run through the shipped path; otherwise the finding is recorded
 and nothing changes.
-Writes benchmarks/results/methods/<dataset>_recontrast_levels.jsonl.
+`--groups both frozen train` also splits each level subset by crossed pair set (arms E1/E2 of
+benchmarks/plans/recontrast_pairs_2026-12-05.md, written before their first run): "frozen" = the
+`l<k>_frozen` pairs (heads fed by the trainable branch, reconstructing the frozen encoder), "train" = the
+`l<k>_train` pairs, "both" = the shipped map; each record names its `pairs`.
+Writes benchmarks/results/methods/<dataset>_recontrast_levels.jsonl (`--out` for another file).
 """
 from __future__ import annotations
 
@@ -45,20 +49,23 @@ BORDER = 16
 
 
 SUBSETS = [sub for n in (3, 2, 1) for sub in itertools.combinations((1, 2, 3), n)]
+GROUPS = {"both": ("frozen", "train"), "frozen": ("frozen",), "train": ("train",)}
 
 
 @torch.inference_mode()
-def subset_maps(model, x: np.ndarray, cfg: ReContrastConfig, batch: int = 8) -> dict[tuple[int, ...], dict]:
-    """Per subset of levels: the image scores (max, top-1 % mean), the maps at a quarter of the resolution
+def subset_maps(model, x: np.ndarray, cfg: ReContrastConfig, batch: int = 8,
+                groups: tuple[str, ...] = ("both",)) -> dict[tuple[tuple[int, ...], str], dict]:
+    """Per (subset of levels, pair group): the image scores (max, top-1 % mean), the maps at a quarter of the resolution
     (for P-AUROC) and each map's maximum position, all from `anomaly_map_torch` (the shipped reference) with
     weight 1 on the subset's pairs and 0 on the others; the model runs once per batch for every subset."""
     names = list(model.pair_names())
-    acc: dict[tuple[int, ...], dict[str, list]] = {sub: {"max": [], "topk": [], "maps": [], "argmax": []}
-                                                   for sub in SUBSETS}
+    acc: dict[tuple[tuple[int, ...], str], dict[str, list]] = {
+        (sub, g): {"max": [], "topk": [], "maps": [], "argmax": []} for sub in SUBSETS for g in groups}
     for s in range(0, len(x), batch):
         enc, dec = model(torch.from_numpy(x[s:s + batch]))
-        for sub, a in acc.items():
-            w = [1.0 if int(n[1]) in sub else 0.0 for n in names]  # "l1_frozen" -> level 1
+        for (sub, g), a in acc.items():
+            # "l1_frozen" -> level 1, set "frozen"
+            w = [1.0 if int(n[1]) in sub and n.split("_")[1] in GROUPS[g] else 0.0 for n in names]
             maps, mx, tk = anomaly_map_torch(enc, dec, cfg.image_size, sigma=cfg.sigma, weights=w,
                                              topk_frac=cfg.topk_frac)
             a["max"].append(mx.numpy())
@@ -86,6 +93,8 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a finished ReContrast training run")
     ap.add_argument("--data", type=Path, required=True, help="the MVTec-layout set the run was trained on")
     ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val"])
+    ap.add_argument("--groups", nargs="+", choices=tuple(GROUPS), default=["both"],
+                    help="crossed pair sets to score separately (default: both sets, the shipped map)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -103,7 +112,7 @@ def main() -> None:
     sel = run.info.get("selection", {})
     base = {"dataset": args.data.name, "run": str(args.run), "iterations": cfg.iterations,
             "kept_iteration": sel.get("checkpoint", {}).get("iteration"), "encoder_bn": cfg.encoder_bn,
-            "sigma": cfg.sigma}
+            "sigma": cfg.sigma, "score": cfg.score, "chosen_levels": cfg.levels, "seed": cfg.seed}
     for split in args.splits:
         t0 = time.time()
         if split == "val":
@@ -115,10 +124,11 @@ def main() -> None:
             labels = np.array([s.label for s in test])
             masks = [D.load_mask(s, (size, size)) for s in test]
             defects = [s.defect for s in test]
-        by_subset = subset_maps(model, x, cfg)
+        by_subset = subset_maps(model, x, cfg, groups=tuple(args.groups))
         log.info("%s: %d images in %.0f s", split, len(x), time.time() - t0)
-        for subset, sm in by_subset.items():
-            rec = {**base, "split": split, "levels": list(subset), **evaluate(sm, size, labels, masks, defects)}
+        for (subset, group), sm in by_subset.items():
+            rec = {**base, "split": split, "levels": list(subset), "pairs": group,
+                   **evaluate(sm, size, labels, masks, defects)}
             log.info("%s", rec)
             with open(out, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")

@@ -733,6 +733,69 @@ def rc_arms_table() -> str:
     return "\n".join(out)
 
 
+def rc_mining_table() -> str:
+    """Arm D (benchmarks/plans/recontrast_hard_mining_2026-12-05.md): hard mining off against the default run,
+    criterion = best all-levels validation I-AUROC (max score) over iterations 100-600 of each curve."""
+    rows = (("default (hard mining on)", "magnetic_tile_recontrast.json"),
+            ("D: hard mining off", "magnetic_tile_recontrast_nohm_600it.json"))
+    out = ["| run | val max @100 / 200 / 300 / 400 / 500 / 600 | criterion | vs default | shipped selection "
+           "(val I-AUROC) | test I-AUROC | test P-AUROC | test crack | Acc@thr | commit |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    base = None
+    for label, name in rows:
+        r = _json(f"methods/{name}")
+        if r is None:
+            out.append(f"| {label} | not measured (`{name}` missing) |" + " |" * 8)
+            continue
+        s = r["selection"]
+        curve = {e["iteration"]: e["i_auroc_max"] for e in s["curve"]}
+        its = [i for i in (100, 200, 300, 400, 500, 600) if i in curve]
+        crit = max(curve[i] for i in its)
+        base = crit if base is None else base
+        diff = "-" if crit is base else f"{crit - base:+.4f}"
+        lv = s.get("levels", {})
+        kept = (f"checkpoint {s['checkpoint']['iteration']} of {s['checkpoint']['last_iteration']}, score "
+                f"{s['score']['rule']}, levels {lv.get('levels')} "
+                f"({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
+        m = r["metrics"]
+        out.append(f"| {label} | {' / '.join(f'{curve[i]:.4f}' for i in its)} | {crit:.4f} | {diff} | {kept} | "
+                   f"{m['i_auroc']:.4f} | {m['p_auroc']:.4f} | {m['i_auroc/crack']:.4f} | "
+                   f"{m['accuracy_at_threshold']:.4f} | {r['commit']} |")
+    return "\n".join(out)
+
+
+def rc_pairs_table(dataset: str = "magnetic_tile") -> str:
+    """Arms E1/E2 (benchmarks/plans/recontrast_pairs_2026-12-05.md): per finished run, the map from both crossed
+    pair sets (shipped), the frozen-target set only and the trainable-target set only, at the run's chosen levels
+    and image score; validation decides, test is the record."""
+    rows = _jsonl(f"methods/{dataset}_recontrast_pairs.jsonl")
+    if not rows:
+        return f"(not measured: results/methods/{dataset}_recontrast_pairs.jsonl missing)"
+    key = {"max": "i_auroc_max", "topk_mean": "i_auroc_topk_mean"}
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        if ",".join(map(str, r["levels"])) != r["chosen_levels"]:
+            continue
+        cells.setdefault((r["run"], r["split"]), {})[r["pairs"]] = r[key[r["score"]]]
+    runs = sorted({run for run, _ in cells})
+    out = ["| run | val both (shipped) | val frozen-target only (E1) | val trainable-target only (E2) | "
+           "test both | test E1 | test E2 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    f = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
+    mean: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        v, t = cells.get((run, "val"), {}), cells.get((run, "test"), {})
+        for sp, d in (("val", v), ("test", t)):
+            for g, x in d.items():
+                mean.setdefault((sp, g), []).append(x)
+        out.append(f"| {Path(run).parent.name} | {f(v, 'both')} | {f(v, 'frozen')} | {f(v, 'train')} | "
+                   f"{f(t, 'both')} | {f(t, 'frozen')} | {f(t, 'train')} |")
+    m = {k: sum(x) / len(x) for k, x in mean.items()}
+    out.append(f"| mean of {len(runs)} | " + " | ".join(
+        f"{m[(sp, g)]:.4f}" if (sp, g) in m else "-" for sp in ("val", "test") for g in ("both", "frozen", "train"))
+        + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     tpl = (HERE / "RESULTS_template.md").read_text()
     mr, mmet = maps_ratio()
@@ -781,6 +844,8 @@ def main() -> None:
         "stride4": stride4_table,
         "rc_levels": rc_levels_table,
         "rc_arms": rc_arms_table,
+        "rc_mining": rc_mining_table,
+        "rc_pairs": rc_pairs_table,
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
         "serve17": lambda: serve_summary()[0],
         "serve17_met": lambda: serve_summary()[1],
