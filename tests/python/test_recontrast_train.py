@@ -166,7 +166,7 @@ def test_stable_training_resets_decoder_optimiser_and_pauses_encoder(tmp_path: P
     assert enc_steps == {2.0}   # iterations 0 and 1; iteration 2 paused
     assert isinstance(fit.model.encoder._bn0, FlooredBatchNorm2d)
     assert fit.report["recipe"] == {"adam_eps": 1e-10, "alpha_warmup_frac": 0.2, "bn_var_floor": 5e-4,
-                                    "opt_reset_every": 2, "hard_mining": "on"}
+                                    "opt_reset_every": 2, "hard_mining": "on", "precision": "fp32"}
     assert fit.config.score == "topk_mean" and fit.report["score"]["how"].startswith("no validation")
 
 
@@ -314,3 +314,51 @@ def test_resume_reads_a_checkpoint_from_before_hard_mining_as_on() -> None:
     _check_resumable(old, cfg)
     with pytest.raises(ValueError, match="hard_mining"):
         _check_resumable(old, ReContrastConfig(pretrained=False, image_size=64, iterations=4, hard_mining="off"))
+
+
+def _loss_trace(cfg: ReContrastConfig, out: Path) -> tuple[list[float], list[torch.dtype], Any]:
+    """Losses and the dtypes the decoder outputs had in each training step, and the fit."""
+    import edgeuad.methods.recontrast_train as rc
+    from edgeuad.methods.recontrast import recontrast_loss as orig
+    losses: list[float] = []
+    dtypes: list[torch.dtype] = []
+
+    def spy(enc, dec, alpha):  # type: ignore[no-untyped-def]
+        loss = orig(enc, dec, alpha)
+        losses.append(float(loss.detach()))
+        dtypes.append(loss.dtype)
+        return loss
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(rc, "recontrast_loss", spy)
+    try:
+        fit = rc.fit_recontrast(cfg, _images(8), out, progress=False)
+    finally:
+        mp.undo()
+    return losses, dtypes, fit
+
+
+def test_bf16_training_runs_the_forward_in_bf16_and_keeps_float32_state(tmp_path: Path) -> None:
+    cfg = _cfg(iterations=12, alpha_warmup_frac=0.1, encoder_bn="train")
+    l32, d32, f32 = _loss_trace(cfg, tmp_path / "fp32")
+    l16, d16, f16 = _loss_trace(ReContrastConfig.from_dict({**cfg.to_dict(), "precision": "bf16"}), tmp_path / "bf16")
+    assert set(d32) == set(d16) == {torch.float32}          # the loss is float32 in both
+    assert f16.report["recipe"]["precision"] == "bf16" and f16.config.precision == "bf16"
+    assert f32.report["recipe"]["precision"] == "fp32"
+    assert all(p.dtype == torch.float32 for p in f16.model.parameters())
+    # the same start, different arithmetic: the first losses agree to bf16 accuracy, not to the last bit
+    assert l16[0] != l32[0] and abs(l16[0] - l32[0]) < 0.05 * abs(l32[0])
+    assert np.isfinite(l16).all() and np.mean(l16[-3:]) < np.mean(l16[:3])
+
+
+def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeuad.methods.recontrast_train as rc
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(rc, "native_bf16", lambda device: True)
+    assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="auto"), cpu) == "bf16"
+    assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="fp32"), cpu) == "fp32"
+    monkeypatch.setattr(rc, "native_bf16", lambda device: False)
+    assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="auto"), cpu) == "fp32"
+    assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="bf16"), cpu) == "bf16"  # asked for
+    with pytest.raises(ValueError, match="precision"):
+        ReContrastConfig(pretrained=False, precision="fp16")

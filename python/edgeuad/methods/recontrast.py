@@ -45,6 +45,7 @@ __all__ = [
     "ReContrastConfig",
     "ReContrastModel",
     "HARD_MINING",
+    "PRECISIONS",
     "alpha_at",
     "level_weights",
     "anomaly_map_torch",
@@ -70,6 +71,8 @@ ENCODER_BN_MODES = ("train", "eval", "auto")
 # hard-normal mining: "on" (official) or "off" (measured on magnetic_tile, Lite0: worse on validation and test;
 # benchmarks/plans/recontrast_hard_mining_2026-12-05.md and RESULTS section 1)
 HARD_MINING = ("on", "off")
+# training arithmetic (recontrast_train.resolve_precision); validation and the exported graph are float32 always
+PRECISIONS = ("fp32", "bf16", "auto")
 SCORES = ("max", "topk_mean", "auto")
 # feature levels whose pairs make the anomaly map (levels 1, 2, 3 = strides 4, 8, 16); "auto": chosen on
 # the synthetic-defect validation split at the kept checkpoint (official: all three)
@@ -116,6 +119,10 @@ class ReContrastConfig:
     # "on": the official hard-normal mining (gradients only where a point's distance is >= mean + alpha*std);
     # "off": every point keeps its gradient (alpha_* unused)
     hard_mining: str = "on"
+    # "fp32"; "bf16": forward passes under torch.autocast(bfloat16) (weights, optimiser state and loss stay
+    # float32); "auto": bf16 where the device computes it natively (CPU with AVX512_BF16 or AMX, CUDA with
+    # bf16 support), else fp32
+    precision: str = "fp32"
     alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
     alpha_end: float = 1.0                 # ... to this value ...
     alpha_warmup_frac: float | None = None  # ... over this fraction of the iterations (None: 0.1, stable 0.2)
@@ -167,6 +174,8 @@ class ReContrastConfig:
             raise ValueError(f"encoder_bn must be one of {ENCODER_BN_MODES}, got {self.encoder_bn!r}")
         if self.hard_mining not in HARD_MINING:
             raise ValueError(f"hard_mining must be one of {HARD_MINING}, got {self.hard_mining!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.input_norm not in INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {sorted(INPUT_NORMS)} for ReContrast, got "
                              f"{self.input_norm!r}")

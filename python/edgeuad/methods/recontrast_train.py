@@ -8,6 +8,8 @@
   20 %, AdamW eps 1e-10 and the top-1 % image score.  The stable script also sets the trainable
   encoder's BN eps to 1e-6; that is left out: Lite0's BN eps is TensorFlow's 1e-3 and changing it
   changes the pretrained features (with eps 1e-3 the floor changes a channel's scale by <= 1.22x).
+* cfg.precision "bf16" (or "auto" on a device with native bfloat16) runs the training forward passes under
+  torch.autocast(bfloat16); weights, optimiser state, the loss and every validation pass stay float32.
 * Selection on the synthetic-defect validation set made from held-out normals (`edgeuad.selection`):
   encoder BN mode (cfg.encoder_bn "auto": both modes trained for a short probe from the same
   initialisation, the better continues), the checkpoint (validated every cfg.select_every
@@ -35,14 +37,14 @@ from .recontrast import (LEVELS_MARGIN, ReContrastConfig, ReContrastModel, alpha
 log = logging.getLogger(__name__)
 
 __all__ = ["BEST_NAME", "CHECKPOINT_NAME", "FlooredBatchNorm2d", "ReContrastFit", "apply_bn_var_floor",
-           "encoder_paused", "fit_recontrast", "optimizer_reset_due", "pick_best", "probe_iterations",
-           "train_recontrast"]
+           "encoder_paused", "fit_recontrast", "native_bf16", "optimizer_reset_due", "pick_best", "probe_iterations",
+           "resolve_precision", "train_recontrast"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 BEST_NAME = "best.safetensors"
 _CKPT_FORMAT = "edgeuad.recontrast.checkpoint/2"   # /2: BN-mode choice and selection state in the meta
 _BEST_FORMAT = "edgeuad.recontrast.best/1"
-_RESUME_FREE = {"iterations", "checkpoint_every", "device", "pretrained", "sigma", "score", "topk_frac",
+_RESUME_FREE = {"iterations", "checkpoint_every", "device", "precision", "pretrained", "sigma", "score", "topk_frac",
                 "select_every", "levels"}
 SCORE_KEYS = {"max": "i_auroc_max", "topk_mean": "i_auroc_topk_mean"}
 
@@ -198,6 +200,27 @@ class _Validator:
                 "p_auroc": by_max["p_auroc"]}
 
 
+# ------------------------------------------------------------------------ precision
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively (CPU: AVX512_BF16 or AMX tiles; CUDA: torch's check)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = (getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(p is not None and bool(p()) for p in probes)
+    return False
+
+
+def resolve_precision(cfg: ReContrastConfig, device: torch.device) -> str:
+    """"fp32" or "bf16": cfg.precision, with "auto" = bf16 where the device has native bf16."""
+    if cfg.precision != "auto":
+        if cfg.precision == "bf16" and not native_bf16(device):
+            log.warning("precision=bf16 on %s without native bfloat16: autocast emulates it (slower than fp32)",
+                        device)
+        return cfg.precision
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 # ------------------------------------------------------------------------- one arm
 def _make_optimizers(model: ReContrastModel, cfg: ReContrastConfig) -> tuple[torch.optim.AdamW, torch.optim.AdamW]:
     eps = float(cfg.resolved("adam_eps"))
@@ -244,8 +267,10 @@ class _Arm:
         it, cfg = self.it, self.cfg
         x = data.batch(sampler.batch_indices(it), self.device)
         alpha = alpha_at(it, cfg)
-        enc, dec = self.model(x)
-        loss = recontrast_loss(enc, dec, alpha)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            enc, dec = self.model(x)
+        # the loss and its hard-mining statistics in float32 whatever the forward ran in
+        loss = recontrast_loss([e.float() for e in enc], [d.float() for d in dec], alpha)
         loss_v = float(loss.detach())
         if not math.isfinite(loss_v):  # checked before the step so the weights stay usable
             raise FloatingPointError(f"ReContrast loss became {loss_v} at iteration {it} (encoder BN {self.mode})")
@@ -356,6 +381,11 @@ def fit_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | Pat
     if (validation is None) != (validation_x is None):
         raise ValueError("pass both validation (ValidationSet) and validation_x (its preprocessed images), or neither")
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg, device)
+    if precision != cfg.precision or precision == "bf16":
+        log.info("ReContrast training precision: %s (%s)", precision,
+                 f"precision={cfg.precision}" + (", native bf16 on this device" if precision == "bf16" else ""))
+    cfg = replace(cfg, precision=precision)
     validator = None
     if validation is not None:
         vx = ImageArrayDataset(np.asarray(validation_x)).images
@@ -437,6 +467,7 @@ def _finish(arm: _Arm, cfg: ReContrastConfig, bn_choice: dict[str, Any], validat
     recipe: dict[str, Any] = {k: cfg.resolved(k) for k in ("adam_eps", "alpha_warmup_frac", "bn_var_floor",
                                                              "opt_reset_every")}
     recipe["hard_mining"] = cfg.hard_mining
+    recipe["precision"] = cfg.precision
     report: dict[str, Any] = {"encoder_bn": bn_choice, "stable": cfg.stable, "recipe": recipe,
                               "iterations_run": arm.it, "curve": arm.curve}
     if validator is not None:
