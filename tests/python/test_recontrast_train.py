@@ -357,6 +357,8 @@ def test_precision_auto_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(rc, "native_bf16", lambda device: True)
     assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="auto"), cpu) == "bf16"
     assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="fp32"), cpu) == "fp32"
+    # CUDA's bf16 was not measured: auto stays fp32 there even where the GPU has it
+    assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="auto"), torch.device("cuda")) == "fp32"
     monkeypatch.setattr(rc, "native_bf16", lambda device: False)
     assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="auto"), cpu) == "fp32"
     assert rc.resolve_precision(ReContrastConfig(pretrained=False, precision="bf16"), cpu) == "bf16"  # asked for

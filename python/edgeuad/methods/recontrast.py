@@ -120,8 +120,7 @@ class ReContrastConfig:
     # "off": every point keeps its gradient (alpha_* unused)
     hard_mining: str = "on"
     # "fp32"; "bf16": forward passes under torch.autocast(bfloat16) (weights, optimiser state and loss stay
-    # float32); "auto": bf16 where the device computes it natively (CPU with AVX512_BF16 or AMX, CUDA with
-    # bf16 support), else fp32
+    # float32); "auto": bf16 on a CPU that computes it natively (AVX512_BF16 or AMX), else fp32
     precision: str = "fp32"
     alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
     alpha_end: float = 1.0                 # ... to this value ...

@@ -212,13 +212,15 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def resolve_precision(cfg: ReContrastConfig, device: torch.device) -> str:
-    """"fp32" or "bf16": cfg.precision, with "auto" = bf16 where the device has native bf16."""
+    """"fp32" or "bf16": cfg.precision, with "auto" = bf16 on a CPU with native bf16 (measured there:
+    benchmarks/plans/recontrast_bf16_2026-12-05.md), fp32 elsewhere (bf16 on CUDA was not measured; ask for it
+    with precision="bf16")."""
     if cfg.precision != "auto":
         if cfg.precision == "bf16" and not native_bf16(device):
             log.warning("precision=bf16 on %s without native bfloat16: autocast emulates it (slower than fp32)",
                         device)
         return cfg.precision
-    return "bf16" if native_bf16(device) else "fp32"
+    return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
 
 
 # ------------------------------------------------------------------------- one arm
