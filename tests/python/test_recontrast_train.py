@@ -339,7 +339,7 @@ def _loss_trace(cfg: ReContrastConfig, out: Path) -> tuple[list[float], list[tor
 
 
 def test_bf16_training_runs_the_forward_in_bf16_and_keeps_float32_state(tmp_path: Path) -> None:
-    cfg = _cfg(iterations=12, alpha_warmup_frac=0.1, encoder_bn="train")
+    cfg = _cfg(iterations=12, alpha_warmup_frac=0.1, encoder_bn="train", precision="fp32")
     l32, d32, f32 = _loss_trace(cfg, tmp_path / "fp32")
     l16, d16, f16 = _loss_trace(ReContrastConfig.from_dict({**cfg.to_dict(), "precision": "bf16"}), tmp_path / "bf16")
     assert set(d32) == set(d16) == {torch.float32}          # the loss is float32 in both
