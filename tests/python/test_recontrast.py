@@ -219,7 +219,9 @@ def test_training_is_deterministic_and_checkpointed(tmp_path: Path) -> None:
     for k in s1:
         assert torch.equal(s1[k], s2[k]), k
     tensors, meta = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)
-    assert meta["iteration"] == 3 and meta["config"] == cfg.to_dict()
+    from edgeuad.methods.recontrast_train import resolve_precision
+    ran = resolve_precision(cfg, torch.device("cpu"))  # the checkpoint records what ran ("auto" resolved)
+    assert meta["iteration"] == 3 and meta["config"] == {**cfg.to_dict(), "precision": ran}
     assert any(k.startswith("opt_dec.state.") for k in tensors)
     # training changed the trainable encoder and the decoder but not the frozen copy
     seed_everything(cfg.seed)  # same initialisation as the training run

@@ -15,7 +15,7 @@ from edgeuad.methods.common import load_checkpoint
 from edgeuad.methods.recontrast import ReContrastConfig, alpha_at, build_model, load_model, model_state
 from edgeuad.methods.recontrast_train import (BEST_NAME, CHECKPOINT_NAME, FlooredBatchNorm2d, _make_optimizers,
                                               _Validator, apply_bn_var_floor, encoder_paused, fit_recontrast,
-                                              optimizer_reset_due, pick_best, probe_iterations)
+                                              optimizer_reset_due, pick_best, probe_iterations, resolve_precision)
 from edgeuad.preprocess import PreprocessConfig, preprocess
 from edgeuad.selection import make_validation_set
 
@@ -166,7 +166,8 @@ def test_stable_training_resets_decoder_optimiser_and_pauses_encoder(tmp_path: P
     assert enc_steps == {2.0}   # iterations 0 and 1; iteration 2 paused
     assert isinstance(fit.model.encoder._bn0, FlooredBatchNorm2d)
     assert fit.report["recipe"] == {"adam_eps": 1e-10, "alpha_warmup_frac": 0.2, "bn_var_floor": 5e-4,
-                                    "opt_reset_every": 2, "hard_mining": "on", "precision": "fp32"}
+                                    "opt_reset_every": 2, "hard_mining": "on",
+                                    "precision": resolve_precision(cfg, torch.device("cpu"))}
     assert fit.config.score == "topk_mean" and fit.report["score"]["how"].startswith("no validation")
 
 

@@ -121,7 +121,7 @@ class ReContrastConfig:
     hard_mining: str = "on"
     # "fp32"; "bf16": forward passes under torch.autocast(bfloat16) (weights, optimiser state and loss stay
     # float32); "auto": bf16 on a CPU that computes it natively (AVX512_BF16 or AMX), else fp32
-    precision: str = "fp32"
+    precision: str = "auto"
     alpha_start: float = -3.0              # hard-mining alpha, linear ramp ...
     alpha_end: float = 1.0                 # ... to this value ...
     alpha_warmup_frac: float | None = None  # ... over this fraction of the iterations (None: 0.1, stable 0.2)
