@@ -764,6 +764,36 @@ def rc_mining_table() -> str:
     return "\n".join(out)
 
 
+def rc_precision_table() -> str:
+    """Arm F (benchmarks/plans/recontrast_bf16_2026-12-05.md): bf16 autocast training against the float32 default
+    run, criterion = best all-levels validation I-AUROC (max score) over iterations 100-1000 (non-inferiority)."""
+    rows = (("float32 (the default run)", "magnetic_tile_recontrast.json"),
+            ("F: bf16 autocast", "magnetic_tile_recontrast_bf16.json"))
+    out = ["| run | val max @100 / 200 / ... / 1000 | criterion | vs float32 | shipped selection (val I-AUROC) | "
+           "test I-AUROC | test P-AUROC | AUPRO | Acc@thr | train s | commit |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    base = None
+    for label, name in rows:
+        r = _json(f"methods/{name}")
+        if r is None:
+            out.append(f"| {label} | not measured (`{name}` missing) |" + " |" * 9)
+            continue
+        s = r["selection"]
+        curve = {e["iteration"]: e["i_auroc_max"] for e in s["curve"]}
+        its = [i for i in range(100, 1001, 100) if i in curve]
+        crit = max(curve[i] for i in its)
+        base = crit if base is None else base
+        diff = "-" if crit is base else f"{crit - base:+.4f}"
+        lv = s.get("levels", {})
+        kept = (f"checkpoint {s['checkpoint']['iteration']}, score {s['score']['rule']}, levels {lv.get('levels')} "
+                f"({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
+        m = r["metrics"]
+        out.append(f"| {label} | {' / '.join(f'{curve[i]:.3f}' for i in its)} | {crit:.4f} | {diff} | {kept} | "
+                   f"{m['i_auroc']:.4f} | {m['p_auroc']:.4f} | {m['aupro']:.4f} | {m['accuracy_at_threshold']:.4f} | "
+                   f"{r['train_seconds']:.0f} | {r['commit']} |")
+    return "\n".join(out)
+
+
 def rc_pairs_table(dataset: str = "magnetic_tile") -> str:
     """Arms E1/E2 (benchmarks/plans/recontrast_pairs_2026-12-05.md): per finished run, the map from both crossed
     pair sets (shipped), the frozen-target set only and the trainable-target set only, at the run's chosen levels
@@ -846,6 +876,8 @@ def main() -> None:
         "rc_arms": rc_arms_table,
         "rc_mining": rc_mining_table,
         "rc_pairs": rc_pairs_table,
+        "rc_precision": rc_precision_table,
+        "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
         "serve17": lambda: serve_summary()[0],
         "serve17_met": lambda: serve_summary()[1],
