@@ -736,7 +736,7 @@ def rc_arms_table() -> str:
 def rc_mining_table() -> str:
     """Arm D (benchmarks/plans/recontrast_hard_mining_2026-12-05.md): hard mining off against the default run,
     criterion = best all-levels validation I-AUROC (max score) over iterations 100-600 of each curve."""
-    rows = (("default (hard mining on)", "magnetic_tile_recontrast.json"),
+    rows = (("default (hard mining on)", "magnetic_tile_recontrast_fp32.json"),
             ("D: hard mining off", "magnetic_tile_recontrast_nohm_600it.json"))
     out = ["| run | val max @100 / 200 / 300 / 400 / 500 / 600 | criterion | vs default | shipped selection "
            "(val I-AUROC) | test I-AUROC | test P-AUROC | test crack | Acc@thr | commit |",
@@ -767,8 +767,8 @@ def rc_mining_table() -> str:
 def rc_precision_table() -> str:
     """Arm F (benchmarks/plans/recontrast_bf16_2026-12-05.md): bf16 autocast training against the float32 default
     run, criterion = best all-levels validation I-AUROC (max score) over iterations 100-1000 (non-inferiority)."""
-    rows = (("float32 (the default run)", "magnetic_tile_recontrast.json"),
-            ("F: bf16 autocast", "magnetic_tile_recontrast_bf16.json"))
+    rows = (("float32 (the default before arm F)", "magnetic_tile_recontrast_fp32.json"),
+            ("F: bf16 autocast (the default since)", "magnetic_tile_recontrast.json"))
     out = ["| run | val max @100 / 200 / ... / 1000 | criterion | vs float32 | shipped selection (val I-AUROC) | "
            "test I-AUROC | test P-AUROC | AUPRO | Acc@thr | train s | commit |",
            "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
@@ -877,6 +877,7 @@ def main() -> None:
         "rc_mining": rc_mining_table,
         "rc_pairs": rc_pairs_table,
         "rc_precision": rc_precision_table,
+        "rc_curve_fp32": lambda: rc_curve("methods/magnetic_tile_recontrast_fp32.json"),
         "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
         "serve17": lambda: serve_summary()[0],
