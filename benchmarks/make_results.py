@@ -733,65 +733,53 @@ def rc_arms_table() -> str:
     return "\n".join(out)
 
 
-def rc_mining_table() -> str:
-    """Arm D (benchmarks/plans/recontrast_hard_mining_2026-12-05.md): hard mining off against the default run,
-    criterion = best all-levels validation I-AUROC (max score) over iterations 100-600 of each curve."""
-    rows = (("default (hard mining on)", "magnetic_tile_recontrast_fp32.json"),
-            ("D: hard mining off", "magnetic_tile_recontrast_nohm_600it.json"))
-    out = ["| run | val max @100 / 200 / 300 / 400 / 500 / 600 | criterion | vs default | shipped selection "
-           "(val I-AUROC) | test I-AUROC | test P-AUROC | test crack | Acc@thr | commit |",
-           "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]
+def _rc_criterion_table(rows: tuple[tuple[str, str], ...], last: int, vs: str,
+                        extra: tuple[tuple[str, Callable[[dict], str]], ...]) -> str:
+    """A ReContrast arm against its baseline run: each run's all-levels validation I-AUROC (max score) every
+    100 iterations up to `last`, the criterion (their best) and its difference to the first row's, what the
+    shipped selection kept, then the test split (record) and the `extra` columns."""
+    out = [f"| run | val max @100 / 200 / ... / {last} | criterion | vs {vs} | shipped selection (val I-AUROC) | "
+           "test I-AUROC | test P-AUROC | " + " | ".join(h for h, _ in extra) + " | commit |",
+           "|---|---|---:|---:|---|---:|---:|" + "---:|" * len(extra) + "---|"]
     base = None
     for label, name in rows:
         r = _json(f"methods/{name}")
         if r is None:
-            out.append(f"| {label} | not measured (`{name}` missing) |" + " |" * 8)
+            out.append(f"| {label} | not measured (`{name}` missing) |" + " |" * (6 + len(extra)))
             continue
-        s = r["selection"]
-        curve = {e["iteration"]: e["i_auroc_max"] for e in s["curve"]}
-        its = [i for i in (100, 200, 300, 400, 500, 600) if i in curve]
+        sel = r["selection"]
+        curve = {e["iteration"]: e["i_auroc_max"] for e in sel["curve"]}
+        its = [i for i in range(100, last + 1, 100) if i in curve]
         crit = max(curve[i] for i in its)
         base = crit if base is None else base
         diff = "-" if crit is base else f"{crit - base:+.4f}"
-        lv = s.get("levels", {})
-        kept = (f"checkpoint {s['checkpoint']['iteration']} of {s['checkpoint']['last_iteration']}, score "
-                f"{s['score']['rule']}, levels {lv.get('levels')} "
-                f"({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
+        lv, ck = sel.get("levels", {}), sel["checkpoint"]
+        kept = (f"checkpoint {ck['iteration']} of {ck['last_iteration']}, score {sel['score']['rule']}, levels "
+                f"{lv.get('levels')} ({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
         m = r["metrics"]
-        out.append(f"| {label} | {' / '.join(f'{curve[i]:.4f}' for i in its)} | {crit:.4f} | {diff} | {kept} | "
-                   f"{m['i_auroc']:.4f} | {m['p_auroc']:.4f} | {m['i_auroc/crack']:.4f} | "
-                   f"{m['accuracy_at_threshold']:.4f} | {r['commit']} |")
+        out.append(f"| {label} | {' / '.join(f'{curve[i]:.3f}' for i in its)} | {crit:.4f} | {diff} | {kept} | "
+                   f"{m['i_auroc']:.4f} | {m['p_auroc']:.4f} | " + " | ".join(f(r) for _, f in extra)
+                   + f" | {r['commit']} |")
     return "\n".join(out)
+
+
+def rc_mining_table() -> str:
+    """Arm D (benchmarks/plans/recontrast_hard_mining_2026-12-05.md): hard mining off against the float32 default
+    run, criterion = best all-levels validation I-AUROC (max score) over iterations 100-600 of each curve."""
+    return _rc_criterion_table((("default (hard mining on)", "magnetic_tile_recontrast_fp32.json"),
+                                ("D: hard mining off", "magnetic_tile_recontrast_nohm_600it.json")), 600, "default",
+                               (("test crack", lambda r: f"{r['metrics']['i_auroc/crack']:.4f}"),
+                                ("Acc@thr", lambda r: f"{r['metrics']['accuracy_at_threshold']:.4f}")))
 
 
 def rc_precision_table() -> str:
     """Arm F (benchmarks/plans/recontrast_bf16_2026-12-05.md): bf16 autocast training against the float32 default
     run, criterion = best all-levels validation I-AUROC (max score) over iterations 100-1000 (non-inferiority)."""
-    rows = (("float32 (the default before arm F)", "magnetic_tile_recontrast_fp32.json"),
-            ("F: bf16 autocast (the default since)", "magnetic_tile_recontrast.json"))
-    out = ["| run | val max @100 / 200 / ... / 1000 | criterion | vs float32 | shipped selection (val I-AUROC) | "
-           "test I-AUROC | test P-AUROC | AUPRO | Acc@thr | train s | commit |",
-           "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|"]
-    base = None
-    for label, name in rows:
-        r = _json(f"methods/{name}")
-        if r is None:
-            out.append(f"| {label} | not measured (`{name}` missing) |" + " |" * 9)
-            continue
-        s = r["selection"]
-        curve = {e["iteration"]: e["i_auroc_max"] for e in s["curve"]}
-        its = [i for i in range(100, 1001, 100) if i in curve]
-        crit = max(curve[i] for i in its)
-        base = crit if base is None else base
-        diff = "-" if crit is base else f"{crit - base:+.4f}"
-        lv = s.get("levels", {})
-        kept = (f"checkpoint {s['checkpoint']['iteration']}, score {s['score']['rule']}, levels {lv.get('levels')} "
-                f"({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
-        m = r["metrics"]
-        out.append(f"| {label} | {' / '.join(f'{curve[i]:.3f}' for i in its)} | {crit:.4f} | {diff} | {kept} | "
-                   f"{m['i_auroc']:.4f} | {m['p_auroc']:.4f} | {m['aupro']:.4f} | {m['accuracy_at_threshold']:.4f} | "
-                   f"{r['train_seconds']:.0f} | {r['commit']} |")
-    return "\n".join(out)
+    return _rc_criterion_table((("float32 (the default before arm F)", "magnetic_tile_recontrast_fp32.json"),
+                                ("F: bf16 autocast (the default since)", "magnetic_tile_recontrast.json")), 1000,
+                               "float32", (("AUPRO", lambda r: f"{r['metrics']['aupro']:.4f}"),
+                                           ("Acc@thr", lambda r: f"{r['metrics']['accuracy_at_threshold']:.4f}"),
+                                           ("train s", lambda r: f"{r['train_seconds']:.0f}")))
 
 
 def rc_pairs_table(dataset: str = "magnetic_tile") -> str:
