@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # How long `edgeuad demo` takes, as `demo --help` and the README say it: measured with
 # benchmarks/bench_demo_load.py (benchmarks/results/demo_load.md, float32 training) and 36 s in
-# results/demo_summary.json (bf16 training since 9665d30, AVX512_BF16 CPU): "about a minute" covers both.
+# results/demo_summary.json (bf16 training since c88ba4a, AVX512_BF16 CPU): "about a minute" covers both.
 DEMO_TIME = "about a minute on an idle 2-core CPU"
 
 # Small but real settings: every number below is passed to the method's config.
