@@ -1,12 +1,9 @@
 """Helpers shared by the `edgeuad serve` tests: a tiny real bundle, a swapped copy, free ports."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import socket
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from edgeuad import api
 from edgeuad.bundle import read_manifest, write_manifest
@@ -42,16 +39,3 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-
-def load_bench_serve(module_name: str = "bench_serve") -> ModuleType:
-    """benchmarks/bench_serve.py as a module (it imports its neighbours, so benchmarks/ is on sys.path
-    while it loads)."""
-    bench = Path(__file__).resolve().parents[2] / "benchmarks"
-    sys.path.insert(0, str(bench))
-    try:
-        spec = importlib.util.spec_from_file_location(module_name, bench / "bench_serve.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(bench))
-    return mod

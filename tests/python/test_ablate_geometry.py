@@ -2,27 +2,16 @@
 map crop says, and pads with mirrored material (the squash arm is `preprocess.resize`)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from script_helpers import load_benchmark
 
 pytest.importorskip("torch")
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def geo():
-    sys.path.insert(0, str(BENCH))  # the script imports its sibling ablate_patchcore
-    try:
-        spec = importlib.util.spec_from_file_location("ablate_geometry", BENCH / "ablate_geometry.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_benchmark("ablate_geometry")  # it imports its sibling ablate_patchcore at load time
 
 
 def test_letterbox_region_keeps_aspect_and_centres(geo) -> None:

@@ -2,22 +2,16 @@
 both crossed sets is the sum of the frozen-target and trainable-target maps (upsampling and blur are linear)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from script_helpers import load_benchmark
 
 torch = pytest.importorskip("torch")
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def abl():
-    spec = importlib.util.spec_from_file_location("ablate_recontrast_levels", BENCH / "ablate_recontrast_levels.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("ablate_recontrast_levels")
 
 
 def test_pair_groups_split_the_map(abl) -> None:

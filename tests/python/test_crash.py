@@ -3,26 +3,15 @@ the bundle and archive on disk are always the previous or the new one, never a t
 what the kills leave behind is removed by the next run."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from script_helpers import load_benchmark
 
 
 @pytest.mark.slow
 def test_sigkill_export_and_train_leave_old_or_new_bundle(tmp_path: Path) -> None:
-    crash = _script("crash_kill")
+    crash = load_benchmark("crash_kill")
     rep = crash.run_crash(tmp_path, export_kills_n=3, train_kills_n=3, points=crash.POINTS, seed=1,
                           check_reproducible=False)
     md = rep.to_markdown()

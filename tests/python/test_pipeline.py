@@ -252,16 +252,12 @@ def test_int8_export_writes_checked_qdq_graph_then_needs_tensorrt(bundle: Path, 
 def test_fp16_accuracy_bundle_scores_like_fp32(bundle: Path, tmp_path: Path) -> None:
     """benchmarks/int8_accuracy.py --precision fp16: the copy's graph is float16 inside (what TensorRT 11
     builds from), the Detector loads it unchanged and its scores stay within float16 rounding of fp32."""
-    import importlib.util
-
     import onnx
+    from script_helpers import load_benchmark
 
     from edgeuad.bundle import Bundle
 
-    spec = importlib.util.spec_from_file_location(
-        "int8_accuracy", Path(__file__).resolve().parents[2] / "benchmarks" / "int8_accuracy.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("int8_accuracy")
     half = mod.low_precision_bundle(Bundle.load(bundle), "fp16", "", tmp_path)
     assert json.loads((half / "manifest.json").read_text())["quantization"]["kind"] == "fp16"
     g = onnx.load(str(half / "model.onnx")).graph

@@ -23,7 +23,8 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the `serve` extra (ray[serve]) is not installed")
 
-from serve_helpers import free_port, load_bench_serve, swapped_copy, tiny_bundle  # noqa: E402
+from script_helpers import load_benchmark  # noqa: E402
+from serve_helpers import free_port, swapped_copy, tiny_bundle  # noqa: E402
 
 from edgeuad import cli  # noqa: E402
 from edgeuad.bundle import read_manifest, sha256_file  # noqa: E402
@@ -387,7 +388,7 @@ def test_bench_serve_floor_app_answers_like_a_replica(served: Any, bundles: dict
     same `Client.score` must read its answer (request id echoed), or the floor would time another path."""
     from edgeuad.serve.server import undeploy
 
-    mod = load_bench_serve()
+    mod = load_benchmark("bench_serve")
     url = mod.deploy_floor(served["cfg"], "floor_t")
     try:
         assert url.endswith("/floor_t")

@@ -439,7 +439,7 @@ def test_bench_serve_handle_overhead_pairs_the_same_frames(monkeypatch: pytest.M
     against an instant in-process Detector must read >= 20 ms added (sleep never returns early)."""
     import time as _time
 
-    from serve_helpers import load_bench_serve
+    from script_helpers import load_benchmark
 
     ray = pytest.importorskip("ray", reason="the `serve` extra (ray[serve]) is not installed")
     import ray.serve  # noqa: F401 - the attribute the benchmark's `from ray import serve` reads
@@ -476,7 +476,7 @@ def test_bench_serve_handle_overhead_pairs_the_same_frames(monkeypatch: pytest.M
         det = _Det()
 
     monkeypatch.setattr(ray, "serve", _FakeServe)
-    mod = load_bench_serve("bench_serve_h")
+    mod = load_benchmark("bench_serve", "bench_serve_h")
     frames = [np.full((4, 4, 3), i, np.uint8) for i in range(5)]
     out = mod.paired_handle_overhead(_Local(), "b1", frames, rounds=3, n=2)
     assert calls[0] == ("handle", 0)  # one untimed warm-up call

@@ -2,21 +2,15 @@
 video through Detector.stream without growth of resident memory, open files or threads."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from script_helpers import load_benchmark
 
 
 @pytest.mark.slow
 def test_stream_soak_500_frames(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("soak_stream", ROOT / "benchmarks" / "soak_stream.py")
-    soak = importlib.util.module_from_spec(spec)
-    sys.modules["soak_stream"] = soak
-    spec.loader.exec_module(soak)
+    soak = load_benchmark("soak_stream")
     bundle = soak.tiny_bundle(tmp_path)
     video = soak.write_video(tmp_path / "loop.avi", frames=40)
     res = soak.soak(bundle, video, frames=500, sample_every=10)
