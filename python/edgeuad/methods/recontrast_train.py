@@ -384,9 +384,7 @@ def fit_recontrast(cfg: ReContrastConfig, images: np.ndarray, out_dir: str | Pat
         raise ValueError("pass both validation (ValidationSet) and validation_x (its preprocessed images), or neither")
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg, device)
-    if precision != cfg.precision or precision == "bf16":
-        log.info("ReContrast training precision: %s (%s)", precision,
-                 f"precision={cfg.precision}" + (", native bf16 on this device" if precision == "bf16" else ""))
+    log.info("ReContrast training precision: %s (precision=%s)", precision, cfg.precision)
     cfg = replace(cfg, precision=precision)
     validator = None
     if validation is not None:
