@@ -266,6 +266,6 @@ def set_torch_threads(torch: Any, threads: int = 0) -> int:
     return n
 
 
-__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "int8_product_saturates", "ort_session",
-           "describe_openmp_policy", "ort_session_options", "passive_openmp_environ", "prefer_passive_openmp", "resolve_threads", "set_torch_threads",
-           "user_openmp_environ"]
+__all__ = ["affinity_cpus", "available_cpus", "cgroup_cpu_quota", "describe_openmp_policy", "int8_product_saturates",
+           "ort_session", "ort_session_options", "passive_openmp_environ", "prefer_passive_openmp", "resolve_threads",
+           "set_torch_threads", "user_openmp_environ"]
