@@ -3,6 +3,7 @@
 
     python benchmarks/bench_serve.py --make-bundle recontrast             # untrained 256 px bundle
     python benchmarks/bench_serve.py --bundle bundles/bottle --concurrency 1,2,4,8,16,32 --duration 5
+    python benchmarks/bench_serve.py --make-bundle recontrast --direct-ingress --stem serve_direct
 
 Writes benchmarks/results/serve.{md,json}:
   * in process: JPEG decode + `Detector.score` (batch 1) latency and decode + `score_batch(max_batch)`
@@ -12,7 +13,9 @@ Writes benchmarks/results/serve.{md,json}:
   * the goals of issue #17, measured in alternating rounds because a shared machine's load drifts more
     than the effect: added p50 at batch 1 (1 client, a replica with max batch 1, vs in process; goal
     <= 3 ms) and served throughput at saturation with batching vs in-process `score_batch` with the
-    same threads (goal >= 85 %).
+    same threads (goal >= 85 %);
+  * with --direct-ingress (a cluster with `edgeuad serve --direct-ingress`'s setting): the same two goals
+    measured again on the replicas' own ports (server.direct_urls), beside the proxy's in the same run.
 The load generator's client threads run on the same cores as the server; the report says so.
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ from edgeuad.bench import percentiles, synthetic_frames  # noqa: E402
 from edgeuad.detector import Detector  # noqa: E402
 from edgeuad.serve.config import BundleSpec, ServeConfig  # noqa: E402
 from edgeuad.serve.loadgen import LoadConfig, LoadReport, run_load  # noqa: E402
+from edgeuad.serve.server import direct_urls  # noqa: E402
 
 log = logging.getLogger("edgeuad.benchmarks")
 
@@ -237,6 +241,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--stem", default="serve")
     ap.add_argument("--low-latency", action="store_true",
                     help="serve on `edgeuad serve --low-latency`'s request path (serve.config.LOW_LATENCY_ENV)")
+    ap.add_argument("--direct-ingress", action="store_true",
+                    help="start the cluster with `edgeuad serve --direct-ingress`'s setting and measure the goals on "
+                         "the replicas' own ports too")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     levels = [int(x) for x in a.concurrency.split(",") if x]
@@ -252,13 +259,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "throughput": d.throughput(a.max_batch, a.duration)} for t, d in local.items()}
         log.info("in process: %s", inproc)
 
-        from edgeuad.serve.config import LOW_LATENCY_ENV
+        from edgeuad.serve.config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV
         from edgeuad.serve.server import shutdown, start_cluster, start_http, undeploy
 
         cfg = ServeConfig(port=a.port, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, threads=a.threads,
-                          num_cpus=8, replica_cpus=1.0, low_latency=a.low_latency)
+                          num_cpus=8, replica_cpus=1.0, low_latency=a.low_latency,
+                          direct_ingress=a.direct_ingress)
         started = start_cluster(cfg)
-        ray_path = {k: os.environ.get(k, "Ray's default") for k in LOW_LATENCY_ENV}
+        ray_path = {k: os.environ.get(k, "Ray's default") for k in (*LOW_LATENCY_ENV, *DIRECT_INGRESS_ENV)}
+        tput_direct = overhead_direct = None
         try:
             start_http(cfg)
             # Each measurement runs with only its own applications deployed: on two cores an idle replica's
@@ -269,12 +278,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             sweeps = {"1 replica": run_load(load),
                       "2 replicas": run_load(dataclasses.replace(load, url=urls["r2"]))}
             undeploy("r2")
-            tput = paired_throughput(local[a.threads], load, max(levels), a.max_batch, a.rounds // 2 * 2 or 2,
-                                     a.duration)
+            tput_rounds = a.rounds // 2 * 2 or 2
+            tput = paired_throughput(local[a.threads], load, max(levels), a.max_batch, tput_rounds, a.duration)
+            if a.direct_ingress:
+                tput_direct = paired_throughput(local[a.threads], dataclasses.replace(load, url=direct_urls(cfg, "r1")[0]),
+                                                max(levels), a.max_batch, tput_rounds, a.duration)
             undeploy("r1")
             enc = [bytes(b) for b in frames]
             b1 = served(dataclasses.replace(cfg, max_batch=1), "b1", bundle)
-            overhead = paired_overhead(local[a.threads], b1, deploy_floor(cfg), enc, a.rounds, a.round_frames)
+            floor = deploy_floor(cfg)
+            overhead = paired_overhead(local[a.threads], b1, floor, enc, a.rounds, a.round_frames)
+            if a.direct_ingress:
+                overhead_direct = paired_overhead(local[a.threads], direct_urls(cfg, "b1", replicas=1)[0],
+                                                  direct_urls(cfg, "floor", replicas=1)[0], enc, a.rounds, a.round_frames)
             # the camera actors' door; a handle called from this plain thread needs Serve's router on its
             # own loop, which --low-latency turns off (serve.cameras.camera_actor)
             by_handle = None if a.low_latency else paired_handle_overhead(
@@ -296,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"640x480 JPEG frames decoded by the server; {t1} intra-op thread(s) per replica; max batch "
         f"{a.max_batch}, batch wait {a.batch_wait_ms} ms; closed loop, {a.duration:g} s or {a.max_requests} "
         f"answers per client count. Ray Serve request path: "
-        f"{'--low-latency' if a.low_latency else 'default'}: "
+        f"{' '.join(f for f, on in (('--low-latency', a.low_latency), ('--direct-ingress', a.direct_ingress)) if on) or 'default'}: "
         f"{', '.join(f'{k}={v}' for k, v in ray_path.items())}. "
         f"Client threads, Ray (proxy, controller, raylet) and the replicas share the "
         f"machine's cores; load average at the end: {os.getloadavg()[0]:.1f} (a shared machine: other jobs ran).\n",
@@ -337,13 +353,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"{tput['seconds']:g} s): served {', '.join(f'{v:.1f}' for v in tput['served_fps'])} vs in process "
         f"{', '.join(f'{v:.1f}' for v in tput['in_process_fps'])} frames/s = **{100 * ratio:.0f} %** (median "
         f"ratio). Goal >= 85 %: **{'met' if ratio >= 0.85 else 'NOT met'}**.",
-        "",
     ]
+    if overhead_direct is not None and tput_direct is not None:
+        added_d, ratio_d = overhead_direct["added_p50_ms_median"], tput_direct["ratio_median"]
+        body += [
+            f"- Added latency at batch 1 on the direct-ingress door (the same max-batch-1 replica at its own port, "
+            f"no proxy; the same rounds against in process): **{added_d:.1f} ms** (rounds: "
+            f"{', '.join(f'{d:.1f}' for d in overhead_direct['added_p50_ms_rounds'])}); per request, round trip minus "
+            f"the replica's decode and Detector time: p50 {overhead_direct['direct_overhead_ms']['p50']:.1f} ms, p99 "
+            f"{overhead_direct['direct_overhead_ms']['p99']:.1f} ms; the floor app at its own port: p50 "
+            f"**{overhead_direct['floor_p50_ms_median']:.1f} ms**. Goal <= 3 ms: "
+            f"**{'met' if added_d <= 3.0 else 'NOT met'}**.",
+            f"- Throughput at saturation on the direct-ingress door (the 1-replica application's own port, "
+            f"{tput_direct['clients']} clients, {tput_direct['rounds']} alternating rounds of {tput_direct['seconds']:g} s "
+            f"against in-process `score_batch({a.max_batch})`): served "
+            f"{', '.join(f'{v:.1f}' for v in tput_direct['served_fps'])} vs in process "
+            f"{', '.join(f'{v:.1f}' for v in tput_direct['in_process_fps'])} frames/s = **{100 * ratio_d:.0f} %**. "
+            f"Goal >= 85 %: **{'met' if ratio_d >= 0.85 else 'NOT met'}**.",
+        ]
+    body.append("")
     publish(a.stem, "\n".join(body))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{a.stem}.json").write_text(json.dumps(
         {"bundle": bundle_desc, "ray_serve_env": ray_path, "in_process": inproc, "served": {k: r.to_dict() for k, r in sweeps.items()},
-         "paired_overhead": overhead, "paired_handle_overhead": by_handle, "paired_throughput": tput}, indent=2))
+         "paired_overhead": overhead, "paired_handle_overhead": by_handle, "paired_throughput": tput,
+         "paired_overhead_direct": overhead_direct, "paired_throughput_direct": tput_direct}, indent=2))
     return 0
 
 

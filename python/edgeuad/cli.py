@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--low-latency", action="store_true",
                     help="Ray Serve's request path without its extra event-loop threads, gRPC to the replicas "
                          "(a cluster this command starts; benchmarks/RESULTS.md section 7)")
+    sv.add_argument("--direct-ingress", action="store_true",
+                    help="Ray Serve's direct ingress: each replica also answers on its own HTTP port (printed, "
+                         "and again when it changes), no proxy hop; the proxy URL keeps working (a cluster this "
+                         "command starts; benchmarks/RESULTS.md section 7)")
 
     i = sub.add_parser("info", formatter_class=_Help,
                        help="versions, compiled runtime (_rt, CUDA), backends, CPUs; a bundle's manifest",
@@ -403,7 +407,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         bundles=parse_bundles(a.bundles), replicas=a.replicas, host=a.host, port=a.port, max_batch=a.max_batch,
         batch_wait_ms=a.batch_wait_ms, address=a.address, num_cpus=a.num_cpus, replica_cpus=a.replica_cpus,
         backend=a.backend, threads=a.threads, max_body_mb=a.max_body_mb, max_pixels=a.max_pixels,
-        cameras=a.cameras, detach=a.detach, low_latency=a.low_latency))
+        cameras=a.cameras, detach=a.detach, low_latency=a.low_latency,
+        direct_ingress=a.direct_ingress))
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

@@ -142,10 +142,11 @@ def test_scores_equal_detector_score(served: Any, bundles: dict[str, Any], refer
     assert info["bundle"]["input_size"] == [64, 64] and info["server"]["ray"] == ray.__version__
     assert info["bundle"]["graph"] == "float32"  # an fp32 export (`--cpu-int8` bundles say int8)
     assert info["batching"] == {"max_batch": 8, "batch_wait_ms": 5.0}
-    # the replica runs with the settings --low-latency asked for (they reached the replica's process)
-    from edgeuad.serve.config import LOW_LATENCY_ENV
+    # the replica runs with the settings --low-latency asked for (they reached the replica's process), and
+    # without --direct-ingress's
+    from edgeuad.serve.config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV
 
-    assert info["server"]["ray_serve_env"] == LOW_LATENCY_ENV
+    assert info["server"]["ray_serve_env"] == {**LOW_LATENCY_ENV, **{k: None for k in DIRECT_INGRESS_ENV}}
 
 
 def test_two_replicas_concurrent_clients_no_lost_or_duplicated_answer(served: Any, bundles: dict[str, Any],

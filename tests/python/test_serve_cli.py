@@ -28,6 +28,8 @@ from edgeuad.serve.cameras import CamerasConfig  # noqa: E402
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 ROOT = Path(__file__).resolve().parents[2]
+# the replica URL README's direct-ingress example queries; the test substitutes the one the server printed
+DIRECT_EXAMPLE = "http://127.0.0.1:30000/bottle"
 
 
 def readme_serving() -> tuple[list[str], str]:
@@ -119,8 +121,10 @@ def substitute(cmd: str, s: dict[str, Any], port: int, extra: dict[str, str] | N
 def test_readme_lists_the_commands_this_file_runs() -> None:
     cmds, yaml = readme_serving()
     assert [c.split()[:2] for c in cmds] == [["edgeuad", "serve"], ["curl", "-s"], ["edgeuad", "serve"],
-                                              ["edgeuad", "bench"], ["edgeuad", "serve"]]
-    assert "--detach" in cmds[2] and "--cameras cameras.yaml" in cmds[4]
+                                              ["edgeuad", "bench"], ["edgeuad", "serve"], ["edgeuad", "serve"],
+                                              ["curl", "-s"]]
+    assert "--detach" in cmds[2] and "--cameras cameras.yaml" in cmds[4] and "--direct-ingress" in cmds[5]
+    assert DIRECT_EXAMPLE in cmds[6]
 
 
 def test_readme_cameras_yaml_is_valid(tmp_path: Path) -> None:
@@ -182,3 +186,23 @@ def test_readme_cameras_command(setup: dict[str, Any]) -> None:
     assert rc == 0, "\n".join(server.lines[-40:])
     recs = [json.loads(s) for s in out.read_text().splitlines()]
     assert [r["index"] for r in recs] == [0, 1, 2] and {r["camera"] for r in recs} == {"folder"}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (the README queries with curl)")
+def test_readme_direct_ingress(setup: dict[str, Any]) -> None:
+    cmds, _ = readme_serving()
+    port = free_port()
+    server = Server(substitute(cmds[5], setup, port), setup["env"])
+    try:
+        server.wait_for("serving bottle at ")
+        line = server.wait_for("direct ingress for bottle: ")
+        (url,) = re.findall(r"http://127\.0\.0\.1:\d+/bottle", line)
+        assert not url.startswith(f"http://127.0.0.1:{port}/")  # the replica's own port, not the proxy's
+        digest = sha256_file(setup["bundle"] / "manifest.json")
+        for cmd in (substitute(cmds[6], setup, port, {DIRECT_EXAMPLE: url}), substitute(cmds[1], setup, port)):
+            q = run(cmd, setup["env"])  # the replica's port, then the proxy: both answer
+            assert q.returncode == 0, q.stderr
+            assert json.loads(q.stdout)["digest"] == digest, q.stdout
+    finally:
+        rc = server.interrupt()
+    assert rc == 0, "\n".join(server.lines[-40:])

@@ -254,41 +254,49 @@ def test_serve_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path:
                    "--host", "127.0.0.2", "--port", "8123", "--max-batch", "4", "--batch-wait-ms", "2.5",
                    "--address", "127.0.0.1:6379", "--num-cpus", "6", "--replica-cpus", "0.5", "--backend", "onnxruntime",
                    "--threads", "1", "--max-body-mb", "3", "--max-pixels", "1000", "--cameras", "c.yaml",
-                   "--low-latency"])
+                   "--low-latency", "--direct-ingress"])
     assert rc == 0
     c = seen[0]
     assert [(b.name, Path(b.path).name) for b in c.bundles] == [("bottle", "bottle"), ("tile", "t.tar")]
     assert (c.replicas, c.host, c.port, c.max_batch, c.batch_wait_ms, c.address, c.num_cpus, c.replica_cpus,
-            c.backend, c.threads, c.max_body_mb, c.max_pixels, c.cameras, c.detach, c.low_latency) == \
-        (2, "127.0.0.2", 8123, 4, 2.5, "127.0.0.1:6379", 6, 0.5, "onnxruntime", 1, 3.0, 1000, "c.yaml", False, True)
-    assert cli.main(["-q", "serve", "--bundle", "b"]) == 0 and seen[1].low_latency is False
+            c.backend, c.threads, c.max_body_mb, c.max_pixels, c.cameras, c.detach, c.low_latency, c.direct_ingress) == \
+        (2, "127.0.0.2", 8123, 4, 2.5, "127.0.0.1:6379", 6, 0.5, "onnxruntime", 1, 3.0, 1000, "c.yaml", False, True, True)
+    assert cli.main(["-q", "serve", "--bundle", "b"]) == 0
+    assert (seen[1].low_latency, seen[1].direct_ingress) == (False, False)
 
 
-def test_low_latency_request_path_is_set_only_where_the_cluster_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """--low-latency puts LOW_LATENCY_ENV in the environment the local cluster inherits (a user's own value
-    wins); without it nothing is set; with --address it is a typed error (the joined cluster's `ray start`
-    decides)."""
+def test_request_path_flags_are_set_only_where_the_cluster_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--low-latency / --direct-ingress put LOW_LATENCY_ENV / DIRECT_INGRESS_ENV in the environment the local
+    cluster inherits (a user's own value wins), each only its own; without them nothing is set; with --address
+    either is a typed error (the joined cluster's `ray start` decides)."""
     import os
     import sys
     import types
 
     from edgeuad.serve import server
-    from edgeuad.serve.config import LOW_LATENCY_ENV
+    from edgeuad.serve.config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV
 
+    ours = {*LOW_LATENCY_ENV, *DIRECT_INGRESS_ENV}
     inits: list[dict] = []
     fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: inits.append(dict(os.environ)))
     monkeypatch.setitem(sys.modules, "ray", fake)
-    base = {k: v for k, v in os.environ.items() if k not in LOW_LATENCY_ENV}
+    base = {k: v for k, v in os.environ.items() if k not in ours}
     monkeypatch.setattr(os, "environ", dict(base))
     assert server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")])) is True
-    assert not set(LOW_LATENCY_ENV) & set(inits[-1])
+    assert not ours & set(inits[-1])
     os.environ["RAY_SERVE_USE_GRPC_BY_DEFAULT"] = "0"
     assert server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")], low_latency=True)) is True
     assert {k: inits[-1][k] for k in LOW_LATENCY_ENV} == {**LOW_LATENCY_ENV, "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0"}
+    assert not set(DIRECT_INGRESS_ENV) & set(inits[-1])
     monkeypatch.setattr(os, "environ", dict(base))
-    with pytest.raises(server.ServeError, match="ray start"):
-        server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")], address="127.0.0.1:6379", low_latency=True))
-    assert not set(LOW_LATENCY_ENV) & set(os.environ) and len(inits) == 2
+    assert server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")], direct_ingress=True)) is True
+    assert {k: inits[-1].get(k) for k in ours} == {**{k: None for k in LOW_LATENCY_ENV},
+                                                    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+    monkeypatch.setattr(os, "environ", dict(base))
+    for flag in ("low_latency", "direct_ingress"):
+        with pytest.raises(server.ServeError, match="ray start"):
+            server.start_cluster(ServeConfig(bundles=[BundleSpec("a", "/x")], address="127.0.0.1:6379", **{flag: True}))
+    assert not ours & set(os.environ) and len(inits) == 3
 
 
 def test_serve_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,10 +20,10 @@ from typing import Any, Callable, Optional
 
 from ..bundle import Bundle
 from . import protocol as P
-from .config import LOW_LATENCY_ENV, BundleSpec, ServeConfig, parse_bundles
+from .config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV, BundleSpec, ServeConfig, parse_bundles
 
-__all__ = ["BundleSpec", "ServeConfig", "ServeError", "deploy_bundle", "parse_bundles", "run_server", "shutdown",
-           "start_cluster", "start_http", "undeploy"]
+__all__ = ["BundleSpec", "ServeConfig", "ServeError", "deploy_bundle", "direct_urls", "parse_bundles", "run_server",
+           "shutdown", "start_cluster", "start_http", "undeploy"]
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,15 @@ def start_cluster(cfg: ServeConfig) -> bool:
     for var, seconds in (("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"),
                          ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")):
         os.environ.setdefault(var, seconds)
-    if cfg.low_latency:
+    for flag, on, env in (("--low-latency", cfg.low_latency, LOW_LATENCY_ENV),
+                          ("--direct-ingress", cfg.direct_ingress, DIRECT_INGRESS_ENV)):
+        if not on:
+            continue
         if cfg.address:
-            raise ServeError("--low-latency sets Ray Serve's request path where the cluster starts; for a joined "
-                             f"cluster set {', '.join(f'{k}={v}' for k, v in LOW_LATENCY_ENV.items())} in the "
+            raise ServeError(f"{flag} sets Ray Serve's request path where the cluster starts; for a joined "
+                             f"cluster set {', '.join(f'{k}={v}' for k, v in env.items())} in the "
                              "environment of its `ray start`")
-        for var, value in LOW_LATENCY_ENV.items():  # a user's own setting of any of them wins
+        for var, value in env.items():  # a user's own setting of any of them wins
             os.environ.setdefault(var, value)
     try:
         import ray
@@ -86,6 +89,37 @@ def base_url(cfg: ServeConfig, name: str) -> str:
     its Serve was first started with: pass the same --host/--port)."""
     host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::", "") else cfg.host
     return f"http://{host}:{cfg.port}/{name}"
+
+
+def direct_urls(cfg: ServeConfig, name: str, replicas: Optional[int] = None, timeout_s: float = 60.0) -> list[str]:
+    """The application's direct-ingress base URLs (`--direct-ingress`): one per running replica, on the port
+    Ray gave it, sorted.  Waits until `replicas` (default cfg.replicas) have one.  Ray lists them through its
+    controller's target groups, what its own HAProxy mode routes by (no public call yet: pinned Ray, checked by
+    tests/python/test_serve_direct.py).  Raises ServeError when the cluster runs without direct ingress."""
+    import time
+
+    import ray
+    from ray.serve.context import _get_global_client
+
+    want = cfg.replicas if replicas is None else replicas
+    controller = _get_global_client()._controller
+    deadline = time.monotonic() + timeout_s
+    while True:
+        targets = [(t.ip, t.port) for g in ray.get(controller.get_target_groups.remote(name))
+                   if str(getattr(g.protocol, "value", g.protocol)) == "HTTP" for t in g.targets]
+        # without direct ingress (or before a replica runs) Ray answers with the proxy itself
+        replica_ports = [(ip, port) for ip, port in targets if port != cfg.port]
+        if len(replica_ports) >= want:
+            break
+        if time.monotonic() >= deadline:
+            why = (f"the cluster serves it through the proxy only (started without --direct-ingress, or "
+                   f"{', '.join(DIRECT_INGRESS_ENV)} unset where `ray start` ran)" if not replica_ports else
+                   f"{len(replica_ports)} of {want} replica(s) have a direct-ingress port after {timeout_s:g} s")
+            raise ServeError(f"{name}: {why}")
+        time.sleep(0.2)
+    # a replica listens on --host; a wildcard host is reached at the replica's node address
+    wildcard = cfg.host in ("0.0.0.0", "::", "")
+    return sorted(f"http://{ip if wildcard else cfg.host}:{port}/{name}" for ip, port in replica_ports)
 
 
 def deploy_bundle(spec: BundleSpec, cfg: ServeConfig) -> str:
@@ -155,6 +189,7 @@ def run_server(cfg: ServeConfig, stop: Optional[threading.Event] = None,
             url = deploy_bundle(spec, cfg)
             deployed.append(spec.name)
             write(f"serving {spec.name} at {url} ({cfg.replicas} replica(s)); POST {url}{P.SCORE_PATH}\n")
+        direct = _DirectDoors(cfg, deployed, write) if cfg.direct_ingress else None
         if cfg.detach:
             write("deployed; detached (the applications stay on the cluster)\n")
             return 0
@@ -168,7 +203,7 @@ def run_server(cfg: ServeConfig, stop: Optional[threading.Event] = None,
             fleet = CameraFleet(cameras)
             fleet.start()
             write(f"cameras: {', '.join(fleet.names)} -> {fleet.out_dir}\n")
-        _wait_for_signal(stop, fleet)
+        _wait_for_signal(stop, [p for p in (fleet, direct) if p is not None])
         return 0
     finally:
         if fleet is not None:
@@ -182,14 +217,36 @@ def run_server(cfg: ServeConfig, stop: Optional[threading.Event] = None,
         shutdown(started)
 
 
-def _wait_for_signal(stop: threading.Event, fleet: Any, poll_s: float = 2.0) -> None:
+class _DirectDoors:
+    """Prints each application's direct-ingress URLs, and again whenever they change (a replica restarted
+    or a hot swap moved them to new ports), so a client of the direct door can follow them."""
+
+    def __init__(self, cfg: ServeConfig, names: list[str], write: Callable[[str], Any]) -> None:
+        self.cfg, self.names, self.write = cfg, names, write
+        self.seen = {n: direct_urls(cfg, n) for n in names}
+        for n, urls in self.seen.items():
+            write(f"direct ingress for {n}: {' '.join(urls)} (one port per replica, no proxy hop)\n")
+
+    def poll(self) -> None:
+        for n in self.names:
+            try:
+                urls = direct_urls(self.cfg, n, replicas=0)
+            except Exception:  # noqa: BLE001 - the controller busy or restarting: keep the last answer
+                log.exception("could not list the direct-ingress ports of %s", n)
+                continue
+            if urls and urls != self.seen[n]:
+                self.seen[n] = urls
+                self.write(f"direct ingress for {n} now: {' '.join(urls)}\n")
+
+
+def _wait_for_signal(stop: threading.Event, pollers: list[Any], poll_s: float = 2.0) -> None:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         while not stop.wait(poll_s):
-            if fleet is not None:
-                fleet.poll()
+            for p in pollers:
+                p.poll()
     except KeyboardInterrupt:
         log.info("interrupted: shutting down")
     finally:
