@@ -2,6 +2,7 @@
 encoding, configs (bundle specs, cameras.yaml, load generator) and the CLI flags that reach them."""
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from pathlib import Path
@@ -495,3 +496,42 @@ def test_bench_serve_handle_overhead_pairs_the_same_frames(monkeypatch: pytest.M
         assert [v for s, v in timed if s == side] == [0, 1, 2, 3, 4, 0]
     assert len(out["added_p50_ms_rounds"]) == 3 and min(out["added_p50_ms_rounds"]) >= 20.0
     assert out["handle_ms"]["p50"] >= 20.0 > out["in_process_ms"]["p50"]
+
+
+def test_direct_urls_from_the_controllers_target_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`server.direct_urls` (fake Ray): the replicas' HTTP targets become URLs on --host (the proxy's own entry
+    and gRPC targets are not replicas' HTTP doors); a wildcard host uses the node address; a replica on another
+    node is left out on a specific host; a cluster without direct ingress (only the proxy) is a typed error."""
+    import sys
+    import types
+
+    from edgeuad.serve import server
+
+    groups: list[Any] = []
+    ns = types.SimpleNamespace
+    controller = ns(get_target_groups=ns(remote=lambda name: [g for g in groups if g.app_name == name]))
+    fake_ray = ns(get=lambda x: x, util=ns(get_node_ip_address=lambda: "10.0.0.1"))
+    context = types.ModuleType("ray.serve.context")
+    context._get_global_client = lambda: ns(_controller=controller)
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setitem(sys.modules, "ray.serve", types.ModuleType("ray.serve"))
+    monkeypatch.setitem(sys.modules, "ray.serve.context", context)
+
+    def group(protocol: str, *targets: tuple[str, int], app: str = "tile") -> Any:
+        return ns(protocol=ns(value=protocol), app_name=app, targets=[ns(ip=ip, port=p) for ip, p in targets])
+
+    cfg = ServeConfig(bundles=[BundleSpec("tile", "/x")], port=8000, replicas=2)
+    groups[:] = [group("HTTP", ("10.0.0.1", 30001), ("10.0.0.1", 30000)), group("gRPC", ("10.0.0.1", 40000)),
+                 group("HTTP", ("10.0.0.1", 30002), app="other")]
+    assert server.direct_urls(cfg, "tile") == ["http://127.0.0.1:30000/tile", "http://127.0.0.1:30001/tile"]
+    groups[0] = group("HTTP", ("10.0.0.1", 30001), ("10.0.0.2", 30000))
+    assert server.direct_urls(cfg, "tile") == ["http://127.0.0.1:30001/tile"]  # 10.0.0.2's is out of reach
+    wild = dataclasses.replace(cfg, host="0.0.0.0")
+    assert server.direct_urls(wild, "tile") == ["http://10.0.0.1:30001/tile", "http://10.0.0.2:30000/tile"]
+    groups[0] = group("HTTP", ("10.0.0.1", 8000))  # what Ray answers without direct ingress: the proxy
+    with pytest.raises(server.ServeError, match="proxy only"):
+        server.direct_urls(cfg, "tile", timeout_s=0)
+    groups[0] = group("HTTP", ("10.0.0.1", 30001))
+    with pytest.raises(server.ServeError, match="1 of 2 replica"):
+        server.direct_urls(cfg, "tile", timeout_s=0)
+    assert server.direct_urls(cfg, "tile", replicas=0) == ["http://127.0.0.1:30001/tile"]

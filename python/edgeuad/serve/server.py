@@ -117,9 +117,17 @@ def direct_urls(cfg: ServeConfig, name: str, replicas: Optional[int] = None, tim
                    f"{len(replica_ports)} of {want} replica(s) have a direct-ingress port after {timeout_s:g} s")
             raise ServeError(f"{name}: {why}")
         time.sleep(0.2)
-    # a replica listens on --host; a wildcard host is reached at the replica's node address
-    wildcard = cfg.host in ("0.0.0.0", "::", "")
-    return sorted(f"http://{ip if wildcard else cfg.host}:{port}/{name}" for ip, port in replica_ports)
+    # A replica listens on --host of its own node: a wildcard host is reached at the node's address; a
+    # specific one (loopback by default) only on this node, so a replica of another node that joined the
+    # cluster has no URL from here.
+    if cfg.host in ("0.0.0.0", "::", ""):
+        return sorted(f"http://{ip}:{port}/{name}" for ip, port in replica_ports)
+    here = ray.util.get_node_ip_address()
+    elsewhere = [f"{ip}:{port}" for ip, port in replica_ports if ip != here]
+    if elsewhere:
+        log.warning("%s: replica(s) at %s listen on %s of their own node, out of reach from here (use --host "
+                    "0.0.0.0 to expose them)", name, ", ".join(elsewhere), cfg.host)
+    return sorted(f"http://{cfg.host}:{port}/{name}" for ip, port in replica_ports if ip == here)
 
 
 def deploy_bundle(spec: BundleSpec, cfg: ServeConfig) -> str:
