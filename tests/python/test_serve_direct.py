@@ -30,6 +30,8 @@ from edgeuad.serve.server import (BundleSpec, ServeConfig, _DirectDoors, deploy_
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
+LIMIT_BYTES = 256 * 1024
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
@@ -37,7 +39,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
     a, data = tiny_bundle(root)
     b = swapped_copy(a, root / "bundle_b")
     frames = [read_image(p) for p in sorted((data / "test").rglob("*.png"))]
-    cfg = ServeConfig(port=free_port(), num_cpus=4, replica_cpus=0.5, threads=1, replicas=2, direct_ingress=True)
+    cfg = ServeConfig(port=free_port(), num_cpus=4, replica_cpus=0.5, threads=1, replicas=2, direct_ingress=True,
+                      max_body_mb=LIMIT_BYTES / (1 << 20))
     added = [k for k in DIRECT_INGRESS_ENV if k not in os.environ]
     started = start_cluster(cfg)
     try:
@@ -91,6 +94,8 @@ def test_bad_requests_get_typed_errors_on_the_direct_port(cluster: dict[str, Any
     assert status == 400 and body["error"]["status"] == 400
     status, body = _post(u, b"x", "text/plain")
     assert status == 415 and body["error"]["status"] == 415
+    status, body = _post(u, bytes(LIMIT_BYTES + 1), "image/png")  # the replica's size limit holds on its own port
+    assert status == 413 and body["error"]["status"] == 413
     with Client(u, retries=0) as c:  # and it keeps serving
         assert c.score(cluster["frames"][0]).bundle == "di"
 
