@@ -2,6 +2,7 @@
 """ReContrast training step time: float32 against bfloat16 autocast, measured in one run (issue #13's CPU budget).
 
     python benchmarks/bench_train_step.py [--data ../shared/data/magnetic_tile] [--rounds 4 --steps 5]
+    python benchmarks/bench_train_step.py --device cuda --stem train_step_cuda     # a GPU (tools/gpu_smoke.sh)
 
 Each precision gets its own model built from the same ImageNet weights and seed, and trains through the
 shipped step (`recontrast_train._Arm.step`: batch from the shuffled sampler, forward, the official loss,
@@ -10,7 +11,9 @@ each), `--rounds` times, so a drift of this shared machine spreads over both. Th
 CLI's (PASSIVE unless you set one: `edgeuad train` runs under it). Reported: median and spread of the
 seconds per step and the ratio of the medians. Training images come from `--data` (its train/good, resized
 to the input size) or, without it, are random.
-Writes benchmarks/results/train_step.md.
+On CUDA every timed step ends with torch.cuda.synchronize() (the step's kernels, not their launch), and
+`precision=auto` keeps float32 there until this comparison says otherwise.
+Writes benchmarks/results/<stem>.md (default train_step).
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def images(data: Path | None, n: int, size: int) -> np.ndarray:
     return x
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=None, help="MVTec-layout set (default: random images)")
     ap.add_argument("--rounds", type=int, default=4)
@@ -59,11 +62,14 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the usable CPUs)")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--stem", default="train_step", help="results/<stem>.md")
+    args = ap.parse_args(argv)
     n = cpus.set_torch_threads(torch, args.threads)
     x = images(args.data, 4 * args.batch_size, args.image_size)
     data = ImageArrayDataset(x)
-    device = resolve_device("cpu")
+    device = resolve_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     arms, samplers = {}, {}
     for p in PRECISIONS:
         cfg = ReContrastConfig(image_size=args.image_size, batch_size=args.batch_size, encoder_bn="train", precision=p,
@@ -77,6 +83,7 @@ def main() -> None:
         for _ in range(k):
             t0 = time.perf_counter()
             arms[p].step(data, samplers[p])
+            sync()
             if keep:
                 times[p].append(time.perf_counter() - t0)
 
@@ -90,12 +97,14 @@ def main() -> None:
     for p in PRECISIONS:
         rows.append(f"| {p} | {med[p]:.3f} | {min(times[p]):.3f} - {max(times[p]):.3f} | {len(times[p])} | "
                     f"{arms[p].loss:.4f} |")
+    where = (f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}" if device.type == "cuda"
+             else f"{n} torch threads")
     body = (f"#### ReContrast-Lite0 training step, float32 vs bfloat16 autocast (batch {args.batch_size}, "
-            f"{args.image_size} px, {n} torch threads, native bf16: {'yes' if native_bf16(device) else 'no'}, "
+            f"{args.image_size} px, {where}, native bf16: {'yes' if native_bf16(device) else 'no'}, "
             f"images: {args.data.name if args.data else 'random'})\n\n" + "\n".join(rows)
             + f"\n\nbf16 step = x{med['fp32'] / med['bf16']:.2f} faster than float32 (ratio of the medians; blocks of "
             f"{args.steps} alternating, {args.rounds} rounds).\n")
-    publish("train_step", body)
+    publish(args.stem, body)
 
 
 if __name__ == "__main__":

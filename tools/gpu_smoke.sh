@@ -12,6 +12,8 @@
 #   6. a tiny TensorRT engine in fp32 and fp16: build, run, compare with onnxruntime
 #   7. timing table: fused CUDA map vs torch CUDA, % of peak DRAM bandwidth; the map's device time per kernel
 #   8. Detector fps: TensorRT (+ CUDA map) vs onnxruntime-CUDA vs eager torch CUDA
+#   9. ReContrast training step on CUDA, float32 vs bf16 autocast (benchmarks/bench_train_step.py; the
+#      `precision=auto` default keeps CUDA in float32 until this is measured)
 # Exit status: 0 when every step that could run passed, 1 otherwise.  Steps whose requirements are
 # missing (torch with CUDA, tensorrt, pycuda, compute-sanitizer) say SKIPPED and why.
 #
@@ -98,6 +100,7 @@ step engine 150 "$PY" "$SMOKE" engine --out "$OUTDIR/engine"
 step timing 90 "$PY" "$SMOKE" timing
 step profile 90 "$PY" "$SMOKE" profile
 step detector 240 "$PY" "$SMOKE" detector --out "$OUTDIR/detector"
+step train_step 120 "$PY" "$ROOT/benchmarks/bench_train_step.py" --device cuda --rounds 3 --steps 5 --stem train_step_cuda
 
 say ""
 say "total: $(( $(date +%s) - start )) s; $([ "$failed" -eq 0 ] && echo 'all steps that ran passed' || echo 'SOME STEPS FAILED')"

@@ -33,7 +33,7 @@ def test_shell_script_parses_and_names_every_step():
     assert r.returncode == 0, r.stderr
     text = SCRIPT.read_text()
     for part in ("\"$SMOKE\" env", "kernels", "compute-sanitizer", "memcheck", "racecheck", "-m gpu",
-                 "engine", "timing", "profile", "detector", "deadline"):
+                 "engine", "timing", "profile", "detector", "deadline", "bench_train_step.py\" --device cuda"):
         assert part in text, part
 
 
@@ -97,3 +97,19 @@ def test_gpu_train_driver_trains_every_seed_as_compare_methods_would(tmp_path):
             "image_size": 64, "seed": s, "iterations": 2, "batch_size": 16, "device": "auto"}
         assert all(Path(p).is_absolute() for p in run.holdout)
     assert "seed 1: exit 0" in r.stderr
+
+
+def test_train_step_benchmark_runs_both_precisions(monkeypatch):
+    """benchmarks/bench_train_step.py (which gpu_smoke.sh runs with --device cuda): both precisions train
+    through the shipped step and the table names them; here on the CPU with a tiny input."""
+    pytest.importorskip("torch")
+    from script_helpers import load_benchmark
+
+    mod = load_benchmark("bench_train_step")
+    out = {}
+    monkeypatch.setattr(mod, "publish", lambda stem, body: out.update({stem: body}))
+    mod.main(["--image-size", "64", "--batch-size", "2", "--rounds", "1", "--steps", "1", "--threads", "1",
+              "--stem", "t"])
+    body = out["t"]
+    assert "| fp32 |" in body and "| bf16 |" in body and "1 torch threads" in body
+    assert "bf16 step = x" in body and "blocks of 1 alternating, 1 rounds" in body
