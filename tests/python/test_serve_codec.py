@@ -525,7 +525,12 @@ def test_direct_urls_from_the_controllers_target_groups(monkeypatch: pytest.Monk
                  group("HTTP", ("10.0.0.1", 30002), app="other")]
     assert server.direct_urls(cfg, "tile") == ["http://127.0.0.1:30000/tile", "http://127.0.0.1:30001/tile"]
     groups[0] = group("HTTP", ("10.0.0.1", 30001), ("10.0.0.2", 30000))
-    assert server.direct_urls(cfg, "tile") == ["http://127.0.0.1:30001/tile"]  # 10.0.0.2's is out of reach
+    monkeypatch.setattr(server, "_UNREACHABLE", set())
+    warned: list[str] = []
+    monkeypatch.setattr(server.log, "warning", lambda msg, *a: warned.append(msg % a))
+    for _ in range(2):  # 10.0.0.2's is out of reach, said once
+        assert server.direct_urls(cfg, "tile") == ["http://127.0.0.1:30001/tile"]
+    assert len(warned) == 1 and "10.0.0.2:30000" in warned[0]
     wild = dataclasses.replace(cfg, host="0.0.0.0")
     assert server.direct_urls(wild, "tile") == ["http://10.0.0.1:30001/tile", "http://10.0.0.2:30000/tile"]
     groups[0] = group("HTTP", ("10.0.0.1", 8000))  # what Ray answers without direct ingress: the proxy

@@ -91,6 +91,9 @@ def base_url(cfg: ServeConfig, name: str) -> str:
     return f"http://{host}:{cfg.port}/{name}"
 
 
+_UNREACHABLE: set[tuple[str, int]] = set()  # replicas of other nodes already warned about (direct_urls)
+
+
 def direct_urls(cfg: ServeConfig, name: str, replicas: Optional[int] = None, timeout_s: float = 60.0) -> list[str]:
     """The application's direct-ingress base URLs (`--direct-ingress`): one per running replica, on the port
     Ray gave it, sorted.  Waits until `replicas` (default cfg.replicas) have one.  Ray lists them through its
@@ -123,8 +126,9 @@ def direct_urls(cfg: ServeConfig, name: str, replicas: Optional[int] = None, tim
     if cfg.host in ("0.0.0.0", "::", ""):
         return sorted(f"http://{ip}:{port}/{name}" for ip, port in replica_ports)
     here = ray.util.get_node_ip_address()
-    elsewhere = [f"{ip}:{port}" for ip, port in replica_ports if ip != here]
-    if elsewhere:
+    elsewhere = [f"{ip}:{port}" for ip, port in replica_ports if ip != here and (ip, port) not in _UNREACHABLE]
+    _UNREACHABLE.update((ip, port) for ip, port in replica_ports if ip != here)
+    if elsewhere:  # once per replica: the server's watcher asks every few seconds
         log.warning("%s: replica(s) at %s listen on %s of their own node, out of reach from here (use --host "
                     "0.0.0.0 to expose them)", name, ", ".join(elsewhere), cfg.host)
     return sorted(f"http://{cfg.host}:{port}/{name}" for ip, port in replica_ports if ip == here)
