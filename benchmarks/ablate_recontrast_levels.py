@@ -22,6 +22,10 @@ and nothing changes.
 benchmarks/plans/recontrast_pairs_2026-12-05.md, written before their first run): "frozen" = the
 `l<k>_frozen` pairs (heads fed by the trainable branch, reconstructing the frozen encoder), "train" = the
 `l<k>_train` pairs, "both" = the shipped map; each record names its `pairs`.
+`--pool 1 3 5` scores each subset again with every encoder and decoder feature map averaged over k x k
+(stride 1, in-image neighbours) before the cosine (arm G of
+benchmarks/plans/recontrast_feature_pool_2026-12-05.md, written before its first run); each record names its
+`pool` (1 = the shipped map).
 Writes benchmarks/results/methods/<dataset>_recontrast_levels.jsonl (`--out` for another file).
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edgeuad import api
 from edgeuad import data as D
@@ -52,18 +57,26 @@ SUBSETS = [sub for n in (3, 2, 1) for sub in itertools.combinations((1, 2, 3), n
 GROUPS = {"both": ("frozen", "train"), "frozen": ("frozen",), "train": ("train",)}
 
 
+def local_mean(t: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k average at stride 1 over the in-image neighbours (k = 1: unchanged)."""
+    return t if k == 1 else F.avg_pool2d(t, k, 1, k // 2, count_include_pad=False)
+
+
 @torch.inference_mode()
-def subset_maps(model, x: np.ndarray, cfg: ReContrastConfig, batch: int = 8,
-                groups: tuple[str, ...] = ("both",)) -> dict[tuple[tuple[int, ...], str], dict]:
-    """Per (subset of levels, pair group): the image scores (max, top-1 % mean), the maps at a quarter of the resolution
-    (for P-AUROC) and each map's maximum position, all from `anomaly_map_torch` (the shipped reference) with
-    weight 1 on the subset's pairs and 0 on the others; the model runs once per batch for every subset."""
+def subset_maps(model, x: np.ndarray, cfg: ReContrastConfig, batch: int = 8, groups: tuple[str, ...] = ("both",),
+                pools: tuple[int, ...] = (1,)) -> dict[tuple[tuple[int, ...], str, int], dict]:
+    """Per (subset of levels, pair group, pool size): the image scores (max, top-1 % mean), the maps at a quarter
+    of the resolution (for P-AUROC) and each map's maximum position, all from `anomaly_map_torch` (the shipped
+    reference) with weight 1 on the subset's pairs and 0 on the others, on features averaged over pool x pool
+    (`local_mean`); the model runs once per batch for every subset."""
     names = list(model.pair_names())
-    acc: dict[tuple[tuple[int, ...], str], dict[str, list]] = {
-        (sub, g): {"max": [], "topk": [], "maps": [], "argmax": []} for sub in SUBSETS for g in groups}
+    acc: dict[tuple[tuple[int, ...], str, int], dict[str, list]] = {
+        (sub, g, k): {"max": [], "topk": [], "maps": [], "argmax": []} for sub in SUBSETS for g in groups for k in pools}
     for s in range(0, len(x), batch):
-        enc, dec = model(torch.from_numpy(x[s:s + batch]))
-        for (sub, g), a in acc.items():
+        enc0, dec0 = model(torch.from_numpy(x[s:s + batch]))
+        pooled = {k: ([local_mean(t, k) for t in enc0], [local_mean(t, k) for t in dec0]) for k in pools}
+        for (sub, g, k), a in acc.items():
+            enc, dec = pooled[k]
             # "l1_frozen" -> level 1, set "frozen"
             w = [1.0 if int(n[1]) in sub and n.split("_")[1] in GROUPS[g] else 0.0 for n in names]
             maps, mx, tk = anomaly_map_torch(enc, dec, cfg.image_size, sigma=cfg.sigma, weights=w,
@@ -95,9 +108,13 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val"])
     ap.add_argument("--groups", nargs="+", choices=tuple(GROUPS), default=["both"],
                     help="crossed pair sets to score separately (default: both sets, the shipped map)")
+    ap.add_argument("--pool", nargs="+", type=int, default=[1],
+                    help="feature averaging sizes to score (1 = the shipped map; odd sizes)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if any(k < 1 or k % 2 == 0 for k in args.pool):
+        raise SystemExit(f"--pool sizes must be odd and >= 1, got {args.pool}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     run = api.Run.load(args.run)
@@ -124,10 +141,10 @@ def main() -> None:
             labels = np.array([s.label for s in test])
             masks = [D.load_mask(s, (size, size)) for s in test]
             defects = [s.defect for s in test]
-        by_subset = subset_maps(model, x, cfg, groups=tuple(args.groups))
+        by_subset = subset_maps(model, x, cfg, groups=tuple(args.groups), pools=tuple(args.pool))
         log.info("%s: %d images in %.0f s", split, len(x), time.time() - t0)
-        for (subset, group), sm in by_subset.items():
-            rec = {**base, "split": split, "levels": list(subset), "pairs": group,
+        for (subset, group, k), sm in by_subset.items():
+            rec = {**base, "split": split, "levels": list(subset), "pairs": group, "pool": k,
                    **evaluate(sm, size, labels, masks, defects)}
             log.info("%s", rec)
             with open(out, "a") as fh:

@@ -23,7 +23,7 @@ def test_pair_groups_split_the_map(abl) -> None:
     x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
     got = abl.subset_maps(model, x, cfg, batch=2, groups=("both", "frozen", "train"))
     for sub in ((2, 3), (1,)):
-        both, fz, tr = (got[(sub, g)] for g in ("both", "frozen", "train"))
+        both, fz, tr = (got[(sub, g, 1)] for g in ("both", "frozen", "train"))
         # maps are kept at a quarter of the resolution; the sum holds pixel by pixel
         np.testing.assert_allclose(both["maps"], fz["maps"] + tr["maps"], rtol=1e-5, atol=1e-6)
         assert not np.allclose(fz["maps"], tr["maps"])
@@ -32,5 +32,33 @@ def test_pair_groups_split_the_map(abl) -> None:
         enc, dec = model(torch.from_numpy(x))
     w = [1.0 if n in ("l2_frozen", "l3_frozen") else 0.0 for n in model.pair_names()]
     _, mx, _ = anomaly_map_torch(enc, dec, 64, sigma=2.0, weights=w)
-    np.testing.assert_allclose(got[((2, 3), "frozen")]["max"], mx.numpy(), rtol=1e-5)
-    assert set(got) == {(sub, g) for sub in abl.SUBSETS for g in ("both", "frozen", "train")}
+    np.testing.assert_allclose(got[((2, 3), "frozen", 1)]["max"], mx.numpy(), rtol=1e-5)
+    assert set(got) == {(sub, g, 1) for sub in abl.SUBSETS for g in ("both", "frozen", "train")}
+
+
+def test_pooled_map_averages_the_features_before_the_cosine(abl) -> None:
+    """Arm G's pool k: every encoder and decoder map averaged over its in-image k x k neighbours (a numpy
+    reference at the border and inside), then the shipped map; pool 1 is the shipped map itself."""
+    from edgeuad.methods.recontrast import ReContrastConfig, anomaly_map_torch, build_model
+
+    t = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).reshape(2, 3, 5, 6) ** 1.5
+    got = abl.local_mean(t, 3).numpy()
+    a = t.numpy()
+    for i, j in ((0, 0), (2, 3), (4, 5), (0, 4)):
+        win = a[:, :, max(0, i - 1):i + 2, max(0, j - 1):j + 2]
+        np.testing.assert_allclose(got[:, :, i, j], win.mean(axis=(2, 3)), rtol=1e-6)
+    assert abl.local_mean(t, 1) is t
+    torch.manual_seed(0)
+    cfg = ReContrastConfig(pretrained=False, image_size=64, sigma=2.0)
+    model = build_model(cfg).eval()
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    got = abl.subset_maps(model, x, cfg, batch=2, pools=(1, 3))
+    with torch.inference_mode():
+        enc, dec = model(torch.from_numpy(x))
+        w = [1.0 if n[1] in "23" else 0.0 for n in model.pair_names()]
+        _, mx1, _ = anomaly_map_torch(enc, dec, 64, sigma=2.0, weights=w)
+        _, mx3, _ = anomaly_map_torch([abl.local_mean(e, 3) for e in enc], [abl.local_mean(d, 3) for d in dec], 64,
+                                      sigma=2.0, weights=w)
+    np.testing.assert_allclose(got[((2, 3), "both", 1)]["max"], mx1.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got[((2, 3), "both", 3)]["max"], mx3.numpy(), rtol=1e-5)
+    assert not np.allclose(mx1.numpy(), mx3.numpy())
