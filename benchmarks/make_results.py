@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results"
@@ -798,36 +798,50 @@ def rc_precision_table() -> str:
                                            ("train s", lambda r: f"{r['train_seconds']:.0f}")))
 
 
-def rc_pairs_table(dataset: str = "magnetic_tile") -> str:
-    """Arms E1/E2 (benchmarks/plans/recontrast_pairs_2026-12-05.md): per finished run, the map from both crossed
-    pair sets (shipped), the frozen-target set only and the trainable-target set only, at the run's chosen levels
-    and image score; validation decides, test is the record."""
-    rows = _jsonl(f"methods/{dataset}_recontrast_pairs.jsonl")
+def _rc_posthoc_table(stem: str, field: str, arms: list[tuple[Any, str, str]]) -> str:
+    """A post-hoc arm set on finished ReContrast runs (ablate_recontrast_levels.py records): per run, the
+    validation and test I-AUROC (the run's score rule, at its chosen levels) of each arm, `field`'s value
+    naming it (arms: (value, validation column, test column)), the first arm being the shipped map; the
+    mean over runs last. Validation decides, test is the record."""
+    rows = _jsonl(f"methods/{stem}.jsonl")
     if not rows:
-        return f"(not measured: results/methods/{dataset}_recontrast_pairs.jsonl missing)"
+        return f"(not measured: results/methods/{stem}.jsonl missing)"
     key = {"max": "i_auroc_max", "topk_mean": "i_auroc_topk_mean"}
-    cells: dict[tuple[str, str], dict[str, float]] = {}
+    cells: dict[tuple[str, str], dict[Any, float]] = {}
     for r in rows:
         if ",".join(map(str, r["levels"])) != r["chosen_levels"]:
             continue
-        cells.setdefault((r["run"], r["split"]), {})[r["pairs"]] = r[key[r["score"]]]
+        cells.setdefault((r["run"], r["split"]), {})[r[field]] = r[key[r["score"]]]
     runs = sorted({run for run, _ in cells})
-    out = ["| run | val both (shipped) | val frozen-target only (E1) | val trainable-target only (E2) | "
-           "test both | test E1 | test E2 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| run | " + " | ".join(v for _, v, _ in arms) + " | " + " | ".join(t for _, _, t in arms) + " |",
+           "|---|" + "---:|" * (2 * len(arms))]
     f = lambda d, k: f"{d[k]:.4f}" if k in d else "-"  # noqa: E731
-    mean: dict[tuple[str, str], list[float]] = {}
+    mean: dict[tuple[str, Any], list[float]] = {}
     for run in runs:
         v, t = cells.get((run, "val"), {}), cells.get((run, "test"), {})
         for sp, d in (("val", v), ("test", t)):
             for g, x in d.items():
                 mean.setdefault((sp, g), []).append(x)
-        out.append(f"| {Path(run).parent.name} | {f(v, 'both')} | {f(v, 'frozen')} | {f(v, 'train')} | "
-                   f"{f(t, 'both')} | {f(t, 'frozen')} | {f(t, 'train')} |")
+        out.append(f"| {Path(run).parent.name} | " + " | ".join(f(d, a) for d in (v, t) for a, _, _ in arms) + " |")
     m = {k: sum(x) / len(x) for k, x in mean.items()}
     out.append(f"| mean of {len(runs)} | " + " | ".join(
-        f"{m[(sp, g)]:.4f}" if (sp, g) in m else "-" for sp in ("val", "test") for g in ("both", "frozen", "train"))
-        + " |")
+        f"{m[(sp, a)]:.4f}" if (sp, a) in m else "-" for sp in ("val", "test") for a, _, _ in arms) + " |")
     return "\n".join(out)
+
+
+def rc_pairs_table(dataset: str = "magnetic_tile") -> str:
+    """Arms E1/E2 (benchmarks/plans/recontrast_pairs_2026-12-05.md): the map from both crossed pair sets
+    (shipped), the frozen-target set only and the trainable-target set only."""
+    return _rc_posthoc_table(f"{dataset}_recontrast_pairs", "pairs", [
+        ("both", "val both (shipped)", "test both"), ("frozen", "val frozen-target only (E1)", "test E1"),
+        ("train", "val trainable-target only (E2)", "test E2")])
+
+
+def rc_pool_table(dataset: str = "magnetic_tile") -> str:
+    """Arm G (benchmarks/plans/recontrast_feature_pool_2026-12-05.md): encoder and decoder features averaged
+    over k x k before the cosine, k = 1 (shipped), 3, 5."""
+    return _rc_posthoc_table(f"{dataset}_recontrast_pool", "pool", [
+        (1, "val shipped (pool 1)", "test pool 1"), (3, "val 3x3 (G3)", "test G3"), (5, "val 5x5 (G5)", "test G5")])
 
 
 def main() -> None:
@@ -880,6 +894,7 @@ def main() -> None:
         "rc_arms": rc_arms_table,
         "rc_mining": rc_mining_table,
         "rc_pairs": rc_pairs_table,
+        "rc_pool": rc_pool_table,
         "rc_precision": rc_precision_table,
         "rc_curve_fp32": lambda: rc_curve("methods/magnetic_tile_recontrast_fp32.json"),
         "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
