@@ -540,3 +540,6 @@ def test_direct_urls_from_the_controllers_target_groups(monkeypatch: pytest.Monk
     with pytest.raises(server.ServeError, match="1 of 2 replica"):
         server.direct_urls(cfg, "tile", timeout_s=0)
     assert server.direct_urls(cfg, "tile", replicas=0) == ["http://127.0.0.1:30001/tile"]
+    context._get_global_client = lambda: ns(_controller=ns())  # a Ray whose controller has no target groups
+    with pytest.raises(server.ServeError, match="no direct-ingress target groups"):
+        server.direct_urls(cfg, "tile")

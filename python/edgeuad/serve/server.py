@@ -97,18 +97,22 @@ _UNREACHABLE: set[tuple[str, int]] = set()  # replicas of other nodes already wa
 def direct_urls(cfg: ServeConfig, name: str, replicas: Optional[int] = None, timeout_s: float = 60.0) -> list[str]:
     """The application's direct-ingress base URLs (`--direct-ingress`): one per running replica, on the port
     Ray gave it, sorted.  Waits until `replicas` (default cfg.replicas) have one.  Ray lists them through its
-    controller's target groups, what its own HAProxy mode routes by (no public call yet: pinned Ray, checked by
-    tests/python/test_serve_direct.py).  Raises ServeError when the cluster runs without direct ingress."""
+    controller's target groups, what its own HAProxy mode routes by (no public call yet: tested on Ray 2.60 by
+    tests/python/test_serve_direct.py).  Raises ServeError when the cluster runs without direct ingress or
+    when this Ray has no such call."""
     import time
 
     import ray
     from ray.serve.context import _get_global_client
 
     want = cfg.replicas if replicas is None else replicas
-    controller = _get_global_client()._controller
+    targets_of = getattr(_get_global_client()._controller, "get_target_groups", None)
+    if targets_of is None:  # the serve extra allows older Rays than the one --direct-ingress was tested on
+        raise ServeError(f"Ray {getattr(ray, '__version__', '?')} lists no direct-ingress target groups "
+                         "(edgeuad's --direct-ingress is tested on Ray 2.60)")
     deadline = time.monotonic() + timeout_s
     while True:
-        targets = [(t.ip, t.port) for g in ray.get(controller.get_target_groups.remote(name))
+        targets = [(t.ip, t.port) for g in ray.get(targets_of.remote(name))
                    if str(getattr(g.protocol, "value", g.protocol)) == "HTTP" for t in g.targets]
         # without direct ingress (or before a replica runs) Ray answers with the proxy itself
         replica_ports = [(ip, port) for ip, port in targets if port != cfg.port]
