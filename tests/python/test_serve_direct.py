@@ -1,8 +1,9 @@
 """`edgeuad serve --direct-ingress` on a real local Ray cluster (loopback only): besides the proxy, every
 replica answers on a port of its own.  Checked: `direct_urls` lists one loopback URL per replica, each answers
 the Detector's scores and always from the same replica, the proxy still serves the application, bad requests
-get the same typed 4xx there, and a hot swap moves the ports (the server's watcher prints the new ones), the
-new ones answering with the new bundle.  Never timing (RESULTS section 7 has the latency)."""
+get the same typed 4xx there, a killed replica comes back on a new port, and a hot swap moves the ports (the
+server's watcher prints the new ones), the new ones answering with the new bundle.  Never timing (RESULTS
+section 7 has the latency)."""
 from __future__ import annotations
 
 import http.client
@@ -98,6 +99,41 @@ def test_bad_requests_get_typed_errors_on_the_direct_port(cluster: dict[str, Any
     assert status == 413 and body["error"]["status"] == 413
     with Client(u, retries=0) as c:  # and it keeps serving
         assert c.score(cluster["frames"][0]).bundle == "di"
+
+
+def test_a_killed_replica_comes_back_on_a_new_port(cluster: dict[str, Any]) -> None:
+    """Ray Serve replaces a killed replica; its port goes with it, the survivor keeps its own, the watcher
+    prints the new pair, and the new port answers."""
+    import time
+
+    from edgeuad.client import ServeError as ClientError
+
+    cfg = cluster["cfg"]
+    lines: list[str] = []
+    doors = _DirectDoors(cfg, ["di"], lines.append)
+    before = doors.seen["di"]
+    with Client(before[0], retries=0) as c:
+        victim_replica = c.score(cluster["frames"][0]).replica
+    victims = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith("SERVE_REPLICA::di#") and a["name"].endswith(victim_replica)]
+    assert len(victims) == 1, victims
+    ray.kill(ray.get_actor(victims[0], namespace="serve"), no_restart=True)
+    deadline = time.monotonic() + 120
+    while True:
+        after = direct_urls(cfg, "di", replicas=0)
+        if len(after) == 2 and before[0] not in after:
+            break
+        assert time.monotonic() < deadline, after
+        time.sleep(0.5)
+    assert before[1] in after  # the survivor's port is unchanged
+    with pytest.raises(ClientError):  # the killed replica's port is gone with it
+        with Client(before[0], retries=0, timeout_s=5) as c:
+            c.score(cluster["frames"][0])
+    (new,) = set(after) - set(before)
+    with Client(new, retries=0) as c:
+        assert c.score(cluster["frames"][0]).bundle == "di"
+    doors.poll()
+    assert lines[-1] == f"direct ingress for di now: {' '.join(after)}\n"
 
 
 def test_hot_swap_moves_the_ports_and_the_watcher_prints_them(cluster: dict[str, Any]) -> None:
