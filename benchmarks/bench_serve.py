@@ -259,14 +259,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "throughput": d.throughput(a.max_batch, a.duration)} for t, d in local.items()}
         log.info("in process: %s", inproc)
 
-        from edgeuad.serve.config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV
+        from edgeuad.serve.config import REQUEST_PATH_KEYS
         from edgeuad.serve.server import shutdown, start_cluster, start_http, undeploy
 
         cfg = ServeConfig(port=a.port, max_batch=a.max_batch, batch_wait_ms=a.batch_wait_ms, threads=a.threads,
                           num_cpus=8, replica_cpus=1.0, low_latency=a.low_latency,
                           direct_ingress=a.direct_ingress)
         started = start_cluster(cfg)
-        ray_path = {k: os.environ.get(k, "Ray's default") for k in (*LOW_LATENCY_ENV, *DIRECT_INGRESS_ENV)}
+        ray_path = {k: os.environ.get(k, "Ray's default") for k in REQUEST_PATH_KEYS}
         tput_direct = overhead_direct = None
         try:
             start_http(cfg)
@@ -312,7 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"640x480 JPEG frames decoded by the server; {t1} intra-op thread(s) per replica; max batch "
         f"{a.max_batch}, batch wait {a.batch_wait_ms} ms; closed loop, {a.duration:g} s or {a.max_requests} "
         f"answers per client count. Ray Serve request path: "
-        f"{' '.join(f for f, on in (('--low-latency', a.low_latency), ('--direct-ingress', a.direct_ingress)) if on) or 'default'}: "
+        f"{' '.join(cfg.request_path_flags()) or 'default'}: "
         f"{', '.join(f'{k}={v}' for k, v in ray_path.items())}. "
         f"Client threads, Ray (proxy, controller, raylet) and the replicas share the "
         f"machine's cores; load average at the end: {os.getloadavg()[0]:.1f} (a shared machine: other jobs ran).\n",

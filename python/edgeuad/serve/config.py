@@ -37,6 +37,10 @@ LOW_LATENCY_ENV = {
 # client of the direct door follows `server.direct_urls` (Ray's HAProxy mode balances over them for a fleet).
 DIRECT_INGRESS_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
 
+# Which flag sets which of the above (start_cluster applies them; replicas and bench_serve report every key).
+REQUEST_PATH_ENV = {"--low-latency": LOW_LATENCY_ENV, "--direct-ingress": DIRECT_INGRESS_ENV}
+REQUEST_PATH_KEYS = tuple(k for env in REQUEST_PATH_ENV.values() for k in env)
+
 
 @dataclass
 class BundleSpec:
@@ -97,6 +101,10 @@ class ServeConfig:
                              "(start one with `ray start --head`, or pass the address a running `edgeuad serve` printed)")
         if self.detach and self.cameras:
             raise ValueError("--detach cannot run cameras: their actors belong to this process")
+
+    def request_path_flags(self) -> list[str]:
+        """The request-path flags this config sets (keys of REQUEST_PATH_ENV), in that order."""
+        return [f for f, on in zip(REQUEST_PATH_ENV, (self.low_latency, self.direct_ingress)) if on]
 
     def replica_config(self, spec: BundleSpec) -> ReplicaConfig:
         return ReplicaConfig(name=spec.name, bundle=spec.path, max_batch=self.max_batch,

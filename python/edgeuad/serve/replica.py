@@ -31,7 +31,7 @@ from ..detector import Detector
 from ..preprocess import validate_frame
 from . import protocol as P
 from .codec import Limits, check_body_size, decode_frame, map_to_png
-from .config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV, ReplicaConfig
+from .config import REQUEST_PATH_KEYS, ReplicaConfig
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,8 @@ class BundleScorer:
             "server": {"edgeuad": __version__, "ray": ray.__version__, "onnxruntime": onnxruntime.__version__,
                        "numpy": np.__version__, "opencv": cv2.__version__, "backend": self.det.backend_name,
                        "threads": self.cfg.threads, "pid": os.getpid(),
-                       # the request-path settings this replica's Ray Serve runs with (config.LOW_LATENCY_ENV,
-                       # config.DIRECT_INGRESS_ENV)
-                       "ray_serve_env": {k: os.environ.get(k) for k in (*LOW_LATENCY_ENV, *DIRECT_INGRESS_ENV)}},
+                       # the request-path settings this replica's Ray Serve runs with (config.REQUEST_PATH_ENV)
+                       "ray_serve_env": {k: os.environ.get(k) for k in REQUEST_PATH_KEYS}},
             "batching": {"max_batch": self.cfg.max_batch, "batch_wait_ms": self.cfg.batch_wait_ms},
             "limits": {"max_body_bytes": self.limits.max_body_bytes, "max_pixels": self.limits.max_pixels},
             "api": {"score": P.SCORE_PATH, "health": P.HEALTH_PATH, "info": P.INFO_PATH,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from ..bundle import Bundle
 from . import protocol as P
-from .config import DIRECT_INGRESS_ENV, LOW_LATENCY_ENV, BundleSpec, ServeConfig, parse_bundles
+from .config import DIRECT_INGRESS_ENV, REQUEST_PATH_ENV, BundleSpec, ServeConfig, parse_bundles
 
 __all__ = ["BundleSpec", "ServeConfig", "ServeError", "deploy_bundle", "direct_urls", "parse_bundles", "run_server",
            "shutdown", "start_cluster", "start_http", "undeploy"]
@@ -48,10 +48,8 @@ def start_cluster(cfg: ServeConfig) -> bool:
     for var, seconds in (("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30"),
                          ("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")):
         os.environ.setdefault(var, seconds)
-    for flag, on, env in (("--low-latency", cfg.low_latency, LOW_LATENCY_ENV),
-                          ("--direct-ingress", cfg.direct_ingress, DIRECT_INGRESS_ENV)):
-        if not on:
-            continue
+    for flag in cfg.request_path_flags():
+        env = REQUEST_PATH_ENV[flag]
         if cfg.address:
             raise ServeError(f"{flag} sets Ray Serve's request path where the cluster starts; for a joined "
                              f"cluster set {', '.join(f'{k}={v}' for k, v in env.items())} in the "
