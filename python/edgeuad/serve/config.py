@@ -31,8 +31,8 @@ LOW_LATENCY_ENV = {
 # `edgeuad serve --direct-ingress`: Ray Serve's direct ingress (read where the cluster starts, like the above).
 # Every replica of an application also answers HTTP on a port of its own (Ray allocates them from
 # RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT..MAX, 30000-31000 by default, on --host), so a client that calls it
-# skips the proxy actor and Ray's hop to the replica: on this 2-core VM a no-op app answered in 0.5 ms there
-# against 5-7 ms through the proxy (RESULTS section 7).  The proxy keeps serving every application at
+# skips the proxy actor and Ray's hop to the replica: on this 2-core VM a no-op app answered in 0.3-0.6 ms
+# there against 5-7 ms through the proxy (RESULTS section 7).  The proxy keeps serving every application at
 # --host/--port.  A replica's port is its own: a restarted or swapped replica comes back on another one, so a
 # client of the direct door follows `server.direct_urls` (Ray's HAProxy mode balances over them for a fleet).
 DIRECT_INGRESS_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
