@@ -1,6 +1,7 @@
 """Helpers shared by the `edgeuad serve` tests: a tiny real bundle, a swapped copy, free ports."""
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 from pathlib import Path
@@ -35,7 +36,18 @@ def swapped_copy(bundle: Path, dest: Path, threshold_factor: float = 1.25) -> Pa
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback TCP port in 20000-29999: below Linux's ephemeral range (32768+), from which Ray's own
+    processes take ports while a cluster starts (a port the OS had just handed out here was taken that way
+    before Serve's proxy could bind it, in a CI run of 4f8e167), and below Ray Serve's direct-ingress ports
+    (30000+)."""
+    rng = random.Random()
+    for _ in range(500):
+        port = rng.randrange(20000, 30000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999 on 127.0.0.1")
 
