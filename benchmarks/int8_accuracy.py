@@ -48,8 +48,11 @@ def low_precision_bundle(bundle: Bundle, precision: str, calib: str, work: Path)
     """A copy of `bundle` whose graph is the int8 Q/DQ or the fp16 one (manifest re-hashed, recorded)."""
     if precision == "int8":
         graph = int8_onnx(BenchConfig(bundle=str(bundle.root), int8_calib=calib), [], work)
+        report = json.loads(graph.with_suffix(".json").read_text())
         record = {"kind": "qdq_int8", "target": "onnxruntime", "calibration": calib,
-                  "tool": "edgeuad.export.quantize.insert_qdq"}
+                  "tool": "edgeuad.export.quantize.insert_qdq",
+                  # on the first calibration batch: which output the int8 graph loses
+                  "fp32_vs_qdq_cosine": report["fp32_vs_qdq_cosine"], "output_rel_error": report["output_rel_error"]}
     else:
         graph = fp16_onnx(bundle.onnx_path, work)
         record = {"kind": "fp16", "tool": "edgeuad.export.tensorrt.fp16_onnx"}
@@ -81,6 +84,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
            "machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix=f"edgeuad-{lp}-") as tmp:
         q = low_precision_bundle(bundle, lp, calib, Path(tmp))
+        if lp == "int8":
+            res["quantization"] = Bundle.load(q).manifest["quantization"]
         for name, b in (("fp32", bundle.root), (lp, q)):
             ev = api.evaluate(b, data, None, threads=a.threads, progress=True)
             res[name] = {k: float(v) for k, v in ev.metrics.items()}

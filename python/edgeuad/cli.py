@@ -467,7 +467,8 @@ def cmd_info(a: argparse.Namespace) -> int:
             q = m["quantization"]["cpu_int8"]
             lines.append(f"  graph int8 for onnxruntime on the CPU: {q.get('quantized_ops', '?')} convs int8, "
                          f"{len(q.get('fp32_nodes') or [])} fp32, calibrated on {q.get('calibration_images', '?')} "
-                         f"images ({q.get('method', '?')}), cosine to fp32 {q.get('fp32_vs_qdq_cosine', float('nan')):.4f}")
+                         f"images ({q.get('method', '?')}), cosine to fp32 {q.get('fp32_vs_qdq_cosine', float('nan')):.4f}"
+                         + _worst_int8_output(q.get("output_rel_error") or {}))
         for line in (_backbone_choice_line(m.get("training", {})), _selection_line(m.get("training", {}))):
             if line:
                 lines.append(line)
@@ -482,6 +483,14 @@ def cmd_info(a: argparse.Namespace) -> int:
             lines.append("  PROVISIONAL thresholds: an unfinished export; Detector refuses this bundle")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
+
+
+def _worst_int8_output(rel: dict[str, float]) -> str:
+    """", largest output error NAME X" from a cpu_int8 record (bundles exported before it: "")."""
+    if not rel:
+        return ""
+    name = max(rel, key=lambda k: rel[k])
+    return f", largest relative output error {name} {rel[name]:.3f}"
 
 
 def _backbone_choice_line(training: Any) -> str | None:

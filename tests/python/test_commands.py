@@ -95,6 +95,11 @@ def test_readme_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert (tmp_path / "bottle.tar").is_file() and (tmp_path / "reports/bottle/overlays.png").is_file()
     int8 = json.loads((tmp_path / "bundles/bottle-int8/manifest.json").read_text())
     assert int8["quantization"]["cpu_int8"]["target"] == "onnxruntime"
+    rel = int8["quantization"]["cpu_int8"]["output_rel_error"]  # one figure per graph output
+    assert set(rel) == set(int8["model"]["outputs"]) and max(rel.values()) > 0
+    assert cli.main(["info", "--bundle", str(tmp_path / "bundles/bottle-int8")]) == 0
+    worst = max(rel, key=lambda k: rel[k])
+    assert f"largest relative output error {worst} {rel[worst]:.3f}" in capsys.readouterr().out
     n_test = len(list((data / "test").rglob("*.png")))
     rows = (tmp_path / "predictions/bottle/predictions.csv").read_text().splitlines()
     assert len(rows) == 1 + n_test  # header + every test image, subfolders included

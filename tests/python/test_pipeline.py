@@ -269,6 +269,23 @@ def test_fp16_accuracy_bundle_scores_like_fp32(bundle: Path, tmp_path: Path) -> 
     np.testing.assert_allclose(s16, s32, rtol=2e-2)
 
 
+def test_int8_accuracy_bundle_records_the_per_output_errors(bundle: Path, dataset: Path, tmp_path: Path) -> None:
+    """benchmarks/int8_accuracy.py: the int8 copy's manifest carries insert_qdq's per-output errors (which
+    output the int8 graph loses), the ones written beside the cached graph."""
+    from script_helpers import load_benchmark
+
+    from edgeuad.bundle import Bundle
+
+    mod = load_benchmark("int8_accuracy")
+    b = Bundle.load(bundle)
+    q = mod.low_precision_bundle(b, "int8", str(dataset / "train" / "good"), tmp_path)
+    rec = json.loads((q / "manifest.json").read_text())["quantization"]
+    report = json.loads((tmp_path / "model.int8.json").read_text())
+    assert rec["kind"] == "qdq_int8" and set(rec["output_rel_error"]) == set(b.model["outputs"])
+    assert rec["output_rel_error"] == report["output_rel_error"] and min(rec["output_rel_error"].values()) > 0
+    assert Bundle.load(q).model["outputs"] == b.model["outputs"]
+
+
 def test_cpu_int8_export_ships_an_int8_graph_with_its_own_threshold(
         bundle: Path, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,7 +116,7 @@ def test_scale_is_amax_over_127(minmax, calib):
     assert report.num_calibration_batches == 4 and report.num_calibration_samples == 16
 
 
-def test_qdq_output_close_to_fp32_on_held_out_inputs(fp32_onnx, minmax):
+def test_qdq_output_close_to_fp32_on_held_out_inputs(fp32_onnx, calib, minmax):
     out, report = minmax
     x = image_like(8, seed=1234)  # not in the calibration set
     ref = _run(fp32_onnx, x)
@@ -132,6 +132,13 @@ def test_qdq_output_close_to_fp32_on_held_out_inputs(fp32_onnx, minmax):
     # and it is really quantised: not bit-identical to fp32
     assert np.abs(got - ref).max() > 0
     assert report.fp32_vs_qdq_cosine > 0.99
+    # per output (this graph has one): the relative error on the first calibration batch, recomputed here
+    x0 = calib[0]
+    r0, g0 = _run(fp32_onnx, x0).astype(np.float64), _run(out, x0).astype(np.float64)
+    assert list(report.output_rel_error) == [onnx.load(str(fp32_onnx)).graph.output[0].name]
+    assert next(iter(report.output_rel_error.values())) == pytest.approx(
+        np.linalg.norm(g0 - r0) / np.linalg.norm(r0), rel=1e-6)
+    assert 0 < next(iter(report.output_rel_error.values())) < 0.05
 
 
 def test_percentile_and_per_tensor_weights(fp32_onnx, calib, minmax, tmp_path):
@@ -271,6 +278,8 @@ def test_cpu_target_is_fused_into_int8_kernels(fp32_onnx, calib, minmax, tmp_pat
     old = minmax[1].to_dict()
     del old["target"]  # a report written before the field existed was for TensorRT
     assert QdqReport.from_dict(old).target == "tensorrt"
+    del old["output_rel_error"]  # nor had it per-output figures
+    assert QdqReport.from_dict(old).output_rel_error == {}
     with pytest.raises(ValueError, match="unknown quantisation target"):
         insert_qdq(fp32_onnx, tmp_path / "x.onnx", calib, target="openvino")
 
@@ -330,10 +339,14 @@ def test_a_graph_far_from_fp32_is_reported(fp32_onnx, calib, tmp_path, monkeypat
     with caplog.at_level(logging.WARNING, logger="edgeuad.export.quantize"):
         insert_qdq(fp32_onnx, tmp_path / "a.onnx", calib)
     assert "far from fp32" not in caplog.text                # the test model stays close
-    monkeypatch.setattr(quantize, "_cosine_fp32_vs_qdq", lambda *a: 0.86)
+    monkeypatch.setattr(quantize, "_fidelity_fp32_vs_qdq",
+                        lambda *a: (0.86, {"enc": 0.12, "dec_small": 8.07, "dec": 0.55, "other": 0.01}))
     with caplog.at_level(logging.WARNING, logger="edgeuad.export.quantize"):
         rep = insert_qdq(fp32_onnx, tmp_path / "b.onnx", calib)
     assert rep.fp32_vs_qdq_cosine == 0.86 and "far from fp32 (cosine 0.860 < 0.98" in caplog.text
+    # the warning names the outputs that lost most, worst first (three at most)
+    assert "largest relative errors: dec_small 8.07, dec 0.55, enc 0.12)" in caplog.text
+    assert rep.output_rel_error["dec_small"] == 8.07
 
 
 def test_ort_session_reopens_a_graph_the_precise_mode_cannot_fuse(tmp_path, caplog, monkeypatch):

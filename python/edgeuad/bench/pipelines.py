@@ -6,6 +6,7 @@ wrap a `bench.torch_ref.TorchReference` (imported only when a reference is built
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -119,7 +120,8 @@ class ReferencePipeline:
 def int8_onnx(cfg: BenchConfig, frames: Sequence[np.ndarray], work: Path) -> Path:
     """The bundle's graph in onnxruntime's int8 layout (export/quantize.insert_qdq, target "onnxruntime":
     what `edgeuad export --cpu-int8` ships), calibrated on cfg.int8_calib's images or, without it, on
-    the benchmark frames (timing only); cached in `work`."""
+    the benchmark frames (timing only); cached in `work`, with insert_qdq's report as model.int8.json."""
+    from ..atomic import atomic_write_bytes
     from ..bundle import Bundle
     from ..export.calibration import calibration_batches
     from ..export.quantize import insert_qdq
@@ -136,6 +138,8 @@ def int8_onnx(cfg: BenchConfig, frames: Sequence[np.ndarray], work: Path) -> Pat
         batches = [preprocess(decode(frames[i:i + 8]), bundle.preprocess, color="bgr")
                    for i in range(0, len(frames), 8)]
     rep = insert_qdq(bundle.onnx_path, out, batches, target="onnxruntime")
+    # the report beside the graph: benchmarks/int8_accuracy.py records its per-output errors
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(rep.to_dict(), indent=1) + "\n").encode())
     log.info("INT8 graph: %d quantised convs, fp32-vs-int8 cosine %.5f on the first calibration batch",
              rep.quantized_ops, rep.fp32_vs_qdq_cosine)
     return out

@@ -86,15 +86,18 @@ class QdqReport:
     fp32_vs_qdq_cosine: float  # on the first calibration batch (in-sample sanity check, not an accuracy claim)
     fp32_nodes: list[str] = dataclasses.field(default_factory=list)  # op_types nodes left unquantised
     target: str = "tensorrt"  # the runtime whose fusion rules the layout follows (module doc)
+    # per graph output, |qdq - fp32| / |fp32| (norms over the whole output) on the same batch: which output
+    # the int8 graph loses (one overall cosine hides a small output drowned in its inputs' rounding)
+    output_rel_error: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QdqReport":
-        # fp32_nodes and target came later: reports written before them had every op_types node
-        # quantised, for TensorRT
-        late = ("fp32_nodes", "target")
+        # fp32_nodes, target and output_rel_error came later: reports written before them had every
+        # op_types node quantised, for TensorRT, and no per-output figures
+        late = ("fp32_nodes", "target", "output_rel_error")
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d or f.name not in late})
 
 
@@ -244,13 +247,13 @@ def insert_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike,
         with atomic_path(onnx_out) as final_tmp:
             onnx.save(qmodel, str(final_tmp))
 
-    cos = _cosine_fp32_vs_qdq(ort, str(onnx_in), str(onnx_out), input_name, first)
+    cos, rel = _fidelity_fp32_vs_qdq(ort, str(onnx_in), str(onnx_out), input_name, first)
     report = QdqReport(
         onnx_in=str(onnx_in), onnx_out=str(onnx_out), method=method,
         percentile=float(percentile) if method == "percentile" else None,
         per_channel_weights=bool(per_channel_weights), op_types=op_types, opset=_opset(qmodel),
         num_calibration_batches=reader.num_batches, num_calibration_samples=reader.num_samples,
-        fp32_vs_qdq_cosine=cos, fp32_nodes=fp32_nodes, target=target, **report_parts)
+        fp32_vs_qdq_cosine=cos, fp32_nodes=fp32_nodes, target=target, output_rel_error=rel, **report_parts)
     log.info("Q/DQ graph for %s written to %s: %d Q / %d DQ nodes, %d %s ops quantised, calibrated on %d samples "
              "(%s); fp32-vs-QDQ cosine on the first calibration batch %.5f", target, onnx_out, report.num_quantize,
              report.num_dequantize, report.quantized_ops, "/".join(op_types), report.num_calibration_samples,
@@ -258,9 +261,11 @@ def insert_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike,
     if cos < LOW_COSINE:
         # Trained PatchCore/ReConPatch graphs give 0.987-0.999 and lost <= 0.003 I-AUROC; the magnetic_tile
         # ReContrast graph gave 0.820-0.861 and lost 0.22-0.24 (benchmarks/RESULTS.md section 5).
+        worst = sorted(rel.items(), key=lambda kv: -kv[1])[:3]
         log.warning("the INT8 graph's outputs are far from fp32 (cosine %.3f < %.2f on the first calibration "
-                    "batch): expect an accuracy loss; measure it (benchmarks/int8_accuracy.py) or keep fp32 "
-                    "(--fp16 on a GPU)", cos, LOW_COSINE)
+                    "batch; largest relative errors: %s): expect an accuracy loss; measure it "
+                    "(benchmarks/int8_accuracy.py) or keep fp32 (--fp16 on a GPU)", cos, LOW_COSINE,
+                    ", ".join(f"{k} {v:.2f}" for k, v in worst))
     return report
 
 
@@ -373,14 +378,19 @@ def _verify_qdq(model: Any, op_types: list[str], per_channel: bool, target: str 
             "activation_scales": act_scales, "weight_tensors": sorted(set(weights))}
 
 
-def _cosine_fp32_vs_qdq(ort: Any, fp32_path: str, qdq_path: str, input_name: str, x: np.ndarray) -> float:
+def _fidelity_fp32_vs_qdq(ort: Any, fp32_path: str, qdq_path: str, input_name: str,
+                          x: np.ndarray) -> tuple[float, dict[str, float]]:
+    """Cosine of all outputs together, and each output's relative error |qdq - fp32| / |fp32|, on `x`."""
     from ..cpus import ort_session
 
-    ref = ort_session(ort, fp32_path).run(None, {input_name: x})
-    got = ort_session(ort, qdq_path).run(None, {input_name: x})
-    a = np.concatenate([np.asarray(r, np.float64).reshape(-1) for r in ref])
-    b = np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in got])
-    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    s32 = ort_session(ort, fp32_path)
+    names = [o.name for o in s32.get_outputs()]
+    ref = [np.asarray(r, np.float64).reshape(-1) for r in s32.run(None, {input_name: x})]
+    got = [np.asarray(g, np.float64).reshape(-1) for g in ort_session(ort, qdq_path).run(None, {input_name: x})]
+    a, b = np.concatenate(ref), np.concatenate(got)
+    cos = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
+    rel = {n: float(np.linalg.norm(g - r) / max(float(np.linalg.norm(r)), 1e-30)) for n, r, g in zip(names, ref, got)}
+    return cos, rel
 
 
 __all__ = ["METHODS", "MIN_QDQ_OPSET", "QdqReport", "insert_qdq"]
