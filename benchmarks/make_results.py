@@ -750,11 +750,14 @@ def rc_arms_table() -> str:
 
 
 def _rc_criterion_table(rows: tuple[tuple[str, str], ...], last: int, vs: str,
-                        extra: tuple[tuple[str, Callable[[dict], str]], ...]) -> str:
-    """A ReContrast arm against its baseline run: each run's all-levels validation I-AUROC (max score) every
-    100 iterations up to `last`, the criterion (their best) and its difference to the first row's, what the
-    shipped selection kept, then the test split (record) and the `extra` columns."""
-    out = [f"| run | val max @100 / 200 / ... / {last} | criterion | vs {vs} | shipped selection (val I-AUROC) | "
+                        extra: tuple[tuple[str, Callable[[dict], str]], ...],
+                        scores: tuple[str, ...] = ("max",)) -> str:
+    """A ReContrast arm against its baseline run: each run's all-levels validation I-AUROC every 100 iterations
+    up to `last` (per evaluation the best of the image `scores`: "max", "topk_mean"), the criterion (their best)
+    and its difference to the first row's, what the shipped selection kept, then the test split (record) and the
+    `extra` columns."""
+    label = "max" if scores == ("max",) else "best of " + " / ".join(scores)
+    out = [f"| run | val {label} @100 / 200 / ... / {last} | criterion | vs {vs} | shipped selection (val I-AUROC) | "
            "test I-AUROC | test P-AUROC | " + " | ".join(h for h, _ in extra) + " | commit |",
            "|---|---|---:|---:|---|---:|---:|" + "---:|" * len(extra) + "---|"]
     base = None
@@ -764,7 +767,7 @@ def _rc_criterion_table(rows: tuple[tuple[str, str], ...], last: int, vs: str,
             out.append(f"| {label} | not measured (`{name}` missing) |" + " |" * (6 + len(extra)))
             continue
         sel = r["selection"]
-        curve = {e["iteration"]: e["i_auroc_max"] for e in sel["curve"]}
+        curve = {e["iteration"]: max(e[f"i_auroc_{k}"] for k in scores) for e in sel["curve"]}
         its = [i for i in range(100, last + 1, 100) if i in curve]
         crit = max(curve[i] for i in its)
         base = crit if base is None else base
@@ -796,6 +799,18 @@ def rc_precision_table() -> str:
                                "float32", (("AUPRO", lambda r: f"{r['metrics']['aupro']:.4f}"),
                                            ("Acc@thr", lambda r: f"{r['metrics']['accuracy_at_threshold']:.4f}"),
                                            ("train s", lambda r: f"{r['train_seconds']:.0f}")))
+
+
+def rc_stable_table() -> str:
+    """Arm H (benchmarks/plans/recontrast_stable_2026-12-05.md): the official stable variant against the default
+    run, criterion = best all-levels validation I-AUROC over iterations 100-1000, per evaluation the better of
+    the max and top-1 % scores (the stable variant's official score is the top-1 % mean)."""
+    return _rc_criterion_table((("default (bf16)", "magnetic_tile_recontrast.json"),
+                                ("H: stable variant", "magnetic_tile_recontrast_stable.json")), 1000, "default",
+                               (("test crack", lambda r: f"{r['metrics']['i_auroc/crack']:.4f}"),
+                                ("AUPRO", lambda r: f"{r['metrics']['aupro']:.4f}"),
+                                ("Acc@thr", lambda r: f"{r['metrics']['accuracy_at_threshold']:.4f}")),
+                               scores=("max", "topk_mean"))
 
 
 def _rc_posthoc_table(stem: str, field: str, arms: list[tuple[Any, str, str]]) -> str:
@@ -896,6 +911,7 @@ def main() -> None:
         "rc_pairs": rc_pairs_table,
         "rc_pool": rc_pool_table,
         "rc_precision": rc_precision_table,
+        "rc_stable": rc_stable_table,
         "rc_curve_fp32": lambda: rc_curve("methods/magnetic_tile_recontrast_fp32.json"),
         "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),

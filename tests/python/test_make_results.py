@@ -29,3 +29,27 @@ def test_serve_goal_reads_both_doors(monkeypatch: pytest.MonkeyPatch, direct: st
         assert f"on the direct-ingress door (`edgeuad serve --direct-ingress`, opt-in): {lat} ms added, 97 % " in text
     else:
         assert "direct" not in text
+
+
+def _rc_run(curve: list[tuple[int, float, float]], commit: str) -> dict:
+    return {"selection": {"curve": [{"iteration": i, "i_auroc_max": m, "i_auroc_topk_mean": t} for i, m, t in curve],
+                          "levels": {"levels": "2,3", "val_i_auroc": {"2,3": 0.8}},
+                          "checkpoint": {"iteration": 200, "last_iteration": 300}, "score": {"rule": "max"}},
+            "metrics": {"i_auroc": 0.77, "p_auroc": 0.64}, "commit": commit}
+
+
+def test_rc_criterion_takes_the_best_of_the_named_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An arm whose criterion is per evaluation the better of the max and top-1 % scores (arm H): the first
+    row's criterion is the baseline, the difference is to it; with the max score alone the top-1 % is ignored."""
+    mod = load_benchmark("make_results")
+    runs = {"methods/base.json": _rc_run([(100, 0.70, 0.72), (200, 0.75, 0.71), (300, 0.74, 0.70)], "aaa"),
+            "methods/arm.json": _rc_run([(100, 0.70, 0.79), (200, 0.73, 0.74), (300, 0.60, 0.61)], "bbb")}
+    monkeypatch.setattr(mod, "_json", lambda name: runs.get(name))
+    rows = (("base", "base.json"), ("arm", "arm.json"), ("gone", "gone.json"))
+    both = mod._rc_criterion_table(rows, 300, "base", (), scores=("max", "topk_mean")).splitlines()
+    assert "val best of max / topk_mean @100" in both[0]
+    assert both[2].startswith("| base | 0.720 / 0.750 / 0.740 | 0.7500 | - |")
+    assert both[3].startswith("| arm | 0.790 / 0.740 / 0.610 | 0.7900 | +0.0400 |")
+    assert both[4].startswith("| gone | not measured (`gone.json` missing) |")
+    only_max = mod._rc_criterion_table(rows[:2], 300, "base", ()).splitlines()
+    assert "val max @100" in only_max[0] and only_max[3].startswith("| arm | 0.700 / 0.730 / 0.600 | 0.7300 | -0.0200 |")
