@@ -223,6 +223,16 @@ def _int8_layout(r: dict) -> str:
     return "onnxruntime" if after else "tensorrt"
 
 
+def int8_rc_outputs() -> str:
+    """Each graph output's relative int8 error of the magnetic_tile ReContrast graph (int8_accuracy.py's
+    record of insert_qdq's report)."""
+    r = _json("int8_magnetic_tile_recontrast.json")
+    rel = ((r or {}).get("quantization") or {}).get("output_rel_error")
+    if not rel:
+        return "(not measured: results/int8_magnetic_tile_recontrast.json has no per-output errors)"
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(rel.items(), key=lambda kv: -kv[1]))
+
+
 def int8_summary() -> tuple[str, str, str]:
     """(per-bundle text, file list, verdict): INT8 I-AUROC drop and the Detector's mean latency of both
     evaluations, from results/int8_*.json (int8_accuracy.py: fp32 and int8 evaluated in the same run).
@@ -912,6 +922,7 @@ def main() -> None:
         "rc_pool": rc_pool_table,
         "rc_precision": rc_precision_table,
         "rc_stable": rc_stable_table,
+        "int8_rc_outputs": int8_rc_outputs,
         "rc_curve_fp32": lambda: rc_curve("methods/magnetic_tile_recontrast_fp32.json"),
         "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
