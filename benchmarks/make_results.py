@@ -925,6 +925,7 @@ def main() -> None:
         "int8_rc_outputs": int8_rc_outputs,
         "rc_curve_fp32": lambda: rc_curve("methods/magnetic_tile_recontrast_fp32.json"),
         "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
+        "engines": lambda: _read("engines.md") or "(not measured: python benchmarks/bench_engines.py --bundle ...)",
         "rc_mt_levels": lambda: rc_summary("methods/magnetic_tile_recontrast_500it_levels.json"),
         "serve17": lambda: serve_summary()[0],
         "serve17_met": lambda: serve_summary()[1],
