@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from edgeuad.atomic import atomic_write_bytes
 from edgeuad.bench import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -19,10 +20,11 @@ def machine_line() -> str:
 
 
 def publish(name: str, body: str) -> Path:
-    """Print the table and write it, with the machine line, to results/<name>.md."""
+    """Print the table and write it, with the machine line, to results/<name>.md (atomically: a killed run
+    leaves the previous table, which RESULTS.md quotes, or the new one)."""
     text = machine_line() + body
     sys.stdout.write(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.md"
-    path.write_text(text)
+    atomic_write_bytes(path, text.encode())
     return path

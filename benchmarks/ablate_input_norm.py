@@ -24,6 +24,7 @@ import torch
 from compare_methods import OUT, stamp
 
 from edgeuad import api
+from edgeuad.atomic import atomic_write_bytes
 from edgeuad import data as _data
 from edgeuad.backbones import build_backbone
 from edgeuad.methods.backbone_choice import CANDIDATES, choose_backbone
@@ -84,7 +85,7 @@ def main() -> None:
         r = {"dataset": data.name, "seed": args.seed, "stem": stem_stats(paths, 256),
              "proxy": [proxy(data, n, args.seed, args.train_every) for n in args.norms]}
         f = args.out / f"{data.name}_input_norm.json"
-        f.write_text(json.dumps(stamp(r), indent=2) + "\n")
+        atomic_write_bytes(f, (json.dumps(stamp(r), indent=2) + "\n").encode())
         for p in r["proxy"]:
             print(data.name, p["norm"], {k: v.get("i_auroc") for k, v in p["candidates"].items()}, "best", p["best_i_auroc"])
 

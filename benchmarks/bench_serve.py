@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _results import RESULTS, publish  # noqa: E402
 from bench_pipeline import make_timing_bundle  # noqa: E402
 
+from edgeuad.atomic import atomic_write_bytes  # noqa: E402
 from edgeuad.bench import percentiles, synthetic_frames  # noqa: E402
 from edgeuad.detector import Detector  # noqa: E402
 from edgeuad.serve.config import BundleSpec, ServeConfig  # noqa: E402
@@ -374,10 +375,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     body.append("")
     publish(a.stem, "\n".join(body))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{a.stem}.json").write_text(json.dumps(
+    atomic_write_bytes(RESULTS / f"{a.stem}.json", json.dumps(
         {"bundle": bundle_desc, "ray_serve_env": ray_path, "in_process": inproc, "served": {k: r.to_dict() for k, r in sweeps.items()},
          "paired_overhead": overhead, "paired_handle_overhead": by_handle, "paired_throughput": tput,
-         "paired_overhead_direct": overhead_direct, "paired_throughput_direct": tput_direct}, indent=2))
+         "paired_overhead_direct": overhead_direct, "paired_throughput_direct": tput_direct}, indent=2).encode())
     return 0
 
 

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from edgeuad import api
+from edgeuad.atomic import atomic_write_bytes
 from edgeuad.bench.machine import git_dirty
 from edgeuad.cli import _kv  # the `edgeuad train --set` argument type
 
@@ -132,7 +133,8 @@ def main() -> None:
                 rows.append(json.loads(f.read_text()))
                 continue
             r = stamp(run_one(data, method, args, args.work / data.name / f"{method}{args.suffix}"))
-            f.write_text(json.dumps(r, indent=2) + "\n")
+            # atomic: a killed run must not leave a truncated JSON that the next run would reuse
+            atomic_write_bytes(f, (json.dumps(r, indent=2) + "\n").encode())
             logging.info("%s/%s: %s", data.name, method, r["metrics"])
             rows.append(r)
     print(table(rows))
@@ -143,7 +145,7 @@ def main() -> None:
         r = json.loads(f.read_text())
         if f.name == f"{r.get('dataset')}_{r.get('method')}.json":
             every.append(r)
-    (OUT / "table.md").write_text(table(every))
+    atomic_write_bytes(OUT / "table.md", table(every).encode())
 
 
 if __name__ == "__main__":

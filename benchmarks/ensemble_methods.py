@@ -21,6 +21,7 @@ from pathlib import Path
 from compare_methods import OUT, stamp, table
 
 from edgeuad import api
+from edgeuad.atomic import atomic_write_bytes
 
 
 def members_of(work: Path, methods: list[str], member_suffix: str) -> tuple[list[api.Run], list[Path]]:
@@ -90,7 +91,7 @@ def main() -> None:
             rows.append(json.loads(f.read_text()))
             continue
         r = stamp(run_one(data, args))
-        f.write_text(json.dumps(r, indent=2) + "\n")
+        atomic_write_bytes(f, (json.dumps(r, indent=2) + "\n").encode())  # reused by the next run
         logging.info("%s/ensemble(%s): %s", data.name, r["overrides"]["members"], r["metrics"])
         rows.append(r)
     print(table(rows))

@@ -29,6 +29,7 @@ from ensemble_methods import member_args, members_of
 from safetensors.numpy import load_file
 
 from edgeuad import api
+from edgeuad.atomic import atomic_write_bytes
 from edgeuad.ensemble_check import combination, split_outputs
 
 log = logging.getLogger("ensemble_validation")
@@ -65,7 +66,7 @@ def main() -> None:
     for data in args.data:
         r = stamp(run_one(data, args))
         f = args.out / f"{data.name}_ensemble_validation{args.suffix}.json"
-        f.write_text(json.dumps(r, indent=2) + "\n")
+        atomic_write_bytes(f, (json.dumps(r, indent=2) + "\n").encode())
         for row in r["rows"]:
             print(f"{data.name}: {' + '.join(row['members'])}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()
                                                                                if k != "members"))

@@ -10,6 +10,7 @@ computed from the JSON results; a missing result file leaves a visible "(not mea
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -996,7 +997,12 @@ def main() -> None:
     }
     # the quoted files start with their own "## ..." heading: demote it under this page's sections
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: re.sub(r"^## ", "#### ", fill[m.group(1)](), flags=re.M), tpl)
-    (HERE / "RESULTS.md").write_text(out)
+    tmp = HERE / f".RESULTS.md.{os.getpid()}.tmp"  # replace, not rewrite: a kill leaves the old page or the new
+    try:
+        tmp.write_text(out)
+        os.replace(tmp, HERE / "RESULTS.md")
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 
