@@ -83,8 +83,12 @@ def openvino_runs(path: str, threads: int) -> tuple[dict[str, Run], dict[str, st
         if prec == "bf16" and "BF16" not in caps:
             skipped["openvino-bf16"] = f"this CPU has no native bf16 (OpenVINO capabilities: {', '.join(caps)})"
             continue
-        cm = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": prec,
-                                              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        try:
+            cm = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": prec,
+                                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        except Exception as e:  # noqa: BLE001 - any engine error is this row's reason, the others still run
+            skipped[f"openvino-{prec}"] = f"OpenVINO could not compile the graph: {type(e).__name__}: {e}"
+            continue
         req = cm.create_infer_request()
         runs[f"openvino-{prec}"] = lambda x, req=req, outs=cm.outputs: _ov_infer(req, outs, x)
     return runs, skipped

@@ -83,6 +83,18 @@ def test_openvino_runs_force_the_precision_and_say_why_bf16_is_missing(monkeypat
     assert mod.openvino_version() == "0.0-fake"
 
 
+def test_a_graph_openvino_cannot_compile_is_a_reason(monkeypatch):
+    mod = load_benchmark("bench_engines")
+
+    class Refusing(_FakeCore):
+        def compile_model(self, path, device, config):
+            raise RuntimeError("unsupported op Foo")
+
+    monkeypatch.setitem(sys.modules, "openvino", types.SimpleNamespace(Core=Refusing, __version__="0.0-fake"))
+    runs, skipped = mod.openvino_runs("g.onnx", 1)
+    assert runs == {} and skipped["openvino-f32"] == "OpenVINO could not compile the graph: RuntimeError: unsupported op Foo"
+
+
 def test_openvino_missing_is_a_reason_not_an_error(monkeypatch):
     mod = load_benchmark("bench_engines")
     monkeypatch.setitem(sys.modules, "openvino", None)  # import raises ImportError
