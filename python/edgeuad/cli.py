@@ -486,7 +486,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _worst_int8_output(rel: dict[str, float]) -> str:
-    """", largest output error NAME X" from a cpu_int8 record (bundles exported before it: "")."""
+    """", largest relative output error NAME X" from a cpu_int8 record (bundles exported before it: "")."""
     if not rel:
         return ""
     name = max(rel, key=lambda k: rel[k])
