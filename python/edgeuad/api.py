@@ -372,7 +372,8 @@ def export(run: Run | str | os.PathLike, bundle_dir: str | os.PathLike, threads:
             write_manifest(tmp, manifest)
             quantization["cpu_int8"]["validation"] = check_int8(
                 tmp, fp32_graph, holdout, seed=int(run.config.get("seed", 0)), threads=threads,
-                max_drop=MAX_DROP if int8_max_drop is None else float(int8_max_drop))
+                max_drop=MAX_DROP if int8_max_drop is None else float(int8_max_drop),
+                output_rel_error=quantization["cpu_int8"].get("output_rel_error"))
         if calibration_bank is not None:
             write_bank(trained.bank)  # the shipped bank: every normal image
         write_manifest(tmp, manifest)

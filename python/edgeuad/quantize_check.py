@@ -5,9 +5,9 @@
 the bundle's int8 graph, once with the fp32 graph it was quantised from, both with the bank the
 held-out images are not in (the export's calibration bank).  The two I-AUROCs and their difference
 go into the manifest's `quantization.cpu_int8.validation`; a drop above the allowed one (MAX_DROP by
-default) stops the export (Int8AccuracyError: the previous bundle stays as it was) and names the fp32
-export as the alternative.  The test split is never read.  Sits beside
-`ensemble_check` (drives the Detector); no torch.
+default) stops the export (Int8AccuracyError: the previous bundle stays as it was), names the graph
+outputs int8 changes most (insert_qdq's per-output errors) and the fp32 export as the alternative.  The
+test split is never read.  Sits beside `ensemble_check` (drives the Detector); no torch.
 """
 from __future__ import annotations
 
@@ -39,12 +39,13 @@ def _split_scores(bundle: Path, vs: ValidationSet, threads: int, batch: int = 8)
 
 
 def check_int8(bundle: Path, fp32_graph: Path, holdout: Sequence[Path], seed: int, threads: int = 0,
-               max_drop: float = MAX_DROP) -> dict[str, Any]:
+               max_drop: float = MAX_DROP, output_rel_error: dict[str, float] | None = None) -> dict[str, Any]:
     """Validation metrics of `bundle` (int8 graph, thresholds set) and of the same bundle with
     `fp32_graph` in its place -> the record for the manifest.  `bundle` must hold the bank the
     held-out images are not in (api.export calls this before it writes the shipped bank).
     Raises Int8AccuracyError when the I-AUROC drop exceeds `max_drop` and there are enough held-out
-    normals to tell (with fewer, a warning says so and the record is returned)."""
+    normals to tell (with fewer, a warning says so and the record is returned); the message names the
+    graph outputs with the largest int8 error (`output_rel_error`, insert_qdq's report) when given."""
     m = read_manifest(bundle)
     vs = load_validation_set(holdout, max(m["preprocess"]["size"]), seed=seed)
     rec: dict[str, Any] = {"split": "synthetic defects in the run's held-out normal images (blended + thin crack)",
@@ -68,11 +69,19 @@ def check_int8(bundle: Path, fp32_graph: Path, holdout: Sequence[Path], seed: in
         log.warning(msg + ": fewer than %d held-out normals, too few to tell", *args, MIN_NORMALS)
     elif rec["drop_i_auroc"] > max_drop:
         raise Int8AccuracyError(
-            (msg % args) + f": above the allowed {max_drop:g}; no bundle written. Export without --cpu-int8 "
-            "(fp32 keeps the accuracy), or accept the loss with --int8-max-drop")
+            (msg % args) + f": above the allowed {max_drop:g}; no bundle written{_worst(output_rel_error)}. "
+            "Export without --cpu-int8 (fp32 keeps the accuracy), or accept the loss with --int8-max-drop")
     else:
         log.info(msg, *args)
     return rec
+
+
+def _worst(rel: dict[str, float] | None, n: int = 3) -> str:
+    """' (outputs int8 changes most, relative error: a 8.48, b 1.92)' or '' without figures."""
+    if not rel:
+        return ""
+    worst = sorted(rel.items(), key=lambda kv: -kv[1])[:n]
+    return " (outputs int8 changes most, relative error: " + ", ".join(f"{k} {v:.2f}" for k, v in worst) + ")"
 
 
 __all__ = ["Int8AccuracyError", "MAX_DROP", "check_int8"]

@@ -387,8 +387,12 @@ def test_cpu_int8_export_stops_when_its_check_fails(bundle: Path, dataset: Path,
                      "--int8-max-drop", "1"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(quantize_check, "MIN_NORMALS", 1)
-    with pytest.raises(Int8AccuracyError, match="no bundle written"):
+    with pytest.raises(Int8AccuracyError, match="no bundle written") as err:
         api.export(run, out, cpu_int8_calib=dataset, int8_max_drop=-1.0)
+    # the refusal names the outputs int8 changes most (insert_qdq's per-output errors), worst first
+    rel = json.loads((out / "manifest.json").read_text())["quantization"]["cpu_int8"]["output_rel_error"]
+    worst = max(rel, key=lambda k: rel[k])
+    assert f"no bundle written (outputs int8 changes most, relative error: {worst} {rel[worst]:.2f}" in str(err.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]  # no temporary directory left behind
     assert cli.main(["-q", "export", "--run", str(run), "--out", str(out), "--cpu-int8", "--calib", str(dataset),
