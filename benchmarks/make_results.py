@@ -767,8 +767,8 @@ def _rc_criterion_table(rows: tuple[tuple[str, str], ...], last: int, vs: str,
     up to `last` (per evaluation the best of the image `scores`: "max", "topk_mean"), the criterion (their best)
     and its difference to the first row's, what the shipped selection kept, then the test split (record) and the
     `extra` columns."""
-    label = "max" if scores == ("max",) else "best of " + " / ".join(scores)
-    out = [f"| run | val {label} @100 / 200 / ... / {last} | criterion | vs {vs} | shipped selection (val I-AUROC) | "
+    score_label = "max" if scores == ("max",) else "best of " + " / ".join(scores)
+    out = [f"| run | val {score_label} @100 / 200 / ... / {last} | criterion | vs {vs} | shipped selection (val I-AUROC) | "
            "test I-AUROC | test P-AUROC | " + " | ".join(h for h, _ in extra) + " | commit |",
            "|---|---|---:|---:|---|---:|---:|" + "---:|" * len(extra) + "---|"]
     base = None

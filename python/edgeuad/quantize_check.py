@@ -76,12 +76,11 @@ def check_int8(bundle: Path, fp32_graph: Path, holdout: Sequence[Path], seed: in
     return rec
 
 
-def _worst(rel: dict[str, float] | None, n: int = 3) -> str:
+def _worst(rel: dict[str, float] | None) -> str:
     """' (outputs int8 changes most, relative error: a 8.48, b 1.92)' or '' without figures."""
-    if not rel:
-        return ""
-    worst = sorted(rel.items(), key=lambda kv: -kv[1])[:n]
-    return " (outputs int8 changes most, relative error: " + ", ".join(f"{k} {v:.2f}" for k, v in worst) + ")"
+    from .export.quantize import worst_outputs
+
+    return f" (outputs int8 changes most, relative error: {worst_outputs(rel)})" if rel else ""
 
 
 __all__ = ["Int8AccuracyError", "MAX_DROP", "check_int8"]

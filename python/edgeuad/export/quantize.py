@@ -264,11 +264,10 @@ def insert_qdq(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike,
     if cos < LOW_COSINE:
         # Trained PatchCore/ReConPatch graphs give 0.987-0.999 and lost <= 0.003 I-AUROC; the magnetic_tile
         # ReContrast graph gave 0.820-0.861 and lost 0.22-0.24 (benchmarks/RESULTS.md section 5).
-        worst = sorted(rel.items(), key=lambda kv: -kv[1])[:3]
         log.warning("the INT8 graph's outputs are far from fp32 (cosine %.3f < %.2f on the first calibration "
                     "batch; largest relative errors: %s): expect an accuracy loss; measure it "
                     "(benchmarks/int8_accuracy.py) or keep fp32 (--fp16 on a GPU)", cos, LOW_COSINE,
-                    ", ".join(f"{k} {v:.2f}" for k, v in worst))
+                    worst_outputs(rel))
     return report
 
 
@@ -381,6 +380,11 @@ def _verify_qdq(model: Any, op_types: list[str], per_channel: bool, target: str 
             "activation_scales": act_scales, "weight_tensors": sorted(set(weights))}
 
 
+def worst_outputs(rel: dict[str, float], n: int = 3) -> str:
+    """'a 8.48, b 1.92, c 0.87': the `n` outputs of a QdqReport.output_rel_error with the largest error, worst first."""
+    return ", ".join(f"{k} {v:.2f}" for k, v in sorted(rel.items(), key=lambda kv: -kv[1])[:n])
+
+
 def _fidelity_fp32_vs_qdq(ort: Any, fp32_path: str, qdq_path: str, input_name: str,
                           x: np.ndarray) -> tuple[float, dict[str, float]]:
     """Cosine of all outputs together, and each output's relative error |qdq - fp32| / |fp32|, on `x`."""
@@ -396,4 +400,4 @@ def _fidelity_fp32_vs_qdq(ort: Any, fp32_path: str, qdq_path: str, input_name: s
     return cos, rel
 
 
-__all__ = ["METHODS", "MIN_QDQ_OPSET", "QdqReport", "insert_qdq"]
+__all__ = ["METHODS", "MIN_QDQ_OPSET", "QdqReport", "insert_qdq", "worst_outputs"]
