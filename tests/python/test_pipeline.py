@@ -118,6 +118,29 @@ def test_torch_reference_runs_a_two_level_recontrast_bundle(dataset: Path, tmp_p
     np.testing.assert_allclose(got, scores, rtol=2e-3, atol=2e-3)
 
 
+def test_recontrast_on_expanded_taps_exports_and_scores_like_torch(dataset: Path, tmp_path: Path) -> None:
+    """taps="expand" (the next blocks' 144/240/672-channel expansions of Lite0) trains, exports a graph whose
+    encoder outputs have those widths (parity-checked against the torch model by the export), keeps the
+    choice in the manifest's config, and the Detector scores like the torch reference of that model."""
+    from edgeuad.data import read_image
+    from edgeuad.methods.reference import build_reference
+
+    cfg = {**TINY["recontrast"], "taps": "expand", "levels": "1,2,3"}
+    run = api.train("recontrast", dataset, tmp_path / "run", cfg, holdout_fraction=0.2, progress=False)
+    root = api.export(run, tmp_path / "bundle").root
+    det = Detector(root)
+    assert det.bundle.manifest["model"]["config"]["taps"] == "expand"
+    import onnx
+    graph = onnx.load(str(root / "model.onnx")).graph
+    widths = {o.name: o.type.tensor_type.shape.dim[1].dim_value for o in graph.output}
+    assert [widths[f"enc_l{k}_frozen"] for k in (1, 2, 3)] == [144, 240, 672]
+    imgs = [read_image(p) for p in sorted((dataset / "test").rglob("*.png"))[:3]]
+    got = np.array([r.score for r in det.score_batch(imgs)])
+    _, scores = build_reference(det.bundle, threads=1)(imgs)
+    assert np.ptp(scores) > 0
+    np.testing.assert_allclose(got, scores, rtol=2e-3, atol=2e-3)
+
+
 def test_benchmark_torch_references_match_the_correctness_reference(bundle: Path, dataset: Path) -> None:
     """bench/torch_ref.py's float32 user-style references (eager torch; onnxruntime + torch post) score
     like methods/reference.py (the training side's float64 search): the speed-ups compare equal work."""

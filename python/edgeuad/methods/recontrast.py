@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..backbones import BACKBONES, Backbone, build_backbone
+from ..backbones import BACKBONES, LITE_TAPS, Backbone, build_backbone
 from ..preprocess import INPUT_NORMS
 from .common import gaussian_blur_torch, resolve_device
 
@@ -104,6 +104,10 @@ class ReContrastConfig:
     """
 
     backbone: str = "efficientnet_lite0"
+    # the encoder features reconstructed: "block", the stage outputs (Lite0: 24/40/112 channels, signed: the
+    # blocks end in a linear projection); "expand", an EfficientNet-Lite's next-block expansions at the same
+    # strides (144/240/672, after ReLU6: closer to the paper's post-ReLU WideResNet-50 features)
+    taps: str = "block"
     # the input's mean/std (preprocess.INPUT_NORMS): ImageNet's, as every ReContrast run so far; the
     # patch methods choose theirs on the synthetic-defect split ("auto"), no such arm ran for ReContrast
     input_norm: str = "imagenet"
@@ -163,6 +167,9 @@ class ReContrastConfig:
         if self.backbone not in BACKBONES or self.backbone not in DECODER_SPECS:
             raise ValueError(f"backbone must be one of {sorted(set(BACKBONES) & set(DECODER_SPECS))}, "
                              f"got {self.backbone!r}")
+        if self.taps not in LITE_TAPS or (self.taps != "block" and not self.backbone.startswith("efficientnet_lite")):
+            raise ValueError(f"taps must be one of {LITE_TAPS} ('expand' needs an EfficientNet-Lite backbone), "
+                             f"got {self.taps!r} with {self.backbone}")
         if self.image_size <= 0 or self.image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {self.image_size}")
         if self.iterations <= 0 or self.batch_size <= 0 or self.checkpoint_every <= 0:
@@ -481,7 +488,8 @@ def build_model(cfg: ReContrastConfig, pretrained: bool | str | Path | None = No
     inference (eval mode throughout) gets "train", which eval mode never reads.
     """
     mode = encoder_bn or (cfg.encoder_bn if cfg.encoder_bn != "auto" else "train")
-    encoder = build_backbone(cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained)
+    encoder = build_backbone(cfg.backbone, pretrained=cfg.pretrained if pretrained is None else pretrained,
+                             taps=cfg.taps)
     return ReContrastModel(encoder, cfg.bottleneck_dim, mode, cfg.encoder_bn_momentum, cfg.decoder_width)
 
 
