@@ -732,32 +732,16 @@ def rc_arms_table() -> str:
     """The pre-registered ReContrast arms (benchmarks/plans/recontrast_arms_2026-12-04.md): the criterion
     (best all-levels validation I-AUROC, max score, over iterations 100-300 of each run's curve) against the
     baseline run's, then what the shipped selection kept and the test split (record)."""
-    out = ["| arm | backbone | decoder width | encoder BN | val max @100 / 200 / 300 | criterion | vs baseline "
-           "| shipped selection (val I-AUROC) | test I-AUROC | test P-AUROC | test crack | commit |",
-           "|---|---|---:|---|---|---:|---:|---|---:|---:|---:|---|"]
-    base = None
-    for arm, name in RC_ARMS:
-        p = RES / "methods" / name
-        if not p.exists():
-            out.append(f"| {arm} | not measured (`{name}` missing) |" + " |" * 10)
-            continue
-        r = json.loads(p.read_text())
-        s = r["selection"]
-        curve = {e["iteration"]: e["i_auroc_max"] for e in s["curve"]}
-        crit = max(curve[i] for i in (100, 200, 300) if i in curve)
-        base = crit if base is None else base
-        diff = "-" if arm == "baseline" else f"{crit - base:+.4f}"
-        lv = s.get("levels", {})
-        kept = (f"checkpoint {s['checkpoint']['iteration']}, score {s['score']['rule']}, levels {lv.get('levels')} "
-                f"({lv.get('val_i_auroc', {}).get(lv.get('levels'), float('nan')):.4f})")
-        m = r["metrics"]
-        bn = s["encoder_bn"]["mode"] + (" (set)" if "probe_iterations" not in s["encoder_bn"] else " (probe)")
-        width = r["overrides"].get("decoder_width", 1)
-        out.append(f"| {arm} | {(r.get('backbone') or 'efficientnet_lite0').replace('efficientnet_', '')} | {width} | "
-                   f"{bn} | {' / '.join(f'{curve[i]:.4f}' for i in (100, 200, 300) if i in curve)} | {crit:.4f} | "
-                   f"{diff} | {kept} | {m['i_auroc']:.4f} | {m['p_auroc']:.4f} | {m['i_auroc/crack']:.4f} | "
-                   f"{r['commit']} |")
-    return "\n".join(out)
+    def bn(r: dict) -> str:
+        e = r["selection"]["encoder_bn"]
+        return e["mode"] + (" (set)" if "probe_iterations" not in e else " (probe)")
+
+    return _rc_criterion_table(RC_ARMS, 300, "baseline",
+                               (("test crack", lambda r: f"{r['metrics']['i_auroc/crack']:.4f}"),
+                                ("backbone", lambda r: (r.get("backbone") or "efficientnet_lite0")
+                                 .replace("efficientnet_", "")),
+                                ("decoder width", lambda r: str(r["overrides"].get("decoder_width", 1))),
+                                ("encoder BN", bn)))
 
 
 def _rc_criterion_table(rows: tuple[tuple[str, str], ...], last: int, vs: str,
@@ -821,6 +805,19 @@ def rc_stable_table() -> str:
                                (("test crack", lambda r: f"{r['metrics']['i_auroc/crack']:.4f}"),
                                 ("AUPRO", lambda r: f"{r['metrics']['aupro']:.4f}"),
                                 ("Acc@thr", lambda r: f"{r['metrics']['accuracy_at_threshold']:.4f}")),
+                               scores=("max", "topk_mean"))
+
+
+def rc_expand_table() -> str:
+    """Arm I (benchmarks/plans/recontrast_expand_taps_2026-12-05.md): the encoders' next-block expansions
+    (taps=expand) against a default run of the same 300-iteration schedule, criterion as arm H's over 100-300."""
+    return _rc_criterion_table((("default (block outputs)", "magnetic_tile_recontrast_300it.json"),
+                                ("I: expanded taps", "magnetic_tile_recontrast_expand_300it.json")), 300, "default",
+                               (("test crack", lambda r: f"{r['metrics']['i_auroc/crack']:.4f}"),
+                                ("AUPRO", lambda r: f"{r['metrics']['aupro']:.4f}"),
+                                ("Acc@thr", lambda r: f"{r['metrics']['accuracy_at_threshold']:.4f}"),
+                                ("ms/frame", lambda r: f"{r['latency_ms_per_frame']:.1f}"),
+                                ("train s", lambda r: f"{r['train_seconds']:.0f}")),
                                scores=("max", "topk_mean"))
 
 
@@ -923,6 +920,7 @@ def main() -> None:
         "rc_pool": rc_pool_table,
         "rc_precision": rc_precision_table,
         "rc_stable": rc_stable_table,
+        "rc_expand": rc_expand_table,
         "int8_rc_outputs": int8_rc_outputs,
         "rc_curve_fp32": lambda: rc_curve("methods/magnetic_tile_recontrast_fp32.json"),
         "train_step": lambda: _read("train_step.md") or "(not measured: python benchmarks/bench_train_step.py)",
