@@ -26,6 +26,11 @@ benchmarks/plans/recontrast_pairs_2026-12-05.md, written before their first run)
 (stride 1, in-image neighbours) before the cosine (arm G of
 benchmarks/plans/recontrast_feature_pool_2026-12-05.md, written before its first run); each record names its
 `pool` (1 = the shipped map).
+`--center none mean std` scores each subset again with every pair's encoder target and reconstruction centred
+(`mean`: minus the target's per-channel mean) or standardised (`std`: also divided by its per-channel standard
+deviation) before the cosine, the statistics taken over 64 of the run's training images (never a held-out or
+test image): arms J1/J2 of benchmarks/plans/recontrast_centred_cosine_2026-12-05.md, written before their first
+run; each record names its `center` (none = the shipped map).
 Writes benchmarks/results/methods/<dataset>_recontrast_levels.jsonl (`--out` for another file).
 """
 from __future__ import annotations
@@ -57,26 +62,63 @@ SUBSETS = [sub for n in (3, 2, 1) for sub in itertools.combinations((1, 2, 3), n
 GROUPS = {"both": ("frozen", "train"), "frozen": ("frozen",), "train": ("train",)}
 
 
+CENTERS = ("none", "mean", "std")
+STATS_IMAGES = 64
+
+
 def local_mean(t: torch.Tensor, k: int) -> torch.Tensor:
     """k x k average at stride 1 over the in-image neighbours (k = 1: unchanged)."""
     return t if k == 1 else F.avg_pool2d(t, k, 1, k // 2, count_include_pad=False)
 
 
 @torch.inference_mode()
+def target_stats(model, x: np.ndarray, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per output pair, the encoder target's per-channel mean and standard deviation over every position of `x`
+    (shapes (1, C, 1, 1)), accumulated in float64."""
+    sums: list[list[torch.Tensor]] = []   # per pair: [sum, sum of squares, count]
+    for s in range(0, len(x), batch):
+        enc, _ = model(torch.from_numpy(x[s:s + batch]))
+        for i, e in enumerate(enc):
+            e = e.double()
+            part = [e.sum((0, 2, 3)), (e * e).sum((0, 2, 3)), torch.tensor(e.numel() / e.shape[1])]
+            if len(sums) <= i:
+                sums.append(part)
+            else:
+                sums[i] = [u + v for u, v in zip(sums[i], part)]
+    out = []
+    for a, b, n in sums:
+        mu = a / n
+        sd = (b / n - mu * mu).clamp_min(0).sqrt().clamp_min(1e-6)
+        out.append((mu.float().view(1, -1, 1, 1), sd.float().view(1, -1, 1, 1)))
+    return out
+
+
+def centre(ts: list[torch.Tensor], stats: list[tuple[torch.Tensor, torch.Tensor]] | None, how: str) -> list:
+    """Pair i's tensor minus its target's mean (how="mean"), also divided by its standard deviation ("std")."""
+    if how == "none":
+        return ts
+    return [(t - mu) / sd if how == "std" else t - mu for t, (mu, sd) in zip(ts, stats)]
+
+
+@torch.inference_mode()
 def subset_maps(model, x: np.ndarray, cfg: ReContrastConfig, batch: int = 8, groups: tuple[str, ...] = ("both",),
-                pools: tuple[int, ...] = (1,)) -> dict[tuple[tuple[int, ...], str, int], dict]:
-    """Per (subset of levels, pair group, pool size): the image scores (max, top-1 % mean), the maps at a quarter
-    of the resolution (for P-AUROC) and each map's maximum position, all from `anomaly_map_torch` (the shipped
-    reference) with weight 1 on the subset's pairs and 0 on the others, on features averaged over pool x pool
-    (`local_mean`); the model runs once per batch for every subset."""
+                pools: tuple[int, ...] = (1,), centers: tuple[str, ...] = ("none",),
+                stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> dict[tuple[tuple[int, ...], str, int, str], dict]:
+    """Per (subset of levels, pair group, pool size, centring): the image scores (max, top-1 % mean), the maps at a
+    quarter of the resolution (for P-AUROC) and each map's maximum position, all from `anomaly_map_torch` (the
+    shipped reference) with weight 1 on the subset's pairs and 0 on the others, on features centred by `stats`
+    (`centre`) and then averaged over pool x pool (`local_mean`); the model runs once per batch for every subset."""
     names = list(model.pair_names())
-    acc: dict[tuple[tuple[int, ...], str, int], dict[str, list]] = {
-        (sub, g, k): {"max": [], "topk": [], "maps": [], "argmax": []} for sub in SUBSETS for g in groups for k in pools}
+    acc: dict[tuple[tuple[int, ...], str, int, str], dict[str, list]] = {
+        (sub, g, k, c): {"max": [], "topk": [], "maps": [], "argmax": []}
+        for sub in SUBSETS for g in groups for k in pools for c in centers}
     for s in range(0, len(x), batch):
         enc0, dec0 = model(torch.from_numpy(x[s:s + batch]))
-        pooled = {k: ([local_mean(t, k) for t in enc0], [local_mean(t, k) for t in dec0]) for k in pools}
-        for (sub, g, k), a in acc.items():
-            enc, dec = pooled[k]
+        feats = {(k, c): ([local_mean(t, k) for t in centre(enc0, stats, c)],
+                          [local_mean(t, k) for t in centre(dec0, stats, c)]) for k in pools for c in centers}
+        for (sub, g, k, c), a in acc.items():
+            enc, dec = feats[(k, c)]
             # "l1_frozen" -> level 1, set "frozen"
             w = [1.0 if int(n[1]) in sub and n.split("_")[1] in GROUPS[g] else 0.0 for n in names]
             maps, mx, tk = anomaly_map_torch(enc, dec, cfg.image_size, sigma=cfg.sigma, weights=w,
@@ -110,6 +152,8 @@ def main() -> None:
                     help="crossed pair sets to score separately (default: both sets, the shipped map)")
     ap.add_argument("--pool", nargs="+", type=int, default=[1],
                     help="feature averaging sizes to score (1 = the shipped map; odd sizes)")
+    ap.add_argument("--center", nargs="+", choices=CENTERS, default=["none"],
+                    help="feature centring to score (none = the shipped map; mean, std: arms J1/J2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -130,6 +174,13 @@ def main() -> None:
     base = {"dataset": args.data.name, "run": str(args.run), "iterations": cfg.iterations,
             "kept_iteration": sel.get("checkpoint", {}).get("iteration"), "encoder_bn": cfg.encoder_bn,
             "sigma": cfg.sigma, "score": cfg.score, "chosen_levels": cfg.levels, "seed": cfg.seed}
+    stats = None
+    if set(args.center) - {"none"}:
+        held = {Path(p).resolve() for p in run.holdout}
+        train = sorted(p for p in (s.path for s in D.list_mvtec(args.data, "train")) if Path(p).resolve() not in held)
+        pick = train[::max(1, len(train) // STATS_IMAGES)][:STATS_IMAGES]
+        stats = target_stats(model, api.load_array(pick, run.preprocess)[0])
+        base["center_images"] = len(pick)
     for split in args.splits:
         t0 = time.time()
         if split == "val":
@@ -141,10 +192,11 @@ def main() -> None:
             labels = np.array([s.label for s in test])
             masks = [D.load_mask(s, (size, size)) for s in test]
             defects = [s.defect for s in test]
-        by_subset = subset_maps(model, x, cfg, groups=tuple(args.groups), pools=tuple(args.pool))
+        by_subset = subset_maps(model, x, cfg, groups=tuple(args.groups), pools=tuple(args.pool),
+                                centers=tuple(args.center), stats=stats)
         log.info("%s: %d images in %.0f s", split, len(x), time.time() - t0)
-        for (subset, group, k), sm in by_subset.items():
-            rec = {**base, "split": split, "levels": list(subset), "pairs": group, "pool": k,
+        for (subset, group, k, c), sm in by_subset.items():
+            rec = {**base, "split": split, "levels": list(subset), "pairs": group, "pool": k, "center": c,
                    **evaluate(sm, size, labels, masks, defects)}
             log.info("%s", rec)
             with open(out, "a") as fh:
