@@ -42,6 +42,12 @@ the blended and crack families), seed 0.  raw+s4 becomes a default candidate if 
 magnetic_tile with both Lite0 and Lite2 (the backbones `auto` chose there) and loses <= 0.010 on bottle;
 a candidate then runs 3 seeds through the shipped path.  The test split is not read for the decision.
 
+Which features of the backbone (benchmarks/plans/patchcore_expand_taps_2026-12-05.md, written before its first run):
+    python benchmarks/ablate_patchcore.py --data ../shared/data/magnetic_tile --backbone efficientnet_lite2 \
+        --input-norm inception --taps block expand --spaces product,T,raw --val blended+crack --splits val --align true
+`--taps expand` reads the next blocks' post-ReLU6 expansions at the same strides (`edgeuad.backbones`);
+`--input-norm` the input normalisation (`edgeuad.preprocess.INPUT_NORMS`; default imagenet, as every run above).
+
 Writes benchmarks/results/methods/<dataset>_patchcore_ablation.jsonl (one record per space x coreset x
 split x align x sigma x score).
 """
@@ -65,12 +71,13 @@ from edgeuad.methods.common import gaussian_blur_torch
 from edgeuad.methods.coreset import greedy_coreset
 from edgeuad.methods.patch_features import adaptive_avg_matrix
 from edgeuad.metrics import auroc, pixel_auroc
-from edgeuad.preprocess import PreprocessConfig, preprocess
+from edgeuad.preprocess import INPUT_NORMS, PreprocessConfig, preprocess
 from edgeuad.selection import type_aurocs
 from edgeuad.synthetic import add_defect
 
 HERE = Path(__file__).resolve().parent
 S = 256
+NORM = "imagenet"  # one input normalisation per run (--input-norm)
 log = logging.getLogger("ablate_patchcore")
 
 
@@ -112,7 +119,8 @@ def stage_features(bb: torch.nn.Module, ims: list, interp: str, size: int = 0,
     size = size or S
     if interp == "area":
         ims = [cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in ims]
-    x = preprocess(ims, PreprocessConfig(size=(size, size)))
+    mean, std = INPUT_NORMS[NORM]
+    x = preprocess(ims, PreprocessConfig(size=(size, size), mean=mean, std=std))
     out: list[list[torch.Tensor]] = [[], [], []]
     with torch.inference_mode():
         for s in range(0, len(x), 32):
@@ -174,58 +182,71 @@ def main() -> None:
                     help="bilinear align_corners values (the product: true)")
     ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val", "test"])
     ap.add_argument("--size", type=int, default=256, help="input size (square, a multiple of 32)")
+    ap.add_argument("--input-norm", choices=sorted(INPUT_NORMS), default="imagenet")
+    ap.add_argument("--taps", nargs="+", choices=("block", "expand"), default=["block"],
+                    help="backbone features: stage outputs (block) or the next blocks' expansions (expand)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    global S
+    global S, NORM
     S = args.size  # one input size per run (the loaders and the map read it)
+    NORM = args.input_norm
     out = args.out or HERE / "results" / "methods" / f"{args.data.name}_patchcore_ablation.jsonl"
     spaces = [(i, c == "T", f) for i, c, f in (s.split(",") for s in args.spaces)]
     args.align = [a == "true" for a in args.align]
     t0 = time.time()
     sp = load_splits(args.data, args.train_every, args.train_drop, args.val, tuple(args.splits))
-    bb = build_backbone(args.backbone, True).eval()
     s4 = any(s[2] == "raw+s4" for s in spaces)
-    feats = {(interp, k): stage_features(bb, ims, interp, stride4=s4)
-             for interp in sorted({s[0] for s in spaces}) for k, ims in sp["imgs"].items() if ims}
-    log.info("features in %.0f s", time.time() - t0)
-    for interp, cip, kind in spaces:
-        tr, grid = embed(*feats[interp, "train"][:2], cip, kind, *feats[interp, "train"][2:])
-        x = tr.reshape(-1, tr.shape[-1]).numpy()
-        queries = {split: embed(*feats[interp, split][:2], cip, kind, *feats[interp, split][2:])[0]
-                   for split in args.splits}
-        for ratio in args.coreset:
-            tc = time.time()
-            bank = torch.from_numpy(x[np.sort(greedy_coreset(x, ratio, proj_dim=128, seed=0, min_items=1000))])
-            log.info("coreset %.3f: %d entries in %.0f s", ratio, len(bank), time.time() - tc)
-            for split, q in queries.items():
-                d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
-                masks = sp["masks"][split]
-                keep = [i for i, m in enumerate(masks) if m is not None]
-                for align, sigma in itertools.product(args.align, args.sigmas):
-                    mm = gaussian_blur_torch(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=align)[:, 0],
-                                             sigma).numpy()
-                    p_auroc = round(pixel_auroc([masks[i][::4, ::4] for i in keep], [mm[i][::4, ::4] for i in keep]), 4)
-                    flat = mm.reshape(len(mm), -1)
-                    for score in args.scores:
-                        if score == "max":
-                            img = flat.max(1)
-                        else:  # the runtime's topk_mean: the mean of the max(1, int(0.01 H W)) largest values
-                            k = max(1, int(0.01 * flat.shape[1]))
-                            img = np.sort(flat, axis=1)[:, -k:].mean(1)
-                        rec = {"dataset": args.data.name, "backbone": args.backbone, "train_every": args.train_every,
-                               "train_drop": args.train_drop, "val": args.val, "size": S,
-                               "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
-                               "count_include_pad": cip, "features": kind, "coreset": ratio, "bank": len(bank),
-                               "align_corners": align, "sigma": sigma, "score": score,
-                               "i_auroc": round(auroc(sp["labels"][split], img), 4), "p_auroc": p_auroc}
-                        rec.update({k: round(v, 4) for k, v in
-                                    type_aurocs(sp["labels"][split], img, sp["defects"][split]).items()})
-                        log.info("%s", rec)
-                        with open(out, "a") as fh:
-                            fh.write(json.dumps(rec) + "\n")
+    for taps in args.taps:
+        bb = build_backbone(args.backbone, True, taps=taps).eval()
+        feats = {(interp, k): stage_features(bb, ims, interp, stride4=s4)
+                 for interp in sorted({s[0] for s in spaces}) for k, ims in sp["imgs"].items() if ims}
+        log.info("%s features in %.0f s", taps, time.time() - t0)
+        for interp, cip, kind in spaces:
+            score_space(args, sp, feats, interp, cip, kind, taps, out)
+
+
+def score_space(args: argparse.Namespace, sp: dict, feats: dict, interp: str, cip: bool, kind: str, taps: str,
+                out: Path) -> None:
+    """One feature space: its coresets, then every (split, align, sigma, score) record."""
+    tr, grid = embed(*feats[interp, "train"][:2], cip, kind, *feats[interp, "train"][2:])
+    x = tr.reshape(-1, tr.shape[-1]).numpy()
+    queries = {split: embed(*feats[interp, split][:2], cip, kind, *feats[interp, split][2:])[0]
+               for split in args.splits}
+    for ratio in args.coreset:
+        tc = time.time()
+        bank = torch.from_numpy(x[np.sort(greedy_coreset(x, ratio, proj_dim=128, seed=0, min_items=1000))])
+        log.info("coreset %.3f: %d entries in %.0f s", ratio, len(bank), time.time() - tc)
+        for split, q in queries.items():
+            d = nn_distance(q.reshape(-1, q.shape[-1]), bank).reshape(q.shape[0], 1, *grid)
+            masks = sp["masks"][split]
+            keep = [i for i, m in enumerate(masks) if m is not None]
+            for align, sigma in itertools.product(args.align, args.sigmas):
+                mm = gaussian_blur_torch(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=align)[:, 0],
+                                         sigma).numpy()
+                p_auroc = round(pixel_auroc([masks[i][::4, ::4] for i in keep], [mm[i][::4, ::4] for i in keep]), 4)
+                flat = mm.reshape(len(mm), -1)
+                for score in args.scores:
+                    if score == "max":
+                        img = flat.max(1)
+                    else:  # the runtime's topk_mean: the mean of the max(1, int(0.01 H W)) largest values
+                        k = max(1, int(0.01 * flat.shape[1]))
+                        img = np.sort(flat, axis=1)[:, -k:].mean(1)
+                    rec = {"dataset": args.data.name, "backbone": args.backbone, "taps": taps,
+                           "input_norm": NORM, "train_every": args.train_every,
+                           "train_drop": args.train_drop, "val": args.val, "size": S,
+                           "n_train": len(sp["imgs"]["train"]), "split": split, "interp": interp,
+                           "count_include_pad": cip, "features": kind, "coreset": ratio, "bank": len(bank),
+                           "align_corners": align, "sigma": sigma, "score": score,
+                           "i_auroc": round(auroc(sp["labels"][split], img), 4), "p_auroc": p_auroc}
+                    rec.update({k: round(v, 4) for k, v in
+                                type_aurocs(sp["labels"][split], img, sp["defects"][split]).items()})
+                    log.info("%s", rec)
+                    with open(out, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+
 
 if __name__ == "__main__":
     main()
