@@ -867,6 +867,14 @@ def rc_pool_table(dataset: str = "magnetic_tile") -> str:
         (1, "val shipped (pool 1)", "test pool 1"), (3, "val 3x3 (G3)", "test G3"), (5, "val 5x5 (G5)", "test G5")])
 
 
+def rc_centre_table(dataset: str = "magnetic_tile") -> str:
+    """Arms J1/J2 (benchmarks/plans/recontrast_centred_cosine_2026-12-05.md): the cosine of targets and
+    reconstructions as shipped, centred by the target's channel means, or standardised."""
+    return _rc_posthoc_table(f"{dataset}_recontrast_centre", "center", [
+        ("none", "val shipped", "test shipped"), ("mean", "val centred (J1)", "test J1"),
+        ("std", "val standardised (J2)", "test J2")])
+
+
 def main() -> None:
     tpl = (HERE / "RESULTS_template.md").read_text()
     mr, mmet = maps_ratio()
@@ -918,6 +926,7 @@ def main() -> None:
         "rc_mining": rc_mining_table,
         "rc_pairs": rc_pairs_table,
         "rc_pool": rc_pool_table,
+        "rc_centre": rc_centre_table,
         "rc_precision": rc_precision_table,
         "rc_stable": rc_stable_table,
         "rc_expand": rc_expand_table,
