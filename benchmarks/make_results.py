@@ -682,22 +682,37 @@ def post_ablation_table(dataset: str = "magnetic_tile") -> str:
     return "\n".join(out)
 
 
-def stride4_table() -> str:
-    """The pre-registered stride-4 arm (ablate_patchcore.py --spaces product,T,raw product,T,raw+s4): the
-    criterion (validation I-AUROC, mean of the blended and crack families) per dataset and backbone, with
-    the arm's difference against the default features."""
-    out = ["| dataset | backbone | features | val I-AUROC (criterion) | val blended | val crack | val P-AUROC "
-           "| criterion vs raw |", "|---|---|---|---:|---:|---:|---:|---:|"]
+def _patch_arm_table(stem: str, field: str, base: str) -> str:
+    """A pre-registered ablate_patchcore.py arm per dataset and backbone (with its input normalisation): the
+    criterion (validation I-AUROC, mean of the blended and crack families) of each value of `field`, its difference
+    against `base`'s, and the test split when it was read (record)."""
+    out = ["| dataset | backbone / input | " + field + " | val I-AUROC (criterion) | val blended | val crack | "
+           "val P-AUROC | criterion vs " + base + " | test I-AUROC | test P-AUROC |",
+           "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for ds in ("magnetic_tile", "bottle"):
-        arms = _splits_by_arm(f"methods/{ds}_patchcore_stride4.jsonl",
-                              lambda r: (r["backbone"].replace("efficientnet_", ""), r["features"]))
-        for (bb, feats), sp in sorted((arms or {}).items()):
-            v = sp["val"]
-            base = (arms.get((bb, "raw")) or {}).get("val")
-            diff = f"{v['i_auroc'] - base['i_auroc']:+.4f}" if base and feats != "raw" else "-"
-            out.append(f"| {ds} | {bb} | {feats} | {v['i_auroc']:.4f} | {v['i_auroc_blended']:.4f} | "
-                       f"{v['i_auroc_crack']:.4f} | {v['p_auroc']:.4f} | {diff} |")
-    return "\n".join(out) if len(out) > 2 else "(not measured: results/methods/*_patchcore_stride4.jsonl missing)"
+        arms = _splits_by_arm(f"methods/{ds}_{stem}.jsonl", lambda r: (
+            f"{r['backbone'].replace('efficientnet_', '')} / {r.get('input_norm', 'imagenet')}", r[field]))
+        for (bb, value), sp in sorted((arms or {}).items()):
+            v, t = sp.get("val"), sp.get("test", {})
+            if v is None:
+                continue
+            ref = (arms.get((bb, base)) or {}).get("val")
+            diff = f"{v['i_auroc'] - ref['i_auroc']:+.4f}" if ref and value != base else "-"
+            test = " | ".join(f"{t[k]:.4f}" if k in t else "-" for k in ("i_auroc", "p_auroc"))
+            out.append(f"| {ds} | {bb} | {value} | {v['i_auroc']:.4f} | {v['i_auroc_blended']:.4f} | "
+                       f"{v['i_auroc_crack']:.4f} | {v['p_auroc']:.4f} | {diff} | {test} |")
+    return "\n".join(out) if len(out) > 2 else f"(not measured: results/methods/*_{stem}.jsonl missing)"
+
+
+def stride4_table() -> str:
+    """The pre-registered stride-4 arm (ablate_patchcore.py --spaces product,T,raw product,T,raw+s4)."""
+    return _patch_arm_table("patchcore_stride4", "features", "raw")
+
+
+def patch_taps_table() -> str:
+    """Arm K (benchmarks/plans/patchcore_expand_taps_2026-12-05.md): PatchCore on the backbones' expanded
+    post-ReLU6 features (ablate_patchcore.py --taps block expand) at backbone auto's choices."""
+    return _patch_arm_table("patchcore_taps", "taps", "block")
 
 
 def rc_levels_table(dataset: str = "magnetic_tile") -> str:
@@ -921,6 +936,7 @@ def main() -> None:
         "patchcore_ablation": patchcore_ablation,
         "patchcore_post": post_ablation_table,
         "stride4": stride4_table,
+        "patch_taps": patch_taps_table,
         "rc_levels": rc_levels_table,
         "rc_arms": rc_arms_table,
         "rc_mining": rc_mining_table,
