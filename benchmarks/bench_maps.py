@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
-import time
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from edgeuad import _rt
+from edgeuad.bench.timing import median_ms
 from _results import publish  # benchmarks/_results.py (scripts run from anywhere: python puts their dir on sys.path)
 from edgeuad.runtime.maps import cos_map_reference
 from edgeuad.methods.common import gaussian_blur_torch
@@ -55,16 +53,6 @@ def torch_eager(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     return m, flat.max(1).values, flat.topk(k, dim=1).values.mean(1)
 
 
-def time_ms(fn: Callable[[], object], repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=30)
@@ -79,13 +67,13 @@ def main() -> None:
         tpairs = [(torch.from_numpy(a), torch.from_numpy(b)) for a, b in pairs]
         with torch.inference_mode():
             ref_map = torch_eager(tpairs)[0].numpy()
-            t_torch = time_ms(lambda: torch_eager(tpairs), args.repeat)
+            t_torch = median_ms(lambda: torch_eager(tpairs), args.repeat)
         rt_map = _rt.cos_map(pairs, OUT, sigma=SIGMA, threads=args.threads)[0]
         err = float(np.abs(rt_map - ref_map).max())
-        t_rt = time_ms(lambda: _rt.cos_map(pairs, OUT, sigma=SIGMA, threads=args.threads), args.repeat)
+        t_rt = median_ms(lambda: _rt.cos_map(pairs, OUT, sigma=SIGMA, threads=args.threads), args.repeat)
         pairs16 = [(a.astype(np.float16), b.astype(np.float16)) for a, b in pairs]
-        t_rt16 = time_ms(lambda: _rt.cos_map(pairs16, OUT, sigma=SIGMA, threads=args.threads), args.repeat)
-        t_np = time_ms(lambda: cos_map_reference(pairs, OUT, sigma=SIGMA), max(3, args.repeat // 10))
+        t_rt16 = median_ms(lambda: _rt.cos_map(pairs16, OUT, sigma=SIGMA, threads=args.threads), args.repeat)
+        t_np = median_ms(lambda: cos_map_reference(pairs, OUT, sigma=SIGMA), max(3, args.repeat // 10))
         rows.append((batch, t_rt, t_rt16, t_torch, t_np, err))
 
     out = io.StringIO()

@@ -22,7 +22,6 @@ import importlib
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -203,16 +202,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ timing
 def _time(fn: Callable[[], object], sync: Callable[[], object], repeat: int = 50) -> float:
-    for _ in range(5):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    """The shared single-call loop (edgeuad.bench.timing.median_ms) with this script's 5 warm-up calls."""
+    from edgeuad.bench.timing import median_ms
+    return median_ms(fn, repeat, warm=5, sync=sync)
 
 
 def _map_case(torch: Any, batch: int, dtype: Any) -> tuple[Callable[[], object], list, int]:

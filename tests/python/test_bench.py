@@ -461,3 +461,18 @@ def test_report_explains_an_int8_bundles_parity_mismatch() -> None:
     assert "MISMATCH (expected: this bundle's graph is int8" in text("int8 (onnxruntime CPU)", bad)
     assert "MISMATCH" in text("float32", bad) and "expected" not in text("float32", bad)
     assert "expected" not in text("int8 (onnxruntime CPU)", good)
+
+
+def test_median_ms_counts_warm_up_sync_and_takes_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-call loop (bench_maps, the GPU smoke script): `warm` untimed calls, `sync` after the warm-up and
+    inside each timed call, the median of the timed calls (a fake clock makes the durations known)."""
+    from edgeuad.bench import timing
+
+    ticks = iter([0.0, 0.002, 1.0, 1.010, 2.0, 2.004])   # timed calls of 2, 10 and 4 ms
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(ticks))
+    calls, syncs = [], []
+    ms = timing.median_ms(lambda: calls.append(1), 3, warm=2, sync=lambda: syncs.append(len(calls)))
+    assert ms == pytest.approx(4.0)
+    assert len(calls) == 5 and syncs == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="repeat"):
+        timing.median_ms(lambda: None, 0)

@@ -1,8 +1,10 @@
-"""The one timing loop every pipeline shares (runtimes and references alike)."""
+"""The timing loops: `time_block` for every pipeline (runtimes and references alike), `median_ms` for a single
+call (a kernel, a GPU engine) timed on its own."""
 from __future__ import annotations
 
+import statistics
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -30,3 +32,23 @@ def time_block(pipe: Any, frames: Sequence[np.ndarray], start: int, n: int, batc
         if i >= warm:
             rec.append({"decode": (t1 - t0) * 1e3, **stages, "pipeline": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3})
     return rec
+
+
+def median_ms(fn: Callable[[], object], repeat: int, warm: int = 1,
+              sync: Optional[Callable[[], object]] = None) -> float:
+    """Median ms of `repeat` timed calls of `fn` after `warm` untimed ones; `sync` (e.g.
+    torch.cuda.synchronize) runs after the warm-up and inside every timed call, so asynchronous work is counted."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    for _ in range(warm):
+        fn()
+    if sync is not None:
+        sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
