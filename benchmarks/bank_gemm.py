@@ -25,13 +25,14 @@ import json
 import os
 import subprocess
 import sys
-import time
-from typing import Callable
 
 import numpy as np
 
 from edgeuad import _rt
 from edgeuad.bench import cpu_flags
+from edgeuad.bench.timing import windowed_s_per_call
+
+WINDOWS, WINDOW_S = 7, 0.3   # interleaved timing windows per kernel (bench.timing.windowed_s_per_call)
 
 CASES = [(2000, 256), (8000, 256), (2000, 512)]
 QUERIES = 1024
@@ -72,21 +73,6 @@ def peak_kind(kernel: str, peaks: dict[str, float]) -> str:
     return "avx512" if "avx512" in peaks else "avx2"
 
 
-def timed(fns: dict[str, Callable[[], object]], windows: int = 7, window_s: float = 0.3) -> dict[str, float]:
-    """Median seconds per call of each fn, windows interleaved across fns (drift hits all alike)."""
-    for f in fns.values():
-        f()
-    per: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(windows):
-        for k, f in fns.items():
-            n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < window_s:
-                f()
-                n += 1
-            per[k].append((time.perf_counter() - t0) / n)
-    return {k: float(np.median(v)) for k, v in per.items()}
-
-
 def data(n: int, d: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(n + d)
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -102,7 +88,7 @@ def rt_rows(threads: list[int]) -> list[dict]:
         bank = _rt.MemoryBank(d)
         bank.add(x, threads=1)
         fns = {t: (lambda t=t: bank.search(q, k=1, exact=True, threads=t)) for t in threads}
-        for t, s in timed(fns).items():
+        for t, s in windowed_s_per_call(fns, WINDOWS, WINDOW_S).items():
             rows.append({"kernel": f"_rt exact ({_rt.exact_kernel()})", "items": n, "dim": d, "threads": t, "s": s})
     return rows
 
@@ -121,7 +107,7 @@ def torch_rows(threads: list[int]) -> list[dict]:
                 d2 = torch.addmm(xn[None], q, xt, alpha=-2.0)
                 return d2.min(dim=1)
 
-            res = timed({"gemm": lambda: q @ xt, "search": search})
+            res = windowed_s_per_call({"gemm": lambda: q @ xt, "search": search}, WINDOWS, WINDOW_S)
             rows.append({"kernel": "torch GEMM (MKL/oneDNN)", "items": n, "dim": d, "threads": t, "s": res["gemm"]})
             rows.append({"kernel": "torch GEMM + argmin", "items": n, "dim": d, "threads": t, "s": res["search"]})
     return rows

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from edgeuad import _rt
+from edgeuad.bench.timing import windowed_s_per_call
 from edgeuad.runtime.bank import BankConfig
 from _results import publish  # benchmarks/_results.py (scripts run from anywhere: python puts their dir on sys.path)
 
@@ -46,20 +47,9 @@ def rss_mb() -> float:
 
 
 def qps(fn, n_queries: int, window: float = 0.4, windows: int = 5) -> float:
-    """Median queries/s over `windows` timing windows: single long windows moved by up to 50% between
-    runs on this shared 2-core machine, the median of several is stable to a few percent."""
-    fn()  # warm-up
-    rates = []
-    for _ in range(windows):
-        calls, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            dt = time.perf_counter() - t0
-            if dt >= window:
-                rates.append(calls * n_queries / dt)
-                break
-    return float(np.median(rates))
+    """Queries/s from the median seconds per call over `windows` timing windows (bench.timing's windowed loop;
+    with an odd count, the median rate is the rate of the median time)."""
+    return n_queries / windowed_s_per_call({"search": fn}, windows, window)["search"]
 
 
 def main() -> None:

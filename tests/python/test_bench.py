@@ -476,3 +476,27 @@ def test_median_ms_counts_warm_up_sync_and_takes_the_median(monkeypatch: pytest.
     assert len(calls) == 5 and syncs == [2, 3, 4, 5]
     with pytest.raises(ValueError, match="repeat"):
         timing.median_ms(lambda: None, 0)
+
+
+def test_windowed_s_per_call_interleaves_windows_and_takes_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The windowed loop (bench_bank, bank_gemm): one untimed call of each fn, then per window and fn calls until
+    the window is full, the window's seconds per call, the median over windows, windows alternating between fns."""
+    from edgeuad.bench import timing
+
+    clock = [0.0]
+    cost = {"a": 0.125, "b": 0.25}   # binary fractions: the fake clock adds them exactly
+    order: list[str] = []
+
+    def call(k: str):
+        def f() -> None:
+            order.append(k)
+            clock[0] += cost[k]
+        return f
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    got = timing.windowed_s_per_call({"a": call("a"), "b": call("b")}, windows=3, window_s=0.375)
+    assert got == {"a": 0.125, "b": 0.25}
+    # warm-up a, b; then per window 3 calls of a (0.375 s) and 2 of b (0.5 s), alternating
+    assert order == ["a", "b"] + (["a"] * 3 + ["b"] * 2) * 3
+    with pytest.raises(ValueError, match="windows"):
+        timing.windowed_s_per_call({"a": call("a")}, windows=0, window_s=0.3)

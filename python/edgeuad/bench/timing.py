@@ -1,5 +1,6 @@
 """The timing loops: `time_block` for every pipeline (runtimes and references alike), `median_ms` for a single
-call (a kernel, a GPU engine) timed on its own."""
+call (a kernel, a GPU engine) timed on its own, `windowed_s_per_call` for short calls timed in windows (bank
+searches, GEMMs)."""
 from __future__ import annotations
 
 import statistics
@@ -52,3 +53,26 @@ def median_ms(fn: Callable[[], object], repeat: int, warm: int = 1,
             sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def windowed_s_per_call(fns: dict[str, Callable[[], object]], windows: int, window_s: float) -> dict[str, float]:
+    """Median seconds per call of each fn over `windows` windows of at least `window_s` s each, the windows
+    interleaved across fns (drift on a shared machine hits all alike), after one untimed call of each. Single long
+    windows moved by up to 50 % between runs on the project's shared 2-core machine; the median of several is
+    stable to a few percent."""
+    if windows < 1 or not window_s > 0:
+        raise ValueError(f"windows must be >= 1 and window_s > 0, got {windows}, {window_s}")
+    for f in fns.values():
+        f()
+    per: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(windows):
+        for k, f in fns.items():
+            n, t0 = 0, time.perf_counter()
+            while True:
+                f()
+                n += 1
+                dt = time.perf_counter() - t0
+                if dt >= window_s:
+                    break
+            per[k].append(dt / n)
+    return {k: statistics.median(v) for k, v in per.items()}
