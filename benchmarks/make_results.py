@@ -10,10 +10,11 @@ computed from the JSON results; a missing result file leaves a visible "(not mea
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from edgeuad.atomic import atomic_write_bytes
 
 HERE = Path(__file__).resolve().parent
 RES = HERE / "results"
@@ -1020,12 +1021,7 @@ def main() -> None:
     }
     # the quoted files start with their own "## ..." heading: demote it under this page's sections
     out = re.sub(r"\{\{(\w+)\}\}", lambda m: re.sub(r"^## ", "#### ", fill[m.group(1)](), flags=re.M), tpl)
-    tmp = HERE / f".RESULTS.md.{os.getpid()}.tmp"  # replace, not rewrite: a kill leaves the old page or the new
-    try:
-        tmp.write_text(out)
-        os.replace(tmp, HERE / "RESULTS.md")
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(HERE / "RESULTS.md", out.encode())  # a kill leaves the old page or the new one
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 

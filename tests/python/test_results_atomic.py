@@ -39,10 +39,7 @@ def test_make_results_replaces_the_page(tmp_path, monkeypatch):
     monkeypatch.setattr(mod, "RES", tmp_path / "results")
     (tmp_path / "RESULTS.md").write_text("old page\n")
 
-    def boom(src, dst):
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(mod.os, "replace", boom)
+    _fail_replace(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         mod.main()
     assert (tmp_path / "RESULTS.md").read_text() == "old page\n"
