@@ -66,7 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeuad import data as D
-from edgeuad.backbones import build_backbone
+from edgeuad.backbones import LITE_TAPS, build_backbone
 from edgeuad.methods.common import gaussian_blur_torch
 from edgeuad.methods.coreset import greedy_coreset
 from edgeuad.methods.patch_features import adaptive_avg_matrix
@@ -183,7 +183,7 @@ def main() -> None:
     ap.add_argument("--splits", nargs="+", choices=("val", "test"), default=["val", "test"])
     ap.add_argument("--size", type=int, default=256, help="input size (square, a multiple of 32)")
     ap.add_argument("--input-norm", choices=sorted(INPUT_NORMS), default="imagenet")
-    ap.add_argument("--taps", nargs="+", choices=("block", "expand"), default=["block"],
+    ap.add_argument("--taps", nargs="+", choices=LITE_TAPS, default=["block"],
                     help="backbone features: stage outputs (block) or the next blocks' expansions (expand)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)

@@ -50,7 +50,9 @@ __all__ = [
     "EfficientNetLite",
     "ResNetFeatures",
     "WeightsUnavailableError",
+    "LITE_TAPS",
     "build_backbone",
+    "check_taps",
     "load_state_dict_file",
 ]
 
@@ -209,6 +211,13 @@ _STAGE6_EXPAND = 6    # expand ratio of the first stride-32 block (every Lite va
 LITE_TAPS = ("block", "expand")
 
 
+def check_taps(name: str, taps: str) -> None:
+    """ValueError unless `taps` is one of LITE_TAPS and, when not "block", `name` is an EfficientNet-Lite."""
+    if taps not in LITE_TAPS or (taps != "block" and name not in _LITE_STAGES):
+        raise ValueError(f"taps must be one of {LITE_TAPS} ('expand' needs an EfficientNet-Lite backbone), "
+                         f"got {taps!r} with {name}")
+
+
 def _lite_taps(variant: str) -> tuple[int, int, int]:
     """Block indices whose outputs are the stride 4/8/16 features: the last block of stages 2, 3, 5."""
     ends = list(itertools.accumulate(r for r, *_ in _LITE_STAGES[variant]))
@@ -288,8 +297,7 @@ class EfficientNetLite(Backbone):
 
     def __init__(self, variant: str = "efficientnet_lite0", taps: str = "block") -> None:
         super().__init__()
-        if taps not in LITE_TAPS:
-            raise ValueError(f"taps must be one of {LITE_TAPS}, got {taps!r}")
+        check_taps(variant, taps)
         stages = _LITE_STAGES[variant]
         self.name = variant
         self.taps = taps
@@ -430,14 +438,13 @@ def build_backbone(name: str = "efficientnet_lite0", pretrained: bool | str | Pa
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)}")
+    check_taps(name, taps)
     ctor, channels = BACKBONES[name]
     if taps == "block":
         model = ctor()
         assert model.channels == channels, (name, model.channels, channels)
-    elif name in _LITE_STAGES:
-        model = EfficientNetLite(name, taps)
     else:
-        raise ValueError(f"taps={taps!r} needs an EfficientNet-Lite backbone; {name} has 'block' taps only")
+        model = EfficientNetLite(name, taps)
     if pretrained is True:
         sd, source = _default_weights(name)
         _load_used(model, sd, source)
